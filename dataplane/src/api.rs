@@ -1,0 +1,180 @@
+//! The data plane's contract with whoever drives it (the server's control plane, the relay,
+//! the protocol client, the load generator): commands in, events out, both plain data.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::ids::{CoreId, PeerId, StreamId};
+use crate::media::{Continuity, StreamMedia};
+use crate::synth::{GeneratorStats, ProbeReport, SynthConfig};
+
+/// How a data plane is laid out and how its peers behave.
+#[derive(Clone, Debug)]
+pub struct DataPlaneConfig {
+    /// Number of cores (executors), each with its own UDP socket.
+    pub cores: usize,
+    /// Pin core `n` to CPU `n % cpus` (the server); unpinned for clients sharing a machine.
+    pub pin: bool,
+    /// Address the shared media sockets bind to.
+    pub bind: IpAddr,
+    /// Core `n` binds `media_port_base + n`; 0 picks ephemeral ports.
+    pub media_port_base: u16,
+    /// Addresses advertised as host candidates in answers (public IP, or interface addresses).
+    pub candidate_ips: Vec<IpAddr>,
+    /// A peer that has not connected (ICE + DTLS) within this time fails.
+    pub connect_timeout: Duration,
+    /// A receiving peer (publisher) that gets no RTP for this long fails.
+    pub rtp_timeout: Duration,
+    /// A connected peer whose ICE stays disconnected this long fails.
+    pub ice_disconnect_grace: Duration,
+    /// Keyframe requests towards one publisher are coalesced to at most one per interval.
+    pub keyframe_min_interval: Duration,
+    /// New peers beyond this count on one core are refused.
+    pub max_peers_per_core: usize,
+    /// SO_RCVBUF / SO_SNDBUF of media sockets.
+    pub socket_buffer: usize,
+    /// Capacity of each cross-core ring, in packets.
+    pub ring_capacity: usize,
+}
+
+impl Default for DataPlaneConfig {
+    fn default() -> Self {
+        DataPlaneConfig {
+            cores: 1,
+            pin: false,
+            bind: IpAddr::from([127, 0, 0, 1]),
+            media_port_base: 0,
+            candidate_ips: Vec::new(),
+            connect_timeout: Duration::from_secs(15),
+            rtp_timeout: Duration::from_secs(10),
+            ice_disconnect_grace: Duration::from_secs(5),
+            keyframe_min_interval: Duration::from_millis(500),
+            max_peers_per_core: 20_000,
+            socket_buffer: 8 << 20,
+            ring_capacity: 4096,
+        }
+    }
+}
+
+/// What a peer connection does with media.
+#[derive(Debug)]
+pub enum Role {
+    /// Receives a stream from its remote end and feeds the router: a browser publisher, or a
+    /// pull relay. `continuity` carries where the stream's sequence numbers and timestamps
+    /// left off, so a replacement source (relay reconnect) continues them.
+    Ingest {
+        stream: StreamId,
+        continuity: Continuity,
+    },
+    /// Subscribes to a stream and sends it to its remote end: a player, or a push relay.
+    /// `home` is the core whose router holds the stream's source.
+    Egress {
+        stream: StreamId,
+        home: CoreId,
+        media: StreamMedia,
+    },
+    /// Sends synthetic media (the protocol client and the load generator).
+    Generate(SynthConfig),
+    /// Receives and measures media (the protocol client and the load generator).
+    Probe,
+}
+
+/// A request to one core.
+#[derive(Debug)]
+pub enum Command {
+    /// Build a server-side peer (ICE-lite, shared socket) from a remote offer; answers with
+    /// [`Event::Sdp`] carrying the answer, or [`Event::Failed`].
+    Accept {
+        peer: PeerId,
+        offer: String,
+        role: Role,
+    },
+    /// Build a client-side peer (full ICE, controlling, its own socket) and make an offer;
+    /// answers with [`Event::Sdp`] carrying the offer, or [`Event::Failed`].
+    Offer { peer: PeerId, role: Role },
+    /// Apply the remote answer to a peer built by [`Command::Offer`]; answers with
+    /// [`Event::Negotiated`] or [`Event::Failed`].
+    Answer { peer: PeerId, answer: String },
+    /// Close a peer; answers with [`Event::Closed`].
+    Close { peer: PeerId },
+    /// Ask a stream's source for a keyframe (coalesced with other requests).
+    RequestKeyframe { stream: StreamId },
+    /// Report on one peer (probe and generator statistics).
+    Query {
+        peer: PeerId,
+        reply: oneshot::Sender<Option<PeerReport>>,
+    },
+    /// Stop the core: every peer is dropped.
+    Shutdown,
+}
+
+/// What a core reports back.
+#[derive(Debug)]
+pub enum Event {
+    /// The local SDP of a new peer: the answer after [`Command::Accept`], the offer after
+    /// [`Command::Offer`]. `media` is what the peer will carry.
+    Sdp {
+        peer: PeerId,
+        sdp: String,
+        media: StreamMedia,
+    },
+    /// The remote answer was applied; `media` is what was negotiated.
+    Negotiated { peer: PeerId, media: StreamMedia },
+    /// ICE and DTLS are up: media flows.
+    Connected { peer: PeerId },
+    /// The peer failed and is gone. For an ingest peer, where its stream left off.
+    Failed {
+        peer: PeerId,
+        reason: PeerFailure,
+        continuity: Option<Continuity>,
+    },
+    /// The peer was closed on request. For an ingest peer, where its stream left off.
+    Closed {
+        peer: PeerId,
+        continuity: Option<Continuity>,
+    },
+}
+
+/// Why a peer failed. The control plane maps these to WCS's `info` strings.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PeerFailure {
+    #[error("bad SDP: {0}")]
+    BadSdp(String),
+    #[error("no common codecs")]
+    NoCommonCodecs,
+    #[error("ICE did not connect in time")]
+    IceTimeout,
+    #[error("ICE connection lost")]
+    IceKeepAlive,
+    #[error("DTLS failed: {0}")]
+    Dtls(String),
+    #[error("DTLS fingerprint mismatch")]
+    DtlsFingerprint,
+    #[error("no RTP received in time")]
+    RtpActivity,
+    #[error("too many peers on this core")]
+    PeerLimit,
+    #[error("socket error: {0}")]
+    Socket(String),
+    #[error("unknown peer")]
+    UnknownPeer,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// A snapshot of one peer, for the protocol client and the load generator.
+#[derive(Clone, Debug)]
+pub struct PeerReport {
+    pub peer: PeerId,
+    pub core: CoreId,
+    pub connected: bool,
+    pub connected_at: Option<Instant>,
+    /// The local address of the peer's socket and its selected remote, once known.
+    pub local: Option<SocketAddr>,
+    pub probe: Option<ProbeReport>,
+    /// The probe's latency histogram (microseconds), to merge across peers.
+    pub latency: Option<hdrhistogram::Histogram<u64>>,
+    pub generator: Option<GeneratorStats>,
+}

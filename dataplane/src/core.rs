@@ -1,0 +1,1141 @@
+//! The per-core runtime. [`DataPlane::start`] binds one UDP socket per core and starts one
+//! glommio executor per core (pinned on the server); each owns its socket, its peers, its
+//! router and its timers, and talks to other cores only through the mesh. Inside a core,
+//! a few tasks share the [`Core`] state: socket readers, the command reader, the timer and
+//! the mesh readers. None holds the state across an await, so there are no locks and no
+//! busy-polling: an idle core sleeps in io_uring until a datagram, a command or a deadline.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
+use std::os::fd::AsRawFd;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use futures_lite::FutureExt;
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use glommio::net::UdpSocket;
+use glommio::{LocalExecutorBuilder, Placement};
+use str0m::config::DtlsCert;
+use str0m::media::KeyframeRequestKind;
+use tokio::sync::Notify;
+
+use crate::api::{Command, DataPlaneConfig, Event, PeerFailure, Role};
+use crate::demux::Demux;
+use crate::ids::{CoreId, PeerId, StreamId};
+use crate::media::MediaPacket;
+use crate::mesh::{self, Mesh, MeshEnds, MeshError, MeshMsg};
+use crate::peer::{Peer, PeerEvent, PeerSetup};
+use crate::router::{KeyframeDecision, Router};
+use crate::timers::Timers;
+use crate::udp::{self, FlushOutcome, RecvBatch, SendBatch};
+
+/// A running data plane: the handle the control plane (or a client) drives it with.
+pub struct DataPlane {
+    cores: Vec<CoreHandle>,
+    events: Receiver<Event>,
+    notify: Arc<Notify>,
+    joins: Vec<glommio::ExecutorJoinHandle<()>>,
+    media_addrs: Vec<SocketAddr>,
+    counters: Vec<Arc<CoreCounters>>,
+}
+
+/// Per-core counters, written only by their core (relaxed atomics), read by metrics.
+#[derive(Debug, Default)]
+pub struct CoreCounters {
+    pub peers: AtomicU64,
+    pub rx_packets: AtomicU64,
+    pub rx_bytes: AtomicU64,
+    pub tx_packets: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    /// Media packets written to subscribers (before encryption).
+    pub forwarded: AtomicU64,
+    pub dropped_unknown_source: AtomicU64,
+    pub dropped_malformed: AtomicU64,
+    pub dropped_send_error: AtomicU64,
+    pub dropped_ring_full: AtomicU64,
+    /// Keyframe requests sent to sources.
+    pub keyframe_requests: AtomicU64,
+    /// PLI/FIR received from players.
+    pub player_keyframe_requests: AtomicU64,
+}
+
+/// Why a data plane did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("media port {base}+{cores} is out of range")]
+    PortRange { base: u16, cores: usize },
+    #[error("binding media socket {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: udp::UdpError,
+    },
+    #[error("starting core {core}: {message}")]
+    Core { core: usize, message: String },
+}
+
+/// Sending to a core that has stopped.
+#[derive(Debug, thiserror::Error)]
+#[error("data plane core {0} has stopped")]
+pub struct CoreStopped(pub CoreId);
+
+impl DataPlane {
+    /// Binds every core's socket, then starts the executors; returns once all are running.
+    pub fn start(config: DataPlaneConfig) -> Result<DataPlane, StartError> {
+        let cores = config.cores.max(1);
+        if config.media_port_base != 0 && config.media_port_base as usize + cores > 65_536 {
+            return Err(StartError::PortRange {
+                base: config.media_port_base,
+                cores,
+            });
+        }
+        let config = Arc::new(config);
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let (event_tx, events) = crossbeam_channel::unbounded();
+        let notify = Arc::new(Notify::new());
+        let cert = generate_cert();
+
+        let mut sockets = Vec::with_capacity(cores);
+        for n in 0..cores {
+            let port = match config.media_port_base {
+                0 => 0,
+                base => base + n as u16,
+            };
+            let addr = SocketAddr::new(config.bind, port);
+            let socket = udp::bind_media_socket(addr, config.socket_buffer, config.socket_buffer)
+                .map_err(|source| StartError::Bind { addr, source })?;
+            sockets.push(socket);
+        }
+
+        let mut plane = DataPlane {
+            cores: Vec::with_capacity(cores),
+            events,
+            notify: Arc::clone(&notify),
+            joins: Vec::with_capacity(cores),
+            media_addrs: Vec::with_capacity(cores),
+            counters: Vec::with_capacity(cores),
+        };
+        let meshes = mesh::wire(cores, config.ring_capacity);
+        for (n, (socket, mesh_ends)) in sockets.into_iter().zip(meshes).enumerate() {
+            let id = CoreId(n as u16);
+            let local = socket
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .ok_or_else(|| StartError::Core {
+                    core: n,
+                    message: "media socket has no local address".into(),
+                })?;
+            let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
+            let flag = Arc::new(AtomicBool::new(false));
+            let counters = Arc::new(CoreCounters::default());
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+            let start = CoreStart {
+                id,
+                config: Arc::clone(&config),
+                cert: cert.clone(),
+                socket,
+                local,
+                mesh: mesh_ends,
+                commands: cmd_rx,
+                flag: Arc::clone(&flag),
+                sink: EventSink {
+                    tx: event_tx.clone(),
+                    notify: Arc::clone(&notify),
+                },
+                counters: Arc::clone(&counters),
+                ready: ready_tx,
+            };
+            let placement = if config.pin {
+                Placement::Fixed(n % cpus)
+            } else {
+                Placement::Unbound
+            };
+            let join = LocalExecutorBuilder::new(placement)
+                .name(&format!("rc-core{n}"))
+                .io_memory(512 << 10)
+                .ring_depth(256)
+                .spawn(move || core_main(start))
+                .map_err(|e| StartError::Core {
+                    core: n,
+                    message: e.to_string(),
+                })?;
+            plane.joins.push(join);
+            let wake_addr = ready_rx
+                .recv_timeout(Duration::from_secs(10))
+                .map_err(|_| StartError::Core {
+                    core: n,
+                    message: "core did not start".into(),
+                })?
+                .map_err(|message| StartError::Core { core: n, message })?;
+            let wake = StdUdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+                .and_then(|s| s.connect(wake_addr).map(|()| s))
+                .and_then(|s| s.set_nonblocking(true).map(|()| s))
+                .map_err(|e| StartError::Core {
+                    core: n,
+                    message: format!("wake socket: {e}"),
+                })?;
+            plane.cores.push(CoreHandle {
+                id,
+                commands: cmd_tx,
+                flag,
+                wake,
+            });
+            plane.media_addrs.push(local);
+            plane.counters.push(counters);
+        }
+        tracing::info!(cores, media = ?plane.media_addrs, "data plane started");
+        Ok(plane)
+    }
+
+    /// Number of cores.
+    pub fn cores(&self) -> usize {
+        self.cores.len()
+    }
+
+    /// The local address of each core's media socket.
+    pub fn media_addrs(&self) -> &[SocketAddr] {
+        &self.media_addrs
+    }
+
+    /// Each core's counters.
+    pub fn counters(&self) -> &[Arc<CoreCounters>] {
+        &self.counters
+    }
+
+    /// Queues a command for a core and wakes it.
+    pub fn send(&self, core: CoreId, command: Command) -> Result<(), CoreStopped> {
+        let handle = self.cores.get(core.index()).ok_or(CoreStopped(core))?;
+        handle.send(command)
+    }
+
+    /// The next event, if one is waiting.
+    pub fn try_event(&self) -> Option<Event> {
+        self.events.try_recv().ok()
+    }
+
+    /// Waits for the next event; `None` once every core has stopped.
+    pub async fn next_event(&self) -> Option<Event> {
+        loop {
+            match self.events.try_recv() {
+                Ok(event) => return Some(event),
+                Err(TryRecvError::Disconnected) => return None,
+                Err(TryRecvError::Empty) => self.notify.notified().await,
+            }
+        }
+    }
+
+    /// Stops every core (peers are closed) and waits for their threads.
+    pub fn shutdown(&mut self) {
+        for core in &self.cores {
+            let _ = core.send(Command::Shutdown);
+        }
+        for join in self.joins.drain(..) {
+            if let Err(e) = join.join() {
+                tracing::warn!(error = %e, "data plane core ended with an error");
+            }
+        }
+        self.cores.clear();
+    }
+}
+
+impl Drop for DataPlane {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+struct CoreHandle {
+    id: CoreId,
+    commands: Sender<Command>,
+    /// Set while a wake datagram is in flight, so a burst of commands costs one datagram.
+    flag: Arc<AtomicBool>,
+    wake: StdUdpSocket,
+}
+
+impl CoreHandle {
+    fn send(&self, command: Command) -> Result<(), CoreStopped> {
+        self.commands
+            .send(command)
+            .map_err(|_| CoreStopped(self.id))?;
+        if !self.flag.swap(true, Ordering::SeqCst) {
+            let _ = self.wake.send(&[1]);
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone)]
+struct EventSink {
+    tx: Sender<Event>,
+    notify: Arc<Notify>,
+}
+
+impl EventSink {
+    fn emit(&self, event: Event) {
+        if self.tx.send(event).is_ok() {
+            self.notify.notify_one();
+        }
+    }
+}
+
+struct CoreStart {
+    id: CoreId,
+    config: Arc<DataPlaneConfig>,
+    cert: DtlsCert,
+    socket: socket2::Socket,
+    local: SocketAddr,
+    mesh: MeshEnds,
+    commands: Receiver<Command>,
+    flag: Arc<AtomicBool>,
+    sink: EventSink,
+    counters: Arc<CoreCounters>,
+    ready: std::sync::mpsc::Sender<Result<SocketAddr, String>>,
+}
+
+async fn core_main(start: CoreStart) {
+    let CoreStart {
+        id,
+        config,
+        cert,
+        socket,
+        local,
+        mesh,
+        commands,
+        flag,
+        sink,
+        counters,
+        ready,
+    } = start;
+    let wake = match UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = ready.send(Err(format!("wake socket: {e}")));
+            return;
+        }
+    };
+    let wake_addr = match wake.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = ready.send(Err(format!("wake socket: {e}")));
+            return;
+        }
+    };
+    let (mesh, mesh_receivers) = mesh.connect().await;
+    let (timer_tx, timer_rx) = local_channel::new_bounded(1);
+    let (stop_tx, stop_rx) = local_channel::new_bounded(1);
+    let shared = Rc::new(into_glommio(socket));
+    let candidates = candidate_addrs(&config, local.port());
+    tracing::debug!(core = %id, %local, ?candidates, "core running");
+
+    let core = Rc::new(RefCell::new(Core {
+        id,
+        this: Weak::new(),
+        config,
+        cert,
+        peers: HashMap::new(),
+        demux: Demux::new(),
+        router: Router::new(),
+        timers: Timers::new(),
+        shared: SocketIo::new(Rc::clone(&shared), None),
+        candidates,
+        dedicated: HashMap::new(),
+        dirty: Vec::new(),
+        sink,
+        mesh,
+        counters,
+        queue: VecDeque::new(),
+        scratch: Vec::new(),
+        fanout: Vec::new(),
+        mirrors: Vec::new(),
+        timer_signal: timer_tx,
+        stop: stop_tx,
+    }));
+    core.borrow_mut().this = Rc::downgrade(&core);
+    let _ = ready.send(Ok(wake_addr));
+
+    glommio::spawn_local(socket_reader(
+        Rc::downgrade(&core),
+        SocketKey::Shared,
+        shared,
+        local,
+        None,
+    ))
+    .detach();
+    glommio::spawn_local(command_reader(Rc::downgrade(&core), wake, commands, flag)).detach();
+    glommio::spawn_local(timer_loop(Rc::downgrade(&core), timer_rx)).detach();
+    for (from, rx) in mesh_receivers {
+        let weak = Rc::downgrade(&core);
+        glommio::spawn_local(async move {
+            while let Some(msg) = rx.recv().await {
+                let Some(core) = weak.upgrade() else { return };
+                let mut core = core.borrow_mut();
+                core.on_mesh(msg, Instant::now());
+                core.finish(Instant::now());
+            }
+            tracing::trace!(%from, "mesh ring closed");
+        })
+        .detach();
+    }
+    let _ = stop_rx.recv().await;
+    tracing::debug!(core = %id, "core stopped");
+}
+
+/// The addresses advertised as host candidates for a socket on `port`.
+fn candidate_addrs(config: &DataPlaneConfig, port: u16) -> Vec<SocketAddr> {
+    let ips: Vec<IpAddr> = if !config.candidate_ips.is_empty() {
+        config.candidate_ips.clone()
+    } else if config.bind.is_unspecified() {
+        vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]
+    } else {
+        vec![config.bind]
+    };
+    ips.into_iter()
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect()
+}
+
+fn generate_cert() -> DtlsCert {
+    str0m::crypto::from_feature_flags()
+        .dtls_provider
+        .generate_certificate()
+        .expect("the crypto backend generates a DTLS certificate")
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum TimerKey {
+    Peer(PeerId),
+    Keyframe(StreamId),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum SocketKey {
+    Shared,
+    Dedicated(PeerId),
+}
+
+/// A socket and its outgoing queue.
+struct SocketIo {
+    socket: Rc<UdpSocket>,
+    tx: SendBatch,
+    /// The kernel buffer is full: a task waits for room, nothing else flushes meanwhile.
+    blocked: bool,
+    dirty: bool,
+    /// Ends the reader task of a dedicated socket.
+    stop: Option<LocalSender<()>>,
+}
+
+impl SocketIo {
+    fn new(socket: Rc<UdpSocket>, stop: Option<LocalSender<()>>) -> Self {
+        SocketIo {
+            socket,
+            tx: SendBatch::new(256),
+            blocked: false,
+            dirty: false,
+            stop,
+        }
+    }
+}
+
+struct Core {
+    id: CoreId,
+    this: Weak<RefCell<Core>>,
+    config: Arc<DataPlaneConfig>,
+    cert: DtlsCert,
+    peers: HashMap<PeerId, Peer>,
+    demux: Demux<PeerId>,
+    router: Router,
+    timers: Timers<TimerKey>,
+    shared: SocketIo,
+    candidates: Vec<SocketAddr>,
+    dedicated: HashMap<PeerId, SocketIo>,
+    dirty: Vec<PeerId>,
+    sink: EventSink,
+    mesh: Mesh,
+    counters: Arc<CoreCounters>,
+    /// Peer events waiting to be acted on (processed after the peer that raised them).
+    queue: VecDeque<(PeerId, PeerEvent)>,
+    scratch: Vec<PeerEvent>,
+    fanout: Vec<PeerId>,
+    mirrors: Vec<CoreId>,
+    timer_signal: LocalSender<()>,
+    stop: LocalSender<()>,
+}
+
+impl Core {
+    fn on_datagrams(&mut self, key: SocketKey, batch: &RecvBatch, n: usize, now: Instant) {
+        for i in 0..n {
+            let d = batch.get(i);
+            self.counters.rx_packets.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .rx_bytes
+                .fetch_add(d.payload.len() as u64, Ordering::Relaxed);
+            if d.truncated {
+                self.counters
+                    .dropped_malformed
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let peer = match key {
+                SocketKey::Shared => self.demux.route(d.source, d.payload),
+                SocketKey::Dedicated(peer) => Some(peer),
+            };
+            let Some(peer) = peer else {
+                self.counters
+                    .dropped_unknown_source
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let accepted = self.with_peer(peer, now, |p, tx, events| {
+                let accepted = p.receive(now, d.source, d.destination, d.payload)?;
+                if accepted {
+                    p.drive(now, tx, events)?;
+                }
+                Ok(accepted)
+            });
+            if accepted == Some(false) {
+                self.counters
+                    .dropped_malformed
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Runs `f` on a peer with the send queue of its socket, catching str0m panics: a
+    /// failing peer is removed and reported, everyone else keeps going. Re-arms the peer's
+    /// timer and queues the events it raised.
+    fn with_peer<R>(
+        &mut self,
+        id: PeerId,
+        now: Instant,
+        f: impl FnOnce(&mut Peer, &mut SendBatch, &mut Vec<PeerEvent>) -> Result<R, PeerFailure>,
+    ) -> Option<R> {
+        let peer = self.peers.get_mut(&id)?;
+        let io = if peer.dedicated {
+            let io = self.dedicated.get_mut(&id)?;
+            if !io.dirty {
+                io.dirty = true;
+                self.dirty.push(id);
+            }
+            io
+        } else {
+            &mut self.shared
+        };
+        let mut events = std::mem::take(&mut self.scratch);
+        let result = catch_unwind(AssertUnwindSafe(|| f(peer, &mut io.tx, &mut events)));
+        let deadline = peer.deadline();
+        self.queue.extend(events.drain(..).map(|e| (id, e)));
+        self.scratch = events;
+        match result {
+            Ok(Ok(r)) => {
+                let floor = now + Duration::from_micros(500);
+                self.arm(TimerKey::Peer(id), deadline.max(floor));
+                Some(r)
+            }
+            Ok(Err(failure)) => {
+                self.fail_peer(id, failure);
+                None
+            }
+            Err(_) => {
+                self.fail_peer(
+                    id,
+                    PeerFailure::Internal("the WebRTC stack panicked".into()),
+                );
+                None
+            }
+        }
+    }
+
+    /// Acts on queued peer events, then sends what is queued on every socket.
+    fn finish(&mut self, now: Instant) {
+        while let Some((peer, event)) = self.queue.pop_front() {
+            match event {
+                PeerEvent::Connected => {
+                    self.sink.emit(Event::Connected { peer });
+                    let subscribed = self
+                        .peers
+                        .get(&peer)
+                        .filter(|p| !p.is_ingest())
+                        .and_then(|p| p.stream());
+                    if let Some(stream) = subscribed {
+                        self.request_keyframe(stream, now);
+                    }
+                }
+                PeerEvent::Media(packet) => {
+                    if let Some(stream) = self.peers.get(&peer).and_then(|p| p.stream()) {
+                        self.forward(stream, packet, true, now);
+                    }
+                }
+                PeerEvent::KeyframeRequest(_) => {
+                    self.counters
+                        .player_keyframe_requests
+                        .fetch_add(1, Ordering::Relaxed);
+                    if let Some(stream) = self.peers.get(&peer).and_then(|p| p.stream()) {
+                        self.request_keyframe(stream, now);
+                    }
+                }
+            }
+        }
+        self.flush_all();
+    }
+
+    /// Sends a stream packet to this core's subscribers and, from the home core, to the
+    /// cores that mirror it.
+    fn forward(&mut self, stream: StreamId, packet: MediaPacket, originate: bool, now: Instant) {
+        let Some(route) = self.router.route(stream) else {
+            return;
+        };
+        self.fanout.clear();
+        self.fanout.extend_from_slice(&route.subscribers);
+        self.mirrors.clear();
+        if originate {
+            self.mirrors.extend_from_slice(&route.mirrors);
+        }
+        for i in 0..self.mirrors.len() {
+            let to = self.mirrors[i];
+            let msg = MeshMsg::Media {
+                stream,
+                packet: packet.clone(),
+            };
+            if let Err(MeshError::Full) = self.mesh.send(to, msg) {
+                self.counters
+                    .dropped_ring_full
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        for i in 0..self.fanout.len() {
+            let id = self.fanout[i];
+            self.with_peer(id, now, |p, tx, events| {
+                p.write_media(&packet, now, tx, events)
+            });
+        }
+        self.counters
+            .forwarded
+            .fetch_add(self.fanout.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Routes a keyframe request to the stream's source: here (through the coalescing
+    /// gate), or to the stream's home core.
+    fn request_keyframe(&mut self, stream: StreamId, now: Instant) {
+        let Some(route) = self.router.route(stream) else {
+            return;
+        };
+        if let Some(source) = route.source {
+            let gap = self.config.keyframe_min_interval;
+            match self.router.keyframe(stream, now, gap) {
+                KeyframeDecision::SendNow => self.send_keyframe_request(source, now),
+                KeyframeDecision::Defer(at) => self.arm(TimerKey::Keyframe(stream), at),
+                KeyframeDecision::Coalesced => {}
+            }
+        } else if let Some(home) = route.home
+            && home != self.id
+        {
+            let _ = self.mesh.send(home, MeshMsg::Keyframe { stream });
+        }
+    }
+
+    fn send_keyframe_request(&mut self, source: PeerId, now: Instant) {
+        self.counters
+            .keyframe_requests
+            .fetch_add(1, Ordering::Relaxed);
+        self.with_peer(source, now, |p, tx, events| {
+            p.request_keyframe(KeyframeRequestKind::Pli, now, tx, events)
+        });
+    }
+
+    fn on_mesh(&mut self, msg: MeshMsg, now: Instant) {
+        match msg {
+            MeshMsg::Media { stream, packet } => self.forward(stream, packet, false, now),
+            MeshMsg::Keyframe { stream } => self.request_keyframe(stream, now),
+            MeshMsg::Subscribe { stream, core } => self.router.set_mirror(stream, core, true),
+            MeshMsg::Unsubscribe { stream, core } => self.router.set_mirror(stream, core, false),
+        }
+    }
+
+    fn on_command(&mut self, command: Command, now: Instant) -> bool {
+        match command {
+            Command::Accept { peer, offer, role } => self.accept(peer, &offer, role, now),
+            Command::Offer { peer, role } => self.offer(peer, role, now),
+            Command::Answer { peer, answer } => {
+                if !self.peers.contains_key(&peer) {
+                    self.sink.emit(Event::Failed {
+                        peer,
+                        reason: PeerFailure::UnknownPeer,
+                        continuity: None,
+                    });
+                    return true;
+                }
+                let media = self.with_peer(peer, now, |p, tx, events| {
+                    let media = p.apply_answer(&answer)?;
+                    p.drive(now, tx, events)?;
+                    Ok(media)
+                });
+                if let Some(media) = media {
+                    self.sink.emit(Event::Negotiated { peer, media });
+                }
+            }
+            Command::Close { peer } => {
+                self.with_peer(peer, now, |p, tx, events| {
+                    p.close(now, tx, events);
+                    Ok(())
+                });
+                self.flush_all();
+                if let Some(removed) = self.remove_peer(peer) {
+                    self.sink.emit(Event::Closed {
+                        peer,
+                        continuity: removed.continuity(),
+                    });
+                }
+            }
+            Command::RequestKeyframe { stream } => self.request_keyframe(stream, now),
+            Command::Query { peer, reply } => {
+                let _ = reply.send(self.peers.get(&peer).map(|p| p.report()));
+            }
+            Command::Shutdown => {
+                let ids: Vec<PeerId> = self.peers.keys().copied().collect();
+                for id in ids {
+                    self.with_peer(id, now, |p, tx, events| {
+                        p.close(now, tx, events);
+                        Ok(())
+                    });
+                }
+                self.queue.clear();
+                self.flush_all();
+                for id in self.peers.keys().copied().collect::<Vec<_>>() {
+                    self.remove_peer(id);
+                }
+                let _ = self.stop.try_send(());
+                return false;
+            }
+        }
+        true
+    }
+
+    fn accept(&mut self, id: PeerId, offer: &str, role: Role, now: Instant) {
+        if self.peers.len() >= self.config.max_peers_per_core {
+            self.emit_failed(id, PeerFailure::PeerLimit);
+            return;
+        }
+        let attach = attachment(&role);
+        let setup = PeerSetup {
+            core: self.id,
+            now,
+            config: &self.config,
+            cert: &self.cert,
+            candidates: &self.candidates,
+        };
+        let built = catch_unwind(AssertUnwindSafe(|| Peer::accept(id, offer, role, &setup)));
+        match flatten(built) {
+            Ok((mut peer, sdp, media)) => {
+                self.demux.add_ufrag(peer.ice_ufrag(), id);
+                self.insert_peer(peer, attach);
+                self.sink.emit(Event::Sdp {
+                    peer: id,
+                    sdp,
+                    media,
+                });
+                self.with_peer(id, now, |p, tx, events| p.drive(now, tx, events));
+            }
+            Err(failure) => self.emit_failed(id, failure),
+        }
+    }
+
+    fn offer(&mut self, id: PeerId, role: Role, now: Instant) {
+        if self.peers.len() >= self.config.max_peers_per_core {
+            self.emit_failed(id, PeerFailure::PeerLimit);
+            return;
+        }
+        let bind = SocketAddr::new(self.config.bind, 0);
+        let buffer = self.config.socket_buffer.min(1 << 20);
+        let socket = match udp::bind_media_socket(bind, buffer, buffer) {
+            Ok(s) => s,
+            Err(e) => {
+                self.emit_failed(id, PeerFailure::Socket(e.to_string()));
+                return;
+            }
+        };
+        let Some(local) = socket.local_addr().ok().and_then(|a| a.as_socket()) else {
+            self.emit_failed(id, PeerFailure::Socket("no local address".into()));
+            return;
+        };
+        let candidates = candidate_addrs(&self.config, local.port());
+        let attach = attachment(&role);
+        let setup = PeerSetup {
+            core: self.id,
+            now,
+            config: &self.config,
+            cert: &self.cert,
+            candidates: &candidates,
+        };
+        let built = catch_unwind(AssertUnwindSafe(|| Peer::offer(id, role, &setup)));
+        match flatten(built) {
+            Ok((peer, sdp, media)) => {
+                let socket = Rc::new(into_glommio(socket));
+                let (stop_tx, stop_rx) = local_channel::new_bounded(1);
+                let io = SocketIo::new(Rc::clone(&socket), Some(stop_tx));
+                self.dedicated.insert(id, io);
+                self.insert_peer(peer, attach);
+                glommio::spawn_local(socket_reader(
+                    self.this.clone(),
+                    SocketKey::Dedicated(id),
+                    socket,
+                    local,
+                    Some(stop_rx),
+                ))
+                .detach();
+                self.sink.emit(Event::Sdp {
+                    peer: id,
+                    sdp,
+                    media,
+                });
+            }
+            Err(failure) => self.emit_failed(id, failure),
+        }
+    }
+
+    fn insert_peer(&mut self, peer: Peer, attach: Option<(StreamId, Option<CoreId>)>) {
+        let id = peer.id;
+        match attach {
+            Some((stream, None)) => self.router.set_source(stream, id),
+            Some((stream, Some(home))) => {
+                self.router.subscribe(stream, id, home);
+                let first = self
+                    .router
+                    .route(stream)
+                    .is_some_and(|r| r.subscribers.len() == 1);
+                if home != self.id && first {
+                    let msg = MeshMsg::Subscribe {
+                        stream,
+                        core: self.id,
+                    };
+                    let _ = self.mesh.send(home, msg);
+                }
+            }
+            None => {}
+        }
+        self.peers.insert(id, peer);
+        self.counters.peers.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn remove_peer(&mut self, id: PeerId) -> Option<Peer> {
+        let peer = self.peers.remove(&id)?;
+        self.counters.peers.fetch_sub(1, Ordering::Relaxed);
+        self.demux.remove_peer(id);
+        self.timers.cancel(TimerKey::Peer(id));
+        if let Some(stream) = peer.stream() {
+            if peer.is_ingest() {
+                self.router.clear_source(stream, id);
+            } else {
+                let home = self.router.route(stream).and_then(|r| r.home);
+                self.router.unsubscribe(stream, id);
+                let none_left = self
+                    .router
+                    .route(stream)
+                    .is_none_or(|r| r.subscribers.is_empty());
+                if let Some(home) = home
+                    && home != self.id
+                    && none_left
+                {
+                    let msg = MeshMsg::Unsubscribe {
+                        stream,
+                        core: self.id,
+                    };
+                    let _ = self.mesh.send(home, msg);
+                }
+            }
+        }
+        if let Some(mut io) = self.dedicated.remove(&id) {
+            let _ = io.tx.flush(io.socket.as_raw_fd());
+            if let Some(stop) = io.stop.take() {
+                let _ = stop.try_send(());
+            }
+        }
+        Some(peer)
+    }
+
+    fn fail_peer(&mut self, id: PeerId, reason: PeerFailure) {
+        if let Some(peer) = self.remove_peer(id) {
+            tracing::info!(core = %self.id, peer = %id, %reason, "peer failed");
+            self.sink.emit(Event::Failed {
+                peer: id,
+                reason,
+                continuity: peer.continuity(),
+            });
+        }
+    }
+
+    fn emit_failed(&self, peer: PeerId, reason: PeerFailure) {
+        tracing::info!(core = %self.id, %peer, %reason, "peer not created");
+        self.sink.emit(Event::Failed {
+            peer,
+            reason,
+            continuity: None,
+        });
+    }
+
+    fn arm(&mut self, key: TimerKey, at: Instant) {
+        if self.timers.schedule(key, at) {
+            let _ = self.timer_signal.try_send(());
+        }
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        let mut budget = 8192;
+        while let Some(key) = self.timers.pop_due(now) {
+            match key {
+                TimerKey::Peer(id) => {
+                    let Some(peer) = self.peers.get(&id) else {
+                        continue;
+                    };
+                    let due = peer.deadline();
+                    if due > now {
+                        self.arm(key, due);
+                        continue;
+                    }
+                    self.with_peer(id, now, |p, tx, events| p.on_timeout(now, tx, events));
+                }
+                TimerKey::Keyframe(stream) => {
+                    let source = self.router.route(stream).and_then(|r| r.source);
+                    if let Some(source) = source
+                        && self.router.keyframe_due(stream, now)
+                    {
+                        self.send_keyframe_request(source, now);
+                    }
+                }
+            }
+            budget -= 1;
+            if budget == 0 {
+                break;
+            }
+        }
+        self.finish(now);
+    }
+
+    fn flush_all(&mut self) {
+        let fd = self.shared.socket.as_raw_fd();
+        if !self.shared.blocked {
+            let blocked = flush_one(&mut self.shared, fd, &self.counters);
+            if blocked {
+                self.shared.blocked = true;
+                self.spawn_unblock(SocketKey::Shared);
+            }
+        }
+        while let Some(id) = self.dirty.pop() {
+            let Some(io) = self.dedicated.get_mut(&id) else {
+                continue;
+            };
+            io.dirty = false;
+            if io.blocked {
+                continue;
+            }
+            let fd = io.socket.as_raw_fd();
+            if flush_one(io, fd, &self.counters) {
+                io.blocked = true;
+                self.spawn_unblock(SocketKey::Dedicated(id));
+            }
+        }
+    }
+
+    fn io_mut(&mut self, key: SocketKey) -> Option<&mut SocketIo> {
+        match key {
+            SocketKey::Shared => Some(&mut self.shared),
+            SocketKey::Dedicated(id) => self.dedicated.get_mut(&id),
+        }
+    }
+
+    /// The socket's buffer is full: wait for room with one asynchronous send of the head
+    /// datagram, then flush the rest, in order.
+    fn spawn_unblock(&self, key: SocketKey) {
+        let weak = self.this.clone();
+        glommio::spawn_local(async move {
+            loop {
+                let (socket, head) = {
+                    let Some(core) = weak.upgrade() else { return };
+                    let mut core = core.borrow_mut();
+                    let Some(io) = core.io_mut(key) else { return };
+                    (Rc::clone(&io.socket), io.tx.pop_front())
+                };
+                if let Some((dst, data)) = head {
+                    let _ = socket.send_to(&data, dst).await;
+                }
+                let Some(core) = weak.upgrade() else { return };
+                let mut core = core.borrow_mut();
+                let counters = Arc::clone(&core.counters);
+                let Some(io) = core.io_mut(key) else { return };
+                let fd = io.socket.as_raw_fd();
+                if !flush_one(io, fd, &counters) {
+                    io.blocked = false;
+                    return;
+                }
+            }
+        })
+        .detach();
+    }
+}
+
+/// Flushes one socket's queue; true if the kernel buffer filled up.
+fn flush_one(io: &mut SocketIo, fd: std::os::fd::RawFd, counters: &CoreCounters) -> bool {
+    if io.tx.is_empty() {
+        return false;
+    }
+    let bytes = io.tx.queued_bytes();
+    let (sent, dropped, blocked) = match io.tx.flush(fd) {
+        FlushOutcome::Done { sent, dropped } => (sent, dropped, false),
+        FlushOutcome::Blocked { sent, dropped } => (sent, dropped, true),
+    };
+    counters
+        .tx_packets
+        .fetch_add(sent as u64, Ordering::Relaxed);
+    let remaining = io.tx.queued_bytes();
+    counters
+        .tx_bytes
+        .fetch_add(bytes.saturating_sub(remaining) as u64, Ordering::Relaxed);
+    counters
+        .dropped_send_error
+        .fetch_add(dropped as u64, Ordering::Relaxed);
+    blocked
+}
+
+/// Which stream a role attaches to: `(stream, None)` for a source, `(stream, Some(home))`
+/// for a subscriber.
+fn attachment(role: &Role) -> Option<(StreamId, Option<CoreId>)> {
+    match role {
+        Role::Ingest { stream, .. } => Some((*stream, None)),
+        Role::Egress { stream, home, .. } => Some((*stream, Some(*home))),
+        Role::Generate(_) | Role::Probe => None,
+    }
+}
+
+fn flatten<T>(r: std::thread::Result<Result<T, PeerFailure>>) -> Result<T, PeerFailure> {
+    match r {
+        Ok(r) => r,
+        Err(_) => Err(PeerFailure::Internal("the WebRTC stack panicked".into())),
+    }
+}
+
+/// Reads one socket: waits for readability (a one-byte peek through io_uring), then drains
+/// it with batched `recvmmsg` so every datagram's destination address is known.
+async fn socket_reader(
+    core: Weak<RefCell<Core>>,
+    key: SocketKey,
+    socket: Rc<UdpSocket>,
+    local: SocketAddr,
+    stop: Option<LocalReceiver<()>>,
+) {
+    let fd = socket.as_raw_fd();
+    let mut batch = RecvBatch::new(64);
+    let mut probe = [0u8; 1];
+    loop {
+        let ready = async { Some(socket.peek_from(&mut probe).await.map(|_| ())) };
+        let outcome = match &stop {
+            Some(stop) => {
+                ready
+                    .or(async { stop.recv().await.map(|()| None).unwrap_or(None) })
+                    .await
+            }
+            None => ready.await,
+        };
+        let Some(readable) = outcome else {
+            return;
+        };
+        if let Err(e) = readable {
+            tracing::debug!(?key, error = %e, "socket wait failed");
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+        let Some(core) = core.upgrade() else { return };
+        let mut drained = 0;
+        let now = Instant::now();
+        loop {
+            let n = match batch.recv(fd, local) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::debug!(?key, error = %e, "recvmmsg failed");
+                    break;
+                }
+            };
+            core.borrow_mut().on_datagrams(key, &batch, n, now);
+            drained += n;
+            if drained >= 1024 {
+                break;
+            }
+        }
+        core.borrow_mut().finish(now);
+        drop(core);
+        glommio::yield_if_needed().await;
+    }
+}
+
+/// Drains commands whenever the control plane's wake datagram arrives.
+async fn command_reader(
+    core: Weak<RefCell<Core>>,
+    wake: UdpSocket,
+    commands: Receiver<Command>,
+    flag: Arc<AtomicBool>,
+) {
+    let mut buf = [0u8; 16];
+    loop {
+        flag.store(false, Ordering::SeqCst);
+        {
+            let Some(core) = core.upgrade() else { return };
+            let mut core = core.borrow_mut();
+            let now = Instant::now();
+            loop {
+                match commands.try_recv() {
+                    Ok(command) => {
+                        if !core.on_command(command, now) {
+                            return;
+                        }
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        core.on_command(Command::Shutdown, now);
+                        return;
+                    }
+                }
+            }
+            core.finish(now);
+        }
+        let _ = wake.recv_from(&mut buf).await;
+    }
+}
+
+/// Sleeps until the earliest deadline (or until an earlier one is armed), then fires what
+/// is due.
+async fn timer_loop(core: Weak<RefCell<Core>>, signal: LocalReceiver<()>) {
+    loop {
+        let next = {
+            let Some(core) = core.upgrade() else { return };
+            core.borrow_mut().timers.next()
+        };
+        let wait = next.map_or(Duration::from_secs(3600), |t| {
+            t.saturating_duration_since(Instant::now())
+        });
+        if !wait.is_zero() {
+            async {
+                glommio::timer::sleep(wait).await;
+            }
+            .or(async {
+                let _ = signal.recv().await;
+            })
+            .await;
+        }
+        let Some(core) = core.upgrade() else { return };
+        core.borrow_mut().fire_timers(Instant::now());
+        drop(core);
+        glommio::yield_if_needed().await;
+    }
+}
+
+/// Hands a configured socket2 socket to glommio. glommio's own `From<socket2::Socket>`
+/// is for an older socket2, so the descriptor moves across as a raw fd.
+fn into_glommio(socket: socket2::Socket) -> UdpSocket {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    // SAFETY: `into_raw_fd` gives up ownership of an open, bound UDP socket descriptor;
+    // the glommio socket becomes its only owner.
+    unsafe { UdpSocket::from_raw_fd(socket.into_raw_fd()) }
+}

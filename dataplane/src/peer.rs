@@ -1,0 +1,876 @@
+//! One peer connection: a str0m `Rtc` in RTP mode plus what relaycast does with its media
+//! (ingest into a stream, egress from a stream, synthetic generation, measurement). SDP is
+//! applied here, on the core that owns the peer. [`Peer::drive`] is the one function that
+//! drains an `Rtc` after every mutation.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::config::DtlsCert;
+use str0m::format::{Codec, PayloadParams};
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::{RtpPacket, RtpWrite, Ssrc};
+use str0m::{Candidate, Event as RtcEvent, IceConnectionState, Input, Output, Rtc, RtcConfig};
+use str0m::{RtcError, error::SdpError};
+
+use crate::api::{DataPlaneConfig, PeerFailure, PeerReport, Role};
+use crate::ids::{CoreId, PeerId, StreamId};
+use crate::media::{
+    Continuity, MediaExt, MediaPacket, StreamMedia, TrackRewriter, choose_ingest_codecs,
+    offered_kinds,
+};
+use crate::synth::{Generator, Probe, SynthConfig, SynthPacket, VideoCodec, unix_micros};
+use crate::udp::SendBatch;
+
+/// What happened inside a peer that the core must act on.
+#[derive(Debug)]
+pub enum PeerEvent {
+    /// ICE and DTLS are up.
+    Connected,
+    /// A packet of the ingested stream, already in the stream's sequence space.
+    Media(MediaPacket),
+    /// The remote (a player) asked for a keyframe.
+    KeyframeRequest(KeyframeRequestKind),
+}
+
+/// Everything a new peer needs from its core.
+pub struct PeerSetup<'a> {
+    pub core: CoreId,
+    pub now: Instant,
+    pub config: &'a DataPlaneConfig,
+    pub cert: &'a DtlsCert,
+    /// Host candidates: the shared socket's advertised addresses for server peers, the
+    /// dedicated socket's addresses for client peers.
+    pub candidates: &'a [SocketAddr],
+}
+
+pub struct Peer {
+    pub id: PeerId,
+    rtc: Rtc,
+    kind: PeerKind,
+    /// A client-side peer (offerer) owns a dedicated socket; a server-side one shares the
+    /// core's socket.
+    pub dedicated: bool,
+    core: CoreId,
+    created: Instant,
+    connected_at: Option<Instant>,
+    ice_lost_since: Option<Instant>,
+    remote_closed_at: Option<Instant>,
+    last_media: Instant,
+    rtc_deadline: Instant,
+    pending: Option<SdpPendingOffer>,
+    mids: Vec<(Mid, MediaKind)>,
+    limits: Limits,
+    local: Option<SocketAddr>,
+}
+
+#[derive(Clone, Copy)]
+struct Limits {
+    connect: std::time::Duration,
+    rtp: std::time::Duration,
+    ice_grace: std::time::Duration,
+}
+
+enum PeerKind {
+    Ingest(Ingest),
+    Egress(Egress),
+    Generate(Box<Generate>),
+    Probe(Box<Probe>),
+}
+
+struct Ingest {
+    stream: StreamId,
+    previous: Continuity,
+    tracks: Vec<IngestTrack>,
+}
+
+struct IngestTrack {
+    mid: Mid,
+    kind: MediaKind,
+    pt: Pt,
+    rewriter: TrackRewriter,
+}
+
+struct Egress {
+    stream: StreamId,
+    media: StreamMedia,
+    audio: Option<EgressTrack>,
+    video: Option<EgressTrack>,
+}
+
+struct EgressTrack {
+    ssrc: Ssrc,
+    pt: Pt,
+    /// Added to the stream's sequence number to get this subscriber's, fixed by the first
+    /// packet it receives so every subscriber starts below 2^16 (no ROC signalling needed).
+    seq_offset: Option<i64>,
+}
+
+struct Generate {
+    generator: Generator,
+    audio: Option<GenTrack>,
+    video: Option<GenTrack>,
+    scratch: Vec<SynthPacket>,
+}
+
+struct GenTrack {
+    ssrc: Ssrc,
+    pt: Pt,
+    seq: u64,
+}
+
+impl Peer {
+    /// A server-side peer answering `offer`: the answer SDP and what the peer carries.
+    pub fn accept(
+        id: PeerId,
+        offer: &str,
+        role: Role,
+        setup: &PeerSetup<'_>,
+    ) -> Result<(Peer, String, StreamMedia), PeerFailure> {
+        let offer = SdpOffer::from_sdp_string(offer).map_err(bad_sdp)?;
+        let (mut config, kind) = match role {
+            Role::Ingest { stream, continuity } => {
+                let media = choose_ingest_codecs(&offer);
+                if media.is_empty() {
+                    return Err(PeerFailure::NoCommonCodecs);
+                }
+                let ingest = Ingest {
+                    stream,
+                    previous: continuity,
+                    tracks: Vec::new(),
+                };
+                (codecs_config(&media), PeerKind::Ingest(ingest))
+            }
+            Role::Egress {
+                stream,
+                home: _,
+                media,
+            } => {
+                let (wants_audio, wants_video) = offered_kinds(&offer);
+                let audio = media.audio.filter(|_| wants_audio);
+                let video = media.video.filter(|_| wants_video);
+                if audio.is_none() && video.is_none() {
+                    return Err(PeerFailure::NoCommonCodecs);
+                }
+                let egress = Egress {
+                    stream,
+                    media,
+                    audio: None,
+                    video: None,
+                };
+                (
+                    codecs_config(&StreamMedia { audio, video }),
+                    PeerKind::Egress(egress),
+                )
+            }
+            Role::Generate(_) | Role::Probe => {
+                return Err(PeerFailure::Internal(
+                    "generator and probe peers make offers, they do not answer".into(),
+                ));
+            }
+        };
+        config = config.set_ice_lite(true);
+        let mut peer = Peer::build(id, config, kind, false, setup);
+        peer.mids = offer
+            .media_lines
+            .iter()
+            .filter(|l| !l.disabled)
+            .filter_map(|l| line_kind(&l.rtp_params()).map(|k| (l.mid(), k)))
+            .collect();
+        let answer = peer
+            .rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(rtc_sdp_failure)?;
+        let media = peer.bind_tracks()?;
+        Ok((peer, answer.to_sdp_string(), media))
+    }
+
+    /// A client-side peer making an offer (generator, probe, or relay).
+    pub fn offer(
+        id: PeerId,
+        role: Role,
+        setup: &PeerSetup<'_>,
+    ) -> Result<(Peer, String, StreamMedia), PeerFailure> {
+        let (config, kind, direction, media) = match role {
+            Role::Generate(synth) => {
+                let media = synth_media(&synth);
+                let generate = Generate {
+                    generator: Generator::new(synth, setup.now),
+                    audio: None,
+                    video: None,
+                    scratch: Vec::new(),
+                };
+                let kind = PeerKind::Generate(Box::new(generate));
+                (codecs_config(&media), kind, Direction::SendOnly, media)
+            }
+            Role::Probe => (
+                receive_all_config(),
+                PeerKind::Probe(Box::new(Probe::new())),
+                Direction::RecvOnly,
+                StreamMedia::default(),
+            ),
+            Role::Ingest { stream, continuity } => {
+                let ingest = Ingest {
+                    stream,
+                    previous: continuity,
+                    tracks: Vec::new(),
+                };
+                (
+                    receive_all_config(),
+                    PeerKind::Ingest(ingest),
+                    Direction::RecvOnly,
+                    StreamMedia::default(),
+                )
+            }
+            Role::Egress {
+                stream,
+                home: _,
+                media,
+            } => {
+                let egress = Egress {
+                    stream,
+                    media,
+                    audio: None,
+                    video: None,
+                };
+                (
+                    codecs_config(&media),
+                    PeerKind::Egress(egress),
+                    Direction::SendOnly,
+                    media,
+                )
+            }
+        };
+        let mut peer = Peer::build(id, config, kind, true, setup);
+        let mut api = peer.rtc.sdp_api();
+        let mut mids = Vec::new();
+        let kinds: &[MediaKind] = match (&peer.kind, direction) {
+            (_, Direction::RecvOnly) => &[MediaKind::Audio, MediaKind::Video],
+            _ => match (media.audio.is_some(), media.video.is_some()) {
+                (true, true) => &[MediaKind::Audio, MediaKind::Video],
+                (true, false) => &[MediaKind::Audio],
+                (false, true) => &[MediaKind::Video],
+                (false, false) => return Err(PeerFailure::NoCommonCodecs),
+            },
+        };
+        for kind in kinds {
+            let mid = api.add_media(*kind, direction, None, None, None);
+            mids.push((mid, *kind));
+        }
+        let Some((offer, pending)) = api.apply() else {
+            return Err(PeerFailure::Internal("no changes to offer".into()));
+        };
+        peer.mids = mids;
+        peer.pending = Some(pending);
+        Ok((peer, offer.to_sdp_string(), media))
+    }
+
+    /// Applies the remote answer to an offering peer; returns what was negotiated.
+    pub fn apply_answer(&mut self, answer: &str) -> Result<StreamMedia, PeerFailure> {
+        let Some(pending) = self.pending.take() else {
+            return Err(PeerFailure::Internal("no offer is pending".into()));
+        };
+        let answer = SdpAnswer::from_sdp_string(answer).map_err(bad_sdp)?;
+        self.rtc
+            .sdp_api()
+            .accept_answer(pending, answer)
+            .map_err(rtc_sdp_failure)?;
+        self.bind_tracks()
+    }
+
+    /// Feeds one received datagram. Malformed input is dropped, never fatal: a forged packet
+    /// from a peer's address must not end its session. Returns false if it was dropped.
+    pub fn receive(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        destination: SocketAddr,
+        payload: &[u8],
+    ) -> Result<bool, PeerFailure> {
+        let Ok(receive) = Receive::new(Protocol::Udp, source, destination, payload) else {
+            return Ok(false);
+        };
+        match self.rtc.handle_input(Input::Receive(now, receive)) {
+            Ok(()) => Ok(true),
+            Err(RtcError::Dtls(e)) => Err(dtls_failure(&e.to_string())),
+            Err(e) => {
+                tracing::debug!(peer = %self.id, error = %e, "dropped input");
+                Ok(false)
+            }
+        }
+    }
+
+    /// Drains the `Rtc` until it asks for a timeout: transmits go to `tx`, what the core must
+    /// act on goes to `events`.
+    pub fn drive(
+        &mut self,
+        now: Instant,
+        tx: &mut SendBatch,
+        events: &mut Vec<PeerEvent>,
+    ) -> Result<(), PeerFailure> {
+        loop {
+            match self.rtc.poll_output() {
+                Ok(Output::Timeout(t)) => {
+                    self.rtc_deadline = t;
+                    return Ok(());
+                }
+                Ok(Output::Transmit(t)) => {
+                    if self.local.is_none() {
+                        self.local = Some(t.source);
+                    }
+                    tx.push(t.destination, Some(t.source.ip()), t.contents.into());
+                }
+                Ok(Output::Event(e)) => self.on_rtc_event(e, now, events),
+                Err(RtcError::Dtls(e)) => return Err(dtls_failure(&e.to_string())),
+                Err(e) => return Err(PeerFailure::Internal(e.to_string())),
+            }
+        }
+    }
+
+    /// Advances time: the peer's own deadlines, then str0m's, then a generator's frames.
+    pub fn on_timeout(
+        &mut self,
+        now: Instant,
+        tx: &mut SendBatch,
+        events: &mut Vec<PeerEvent>,
+    ) -> Result<(), PeerFailure> {
+        self.check_deadlines(now)?;
+        if now >= self.rtc_deadline {
+            self.rtc
+                .handle_input(Input::Timeout(now))
+                .map_err(|e| PeerFailure::Internal(e.to_string()))?;
+            self.drive(now, tx, events)?;
+        }
+        self.generate(now, tx, events)
+    }
+
+    /// The next instant this peer must be woken at.
+    pub fn deadline(&self) -> Instant {
+        let mut d = self.rtc_deadline;
+        match self.connected_at {
+            None => d = d.min(self.created + self.limits.connect),
+            Some(_) => {
+                if let PeerKind::Ingest(_) = self.kind {
+                    d = d.min(self.last_media + self.limits.rtp);
+                }
+                if let PeerKind::Generate(g) = &self.kind {
+                    d = d.min(g.generator.next_deadline());
+                }
+            }
+        }
+        if let Some(since) = self.ice_lost_since {
+            d = d.min(since + self.limits.ice_grace);
+        }
+        if let Some(at) = self.remote_closed_at {
+            d = d.min(at + CLOSE_GRACE);
+        }
+        d
+    }
+
+    /// Writes one stream packet to an egress peer and drains it.
+    pub fn write_media(
+        &mut self,
+        packet: &MediaPacket,
+        now: Instant,
+        tx: &mut SendBatch,
+        events: &mut Vec<PeerEvent>,
+    ) -> Result<(), PeerFailure> {
+        if self.connected_at.is_none() {
+            return Ok(());
+        }
+        let PeerKind::Egress(egress) = &mut self.kind else {
+            return Ok(());
+        };
+        let track = match packet.kind {
+            MediaKind::Audio => egress.audio.as_mut(),
+            MediaKind::Video => egress.video.as_mut(),
+        };
+        let Some(track) = track else {
+            return Ok(());
+        };
+        let offset = *track
+            .seq_offset
+            .get_or_insert_with(|| fastrand::i64(1_000..30_000) - packet.seq as i64);
+        let seq = packet.seq as i64 + offset;
+        if seq < 0 {
+            return Ok(());
+        }
+        let (ssrc, pt) = (track.ssrc, track.pt);
+        {
+            let mut api = self.rtc.direct_api();
+            let Some(stream) = api.stream_tx(&ssrc) else {
+                return Ok(());
+            };
+            let write = RtpWrite::new(pt, (seq as u64).into(), packet.ts, packet.arrival, {
+                packet.payload.clone()
+            })
+            .marker(packet.marker)
+            .ext_vals(packet.ext.to_values())
+            .nackable(packet.kind == MediaKind::Video);
+            stream.write_rtp(write);
+        }
+        self.drive(now, tx, events)
+    }
+
+    /// Asks an ingest peer's remote for a keyframe.
+    pub fn request_keyframe(
+        &mut self,
+        kind: KeyframeRequestKind,
+        now: Instant,
+        tx: &mut SendBatch,
+        events: &mut Vec<PeerEvent>,
+    ) -> Result<(), PeerFailure> {
+        let PeerKind::Ingest(ingest) = &self.kind else {
+            return Ok(());
+        };
+        let Some(track) = ingest.tracks.iter().find(|t| t.kind == MediaKind::Video) else {
+            return Ok(());
+        };
+        let mid = track.mid;
+        {
+            let mut api = self.rtc.direct_api();
+            let Some(rx) = api.stream_rx_by_mid(mid, None) else {
+                return Ok(());
+            };
+            rx.request_keyframe(kind);
+        }
+        self.drive(now, tx, events)
+    }
+
+    /// The stream this peer feeds (ingest) or reads (egress).
+    pub fn stream(&self) -> Option<StreamId> {
+        match &self.kind {
+            PeerKind::Ingest(i) => Some(i.stream),
+            PeerKind::Egress(e) => Some(e.stream),
+            _ => None,
+        }
+    }
+
+    /// Whether the peer feeds a stream.
+    pub fn is_ingest(&self) -> bool {
+        matches!(self.kind, PeerKind::Ingest(_))
+    }
+
+    /// The local ICE username fragment, for demultiplexing STUN.
+    pub fn ice_ufrag(&mut self) -> String {
+        self.rtc.direct_api().local_ice_credentials().ufrag
+    }
+
+    /// Where an ingest peer's stream left off.
+    pub fn continuity(&self) -> Option<Continuity> {
+        let PeerKind::Ingest(ingest) = &self.kind else {
+            return None;
+        };
+        let mut c = ingest.previous;
+        for t in &ingest.tracks {
+            let end = t.rewriter.end();
+            match t.kind {
+                MediaKind::Audio => c.audio = end.or(c.audio),
+                MediaKind::Video => c.video = end.or(c.video),
+            }
+        }
+        Some(c)
+    }
+
+    /// Statistics for the protocol client and the load generator.
+    pub fn report(&self) -> PeerReport {
+        let (probe, latency) = match &self.kind {
+            PeerKind::Probe(p) => (Some(p.report()), Some(p.latency_histogram().clone())),
+            _ => (None, None),
+        };
+        let generator = match &self.kind {
+            PeerKind::Generate(g) => Some(g.generator.stats()),
+            _ => None,
+        };
+        PeerReport {
+            peer: self.id,
+            core: self.core,
+            connected: self.connected_at.is_some(),
+            connected_at: self.connected_at,
+            local: self.local,
+            probe,
+            latency,
+            generator,
+        }
+    }
+
+    /// Starts closing: str0m sends what it must (RTCP BYE, DTLS close_notify).
+    pub fn close(&mut self, now: Instant, tx: &mut SendBatch, events: &mut Vec<PeerEvent>) {
+        if self.rtc.close().is_ok() {
+            let _ = self.drive(now, tx, events);
+        }
+    }
+
+    fn build(
+        id: PeerId,
+        config: RtcConfig,
+        kind: PeerKind,
+        dedicated: bool,
+        setup: &PeerSetup<'_>,
+    ) -> Peer {
+        let mut rtc = config
+            .set_rtp_mode(true)
+            .set_dtls_cert(setup.cert.clone())
+            .build(setup.now);
+        for addr in setup.candidates {
+            match Candidate::host(*addr, "udp") {
+                Ok(c) => {
+                    rtc.add_local_candidate(c);
+                }
+                Err(e) => tracing::warn!(%addr, error = %e, "unusable host candidate"),
+            }
+        }
+        Peer {
+            id,
+            rtc,
+            kind,
+            dedicated,
+            core: setup.core,
+            created: setup.now,
+            connected_at: None,
+            ice_lost_since: None,
+            remote_closed_at: None,
+            last_media: setup.now,
+            rtc_deadline: setup.now,
+            pending: None,
+            mids: Vec::new(),
+            limits: Limits {
+                connect: setup.config.connect_timeout,
+                rtp: setup.config.rtp_timeout,
+                ice_grace: setup.config.ice_disconnect_grace,
+            },
+            local: None,
+        }
+    }
+
+    /// After negotiation: which mid, SSRC and payload type each track uses, and what media
+    /// the peer carries as negotiated.
+    fn bind_tracks(&mut self) -> Result<StreamMedia, PeerFailure> {
+        let mut negotiated = StreamMedia::default();
+        for (mid, kind) in self.mids.clone() {
+            let Some(params) = self.negotiated_params(mid) else {
+                continue;
+            };
+            match kind {
+                MediaKind::Audio => negotiated.audio = Some(params),
+                MediaKind::Video => negotiated.video = Some(params),
+            }
+            let ssrc = self
+                .rtc
+                .direct_api()
+                .stream_tx_by_mid(mid, None)
+                .map(|s| s.ssrc());
+            let pt = params.pt();
+            match &mut self.kind {
+                PeerKind::Ingest(ingest) => {
+                    let previous = match kind {
+                        MediaKind::Audio => ingest.previous.audio,
+                        MediaKind::Video => ingest.previous.video,
+                    };
+                    let clock = params.spec().clock_rate.get();
+                    ingest.tracks.push(IngestTrack {
+                        mid,
+                        kind,
+                        pt,
+                        rewriter: TrackRewriter::new(clock, previous),
+                    });
+                }
+                PeerKind::Egress(egress) => {
+                    let Some(ssrc) = ssrc else { continue };
+                    let track = EgressTrack {
+                        ssrc,
+                        pt,
+                        seq_offset: None,
+                    };
+                    match kind {
+                        MediaKind::Audio => egress.audio = Some(track),
+                        MediaKind::Video => egress.video = Some(track),
+                    }
+                }
+                PeerKind::Generate(generate) => {
+                    let Some(ssrc) = ssrc else { continue };
+                    let track = GenTrack { ssrc, pt, seq: 0 };
+                    match kind {
+                        MediaKind::Audio => generate.audio = Some(track),
+                        MediaKind::Video => generate.video = Some(track),
+                    }
+                }
+                PeerKind::Probe(_) => {}
+            }
+        }
+        if negotiated.is_empty() {
+            return Err(PeerFailure::NoCommonCodecs);
+        }
+        if let PeerKind::Egress(egress) = &self.kind {
+            let stream = egress.media;
+            let wanted_video = stream.video.is_some() && negotiated.video.is_none();
+            let wanted_audio = stream.audio.is_some() && negotiated.audio.is_none();
+            let asked_video = self.mids.iter().any(|(_, k)| *k == MediaKind::Video);
+            let asked_audio = self.mids.iter().any(|(_, k)| *k == MediaKind::Audio);
+            if (wanted_video && asked_video) || (wanted_audio && asked_audio) {
+                return Err(PeerFailure::NoCommonCodecs);
+            }
+        }
+        Ok(negotiated)
+    }
+
+    /// The codec parameters (with the payload type in use on the wire) of one media line:
+    /// the first of our configured codecs that the remote accepted for it.
+    fn negotiated_params(&self, mid: Mid) -> Option<PayloadParams> {
+        let media = self.rtc.media(mid)?;
+        let kind = media.kind();
+        let remote = media.remote_pts();
+        self.rtc
+            .codec_config()
+            .params()
+            .iter()
+            .filter(|p| p.spec().codec.is_audio() == (kind == MediaKind::Audio))
+            .filter(|p| is_media_codec(p.spec().codec))
+            .find(|p| remote.contains(&p.pt()))
+            .copied()
+    }
+
+    fn on_rtc_event(&mut self, e: RtcEvent, now: Instant, events: &mut Vec<PeerEvent>) {
+        match e {
+            RtcEvent::Connected => {
+                if self.connected_at.is_none() {
+                    self.connected_at = Some(now);
+                    self.last_media = now;
+                    events.push(PeerEvent::Connected);
+                }
+            }
+            RtcEvent::IceConnectionStateChange(state) => match state {
+                IceConnectionState::Disconnected => {
+                    self.ice_lost_since.get_or_insert(now);
+                }
+                IceConnectionState::Connected | IceConnectionState::Completed => {
+                    self.ice_lost_since = None;
+                }
+                _ => {}
+            },
+            RtcEvent::RtpPacket(packet) => self.on_rtp(packet, now, events),
+            RtcEvent::KeyframeRequest(req) => match &mut self.kind {
+                PeerKind::Egress(_) => events.push(PeerEvent::KeyframeRequest(req.kind)),
+                PeerKind::Generate(g) => g.generator.request_keyframe(),
+                _ => {}
+            },
+            RtcEvent::Closed => {
+                self.remote_closed_at.get_or_insert(now);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_rtp(&mut self, packet: RtpPacket, now: Instant, events: &mut Vec<PeerEvent>) {
+        match &mut self.kind {
+            PeerKind::Ingest(ingest) => {
+                let pt = packet.header.payload_type;
+                let Some(track) = ingest.tracks.iter_mut().find(|t| t.pt == pt) else {
+                    return;
+                };
+                if packet.payload.is_empty() {
+                    return;
+                }
+                self.last_media = now;
+                let ssrc = *packet.header.ssrc;
+                let (seq, ts) =
+                    track
+                        .rewriter
+                        .rewrite(ssrc, *packet.seq_no, packet.header.timestamp, now);
+                events.push(PeerEvent::Media(MediaPacket {
+                    kind: track.kind,
+                    seq,
+                    ts,
+                    marker: packet.header.marker,
+                    ext: MediaExt::from_values(&packet.header.ext_vals),
+                    payload: packet.payload,
+                    arrival: now,
+                }));
+            }
+            PeerKind::Probe(probe) => {
+                probe.on_packet(
+                    *packet.header.ssrc,
+                    packet.header.sequence_number,
+                    &packet.payload,
+                    unix_micros(),
+                    now,
+                );
+            }
+            _ => {}
+        }
+    }
+
+    fn check_deadlines(&mut self, now: Instant) -> Result<(), PeerFailure> {
+        match self.connected_at {
+            None if now >= self.created + self.limits.connect => {
+                return Err(PeerFailure::IceTimeout);
+            }
+            Some(_) if self.is_ingest() && now >= self.last_media + self.limits.rtp => {
+                return Err(PeerFailure::RtpActivity);
+            }
+            _ => {}
+        }
+        if let Some(since) = self.ice_lost_since
+            && now >= since + self.limits.ice_grace
+        {
+            return Err(PeerFailure::IceKeepAlive);
+        }
+        if let Some(at) = self.remote_closed_at
+            && now >= at + CLOSE_GRACE
+        {
+            return Err(PeerFailure::Dtls("closed by the remote".into()));
+        }
+        Ok(())
+    }
+
+    fn generate(
+        &mut self,
+        now: Instant,
+        tx: &mut SendBatch,
+        events: &mut Vec<PeerEvent>,
+    ) -> Result<(), PeerFailure> {
+        if self.connected_at.is_none() {
+            return Ok(());
+        }
+        let PeerKind::Generate(g) = &mut self.kind else {
+            return Ok(());
+        };
+        if now < g.generator.next_deadline() {
+            return Ok(());
+        }
+        let mut packets = std::mem::take(&mut g.scratch);
+        g.generator.poll(now, unix_micros(), &mut packets);
+        let mut result = Ok(());
+        for packet in packets.drain(..) {
+            let PeerKind::Generate(g) = &mut self.kind else {
+                break;
+            };
+            let track = match packet.kind {
+                crate::synth::Kind::Audio => g.audio.as_mut(),
+                crate::synth::Kind::Video => g.video.as_mut(),
+            };
+            let Some(track) = track else { continue };
+            let (ssrc, pt, seq) = (track.ssrc, track.pt, track.seq);
+            track.seq += 1;
+            let video = packet.kind == crate::synth::Kind::Video;
+            {
+                let mut api = self.rtc.direct_api();
+                let Some(stream) = api.stream_tx(&ssrc) else {
+                    continue;
+                };
+                let write = RtpWrite::new(pt, seq.into(), packet.rtp_time, now, packet.payload)
+                    .marker(packet.marker)
+                    .nackable(video);
+                stream.write_rtp(write);
+            }
+            if let Err(e) = self.drive(now, tx, events) {
+                result = Err(e);
+                break;
+            }
+        }
+        if let PeerKind::Generate(g) = &mut self.kind {
+            g.scratch = packets;
+        }
+        result
+    }
+}
+
+/// How long after a remote DTLS close_notify the peer is failed if no signalling closed it.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A config offering or accepting exactly the stream's codecs, with their payload types.
+fn codecs_config(media: &StreamMedia) -> RtcConfig {
+    let mut config = RtcConfig::new().clear_codecs();
+    let codecs = config.codec_config();
+    for p in [media.audio, media.video].into_iter().flatten() {
+        let spec = p.spec();
+        codecs.add_config(
+            p.pt(),
+            p.resend(),
+            spec.codec,
+            spec.clock_rate,
+            spec.channels,
+            spec.format,
+        );
+    }
+    config
+}
+
+/// A config that can receive every codec the server forwards (probes, pull relays).
+fn receive_all_config() -> RtcConfig {
+    RtcConfig::new()
+        .clear_codecs()
+        .enable_opus(true, false)
+        .enable_g722(true, false)
+        .enable_pcmu(true, false)
+        .enable_pcma(true, false)
+        .enable_vp8(true)
+        .enable_h264(true)
+        .enable_vp9(true)
+        .enable_av1(true)
+}
+
+/// The codecs a synthetic publisher offers.
+fn synth_media(config: &SynthConfig) -> StreamMedia {
+    let mut base = receive_all_config();
+    let params = base.codec_config().params().to_vec();
+    let find = |codec: Codec, check: &dyn Fn(&PayloadParams) -> bool| {
+        params
+            .iter()
+            .find(|p| p.spec().codec == codec && check(p))
+            .copied()
+    };
+    let audio = config.audio.then(|| find(Codec::Opus, &|_| true)).flatten();
+    let video = match config.video {
+        Some(VideoCodec::Vp8) => find(Codec::Vp8, &|_| true),
+        Some(VideoCodec::H264) => find(Codec::H264, &|p| {
+            let f = p.spec().format;
+            f.packetization_mode == Some(1) && f.profile_level_id == Some(0x42e01f)
+        }),
+        None => None,
+    };
+    StreamMedia { audio, video }
+}
+
+fn line_kind(params: &[PayloadParams]) -> Option<MediaKind> {
+    params.iter().find_map(|p| {
+        let codec = p.spec().codec;
+        if codec.is_audio() {
+            Some(MediaKind::Audio)
+        } else if codec.is_video() {
+            Some(MediaKind::Video)
+        } else {
+            None
+        }
+    })
+}
+
+fn is_media_codec(codec: Codec) -> bool {
+    !matches!(
+        codec,
+        Codec::Rtx | Codec::Red | Codec::Null | Codec::Unknown | Codec::Tele | Codec::CN
+    )
+}
+
+fn bad_sdp(e: SdpError) -> PeerFailure {
+    PeerFailure::BadSdp(e.to_string())
+}
+
+fn rtc_sdp_failure(e: RtcError) -> PeerFailure {
+    match e {
+        RtcError::RemoteSdp(msg) => PeerFailure::BadSdp(msg),
+        RtcError::Sdp(e) => PeerFailure::BadSdp(e.to_string()),
+        other => PeerFailure::BadSdp(other.to_string()),
+    }
+}
+
+fn dtls_failure(message: &str) -> PeerFailure {
+    if message.to_ascii_lowercase().contains("fingerprint") {
+        PeerFailure::DtlsFingerprint
+    } else {
+        PeerFailure::Dtls(message.to_string())
+    }
+}

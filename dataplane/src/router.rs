@@ -1,0 +1,207 @@
+//! The per-core forwarding table: for each stream, its source peer (on the stream's home
+//! core), the subscribers on this core, and the other cores that want a copy. Also the
+//! keyframe gate that coalesces requests towards a source. Pure state: the core does the IO.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::ids::{CoreId, PeerId, StreamId};
+
+#[derive(Default)]
+pub struct Router {
+    routes: HashMap<StreamId, Route>,
+}
+
+#[derive(Debug, Default)]
+pub struct Route {
+    /// The ingest peer, when it lives on this core.
+    pub source: Option<PeerId>,
+    /// Egress peers on this core.
+    pub subscribers: Vec<PeerId>,
+    /// Cores this (home) core copies the stream's packets to.
+    pub mirrors: Vec<CoreId>,
+    /// Where the stream's source lives, as told by subscribers' roles.
+    pub home: Option<CoreId>,
+    keyframe: KeyframeGate,
+}
+
+#[derive(Debug, Default)]
+struct KeyframeGate {
+    last_sent: Option<Instant>,
+    pending: bool,
+}
+
+/// What to do with a keyframe request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum KeyframeDecision {
+    /// Ask the source now.
+    SendNow,
+    /// Too soon after the last one: ask at this instant (arm a timer).
+    Defer(Instant),
+    /// A deferred request is already pending: this one is coalesced into it.
+    Coalesced,
+}
+
+impl Router {
+    pub fn new() -> Self {
+        Router::default()
+    }
+
+    pub fn route(&self, stream: StreamId) -> Option<&Route> {
+        self.routes.get(&stream)
+    }
+
+    pub fn set_source(&mut self, stream: StreamId, peer: PeerId) {
+        self.routes.entry(stream).or_default().source = Some(peer);
+    }
+
+    /// Removes the source if it is `peer`; the route (subscribers, mirrors) stays so a
+    /// replacement source can take over without anyone renegotiating.
+    pub fn clear_source(&mut self, stream: StreamId, peer: PeerId) {
+        if let Some(route) = self.routes.get_mut(&stream)
+            && route.source == Some(peer)
+        {
+            route.source = None;
+            self.collect(stream);
+        }
+    }
+
+    pub fn subscribe(&mut self, stream: StreamId, peer: PeerId, home: CoreId) {
+        let route = self.routes.entry(stream).or_default();
+        route.home = Some(home);
+        if !route.subscribers.contains(&peer) {
+            route.subscribers.push(peer);
+        }
+    }
+
+    pub fn unsubscribe(&mut self, stream: StreamId, peer: PeerId) {
+        if let Some(route) = self.routes.get_mut(&stream) {
+            route.subscribers.retain(|p| *p != peer);
+            self.collect(stream);
+        }
+    }
+
+    pub fn set_mirror(&mut self, stream: StreamId, to: CoreId, on: bool) {
+        let route = self.routes.entry(stream).or_default();
+        route.mirrors.retain(|c| *c != to);
+        if on {
+            route.mirrors.push(to);
+        }
+        self.collect(stream);
+    }
+
+    /// Decides what to do with a keyframe request for a stream whose source is here.
+    pub fn keyframe(
+        &mut self,
+        stream: StreamId,
+        now: Instant,
+        min_interval: Duration,
+    ) -> KeyframeDecision {
+        let gate = &mut self.routes.entry(stream).or_default().keyframe;
+        match gate.last_sent {
+            Some(last) if now < last + min_interval => {
+                if gate.pending {
+                    KeyframeDecision::Coalesced
+                } else {
+                    gate.pending = true;
+                    KeyframeDecision::Defer(last + min_interval)
+                }
+            }
+            _ => {
+                gate.last_sent = Some(now);
+                gate.pending = false;
+                KeyframeDecision::SendNow
+            }
+        }
+    }
+
+    /// A deferred keyframe request came due: true if it must be sent now.
+    pub fn keyframe_due(&mut self, stream: StreamId, now: Instant) -> bool {
+        let Some(route) = self.routes.get_mut(&stream) else {
+            return false;
+        };
+        let gate = &mut route.keyframe;
+        if !gate.pending {
+            return false;
+        }
+        gate.pending = false;
+        gate.last_sent = Some(now);
+        true
+    }
+
+    /// Number of streams with any route on this core.
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    fn collect(&mut self, stream: StreamId) {
+        if let Some(route) = self.routes.get(&stream)
+            && route.source.is_none()
+            && route.subscribers.is_empty()
+            && route.mirrors.is_empty()
+        {
+            self.routes.remove(&stream);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: StreamId = StreamId(1);
+
+    #[test]
+    fn keyframe_requests_are_coalesced_and_rate_limited() {
+        let mut r = Router::new();
+        let t0 = Instant::now();
+        let gap = Duration::from_millis(500);
+        r.set_source(S, PeerId(1));
+        assert_eq!(r.keyframe(S, t0, gap), KeyframeDecision::SendNow);
+        let due = t0 + gap;
+        assert_eq!(
+            r.keyframe(S, t0 + gap / 10, gap),
+            KeyframeDecision::Defer(due)
+        );
+        assert_eq!(
+            r.keyframe(S, t0 + gap / 5, gap),
+            KeyframeDecision::Coalesced
+        );
+        assert!(r.keyframe_due(S, due));
+        assert!(!r.keyframe_due(S, due), "one deferred request sends once");
+        assert_eq!(r.keyframe(S, due + gap, gap), KeyframeDecision::SendNow);
+    }
+
+    #[test]
+    fn route_survives_source_change_and_is_collected_when_empty() {
+        let mut r = Router::new();
+        r.set_source(S, PeerId(1));
+        r.subscribe(S, PeerId(2), CoreId(0));
+        r.clear_source(S, PeerId(1));
+        assert_eq!(r.route(S).unwrap().subscribers, vec![PeerId(2)]);
+        r.set_source(S, PeerId(3));
+        r.clear_source(S, PeerId(1));
+        assert_eq!(
+            r.route(S).unwrap().source,
+            Some(PeerId(3)),
+            "only the current source"
+        );
+        r.clear_source(S, PeerId(3));
+        r.unsubscribe(S, PeerId(2));
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn mirrors_toggle() {
+        let mut r = Router::new();
+        r.set_mirror(S, CoreId(1), true);
+        r.set_mirror(S, CoreId(1), true);
+        assert_eq!(r.route(S).unwrap().mirrors, vec![CoreId(1)]);
+        r.set_mirror(S, CoreId(1), false);
+        assert!(r.route(S).is_none());
+    }
+}

@@ -1,0 +1,134 @@
+//! Per-core timers: a min-heap of deadlines keyed by what must be woken, so a tick visits
+//! only what is due, never every peer. A key holds at most one live entry: scheduling a
+//! later deadline keeps the earlier entry (the owner re-arms when it fires early), so the
+//! heap stays about one entry per key however often peers are driven.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::hash::Hash;
+use std::time::Instant;
+
+pub struct Timers<K> {
+    heap: BinaryHeap<Reverse<(Instant, K)>>,
+    armed: HashMap<K, Instant>,
+}
+
+impl<K: Copy + Eq + Hash + Ord> Timers<K> {
+    pub fn new() -> Self {
+        Timers {
+            heap: BinaryHeap::new(),
+            armed: HashMap::new(),
+        }
+    }
+
+    /// Ensures `key` is woken at or before `at`. Returns true if this became the earliest
+    /// deadline of all (the sleeping timer task must be woken earlier).
+    pub fn schedule(&mut self, key: K, at: Instant) -> bool {
+        if let Some(existing) = self.armed.get(&key)
+            && *existing <= at
+        {
+            return false;
+        }
+        let earliest = self.next().is_none_or(|n| at < n);
+        self.armed.insert(key, at);
+        self.heap.push(Reverse((at, key)));
+        earliest
+    }
+
+    /// Forgets a key (its heap entry is dropped lazily when it surfaces).
+    pub fn cancel(&mut self, key: K) {
+        self.armed.remove(&key);
+    }
+
+    /// The earliest live deadline.
+    pub fn next(&mut self) -> Option<Instant> {
+        while let Some(Reverse((at, key))) = self.heap.peek() {
+            if self.armed.get(key) == Some(at) {
+                return Some(*at);
+            }
+            self.heap.pop();
+        }
+        None
+    }
+
+    /// Pops one key whose deadline is at or before `now`.
+    pub fn pop_due(&mut self, now: Instant) -> Option<K> {
+        while let Some(Reverse((at, key))) = self.heap.peek().copied() {
+            if at > now {
+                return None;
+            }
+            self.heap.pop();
+            if self.armed.get(&key) == Some(&at) {
+                self.armed.remove(&key);
+                return Some(key);
+            }
+        }
+        None
+    }
+
+    /// Number of armed keys.
+    pub fn len(&self) -> usize {
+        self.armed.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.armed.is_empty()
+    }
+}
+
+impl<K: Copy + Eq + Hash + Ord> Default for Timers<K> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn pops_in_order_and_only_when_due() {
+        let t0 = Instant::now();
+        let mut timers = Timers::new();
+        assert!(timers.schedule(2u32, t0 + Duration::from_millis(20)));
+        assert!(timers.schedule(1u32, t0 + Duration::from_millis(10)));
+        assert!(!timers.schedule(3u32, t0 + Duration::from_millis(30)));
+        assert_eq!(timers.pop_due(t0), None);
+        assert_eq!(timers.pop_due(t0 + Duration::from_millis(25)), Some(1));
+        assert_eq!(timers.pop_due(t0 + Duration::from_millis(25)), Some(2));
+        assert_eq!(timers.pop_due(t0 + Duration::from_millis(25)), None);
+        assert_eq!(timers.next(), Some(t0 + Duration::from_millis(30)));
+    }
+
+    #[test]
+    fn later_reschedule_keeps_earlier_entry_and_heap_stays_small() {
+        let t0 = Instant::now();
+        let mut timers = Timers::new();
+        timers.schedule(7u32, t0 + Duration::from_millis(5));
+        for i in 0..10_000 {
+            timers.schedule(7u32, t0 + Duration::from_millis(10 + i));
+        }
+        assert_eq!(timers.heap.len(), 1);
+        assert_eq!(timers.pop_due(t0 + Duration::from_millis(5)), Some(7));
+        assert!(timers.is_empty());
+    }
+
+    #[test]
+    fn earlier_reschedule_supersedes_and_cancel_removes() {
+        let t0 = Instant::now();
+        let mut timers = Timers::new();
+        timers.schedule(1u32, t0 + Duration::from_millis(50));
+        timers.schedule(1u32, t0 + Duration::from_millis(10));
+        assert_eq!(timers.pop_due(t0 + Duration::from_millis(60)), Some(1));
+        assert_eq!(
+            timers.pop_due(t0 + Duration::from_millis(60)),
+            None,
+            "stale entry skipped"
+        );
+        timers.schedule(2u32, t0);
+        timers.cancel(2);
+        assert_eq!(timers.pop_due(t0 + Duration::from_secs(1)), None);
+        assert_eq!(timers.next(), None);
+    }
+}

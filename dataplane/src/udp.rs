@@ -1,0 +1,1216 @@
+//! Batched UDP datagram IO on one raw, nonblocking media socket fd (Linux `recvmmsg`/`sendmmsg`).
+//! Owns socket setup (buffers, packet info) and the syscall scratch storage, allocated once, so the
+//! data plane moves whole batches per syscall and knows the local address each datagram hit.
+
+use std::collections::VecDeque;
+use std::io;
+use std::mem;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsRawFd, RawFd};
+use std::ptr;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Size of each receive buffer; longer datagrams are cut and reported as `truncated`.
+pub const RECV_BUFFER_SIZE: usize = 2048;
+
+/// Datagrams handed to one `sendmmsg` call (well below `UIO_MAXIOV`).
+pub const SEND_CHUNK: usize = 64;
+
+/// The kernel caps `recvmmsg` batches at `UIO_MAXIOV`.
+const MAX_RECV_BATCH: usize = 1024;
+
+/// Ancillary data space per message: room for both packet-info kinds, cmsg-aligned.
+const CMSG_BUFFER_SIZE: usize = 128;
+
+const _: () = assert!(
+    cmsg_space(mem::size_of::<libc::in6_pktinfo>())
+        + cmsg_space(mem::size_of::<libc::in_pktinfo>())
+        <= CMSG_BUFFER_SIZE
+);
+
+/// Errors from setting up a media socket; each carries the address it was for.
+#[derive(thiserror::Error, Debug)]
+pub enum UdpError {
+    #[error("cannot create UDP socket for {addr}: {source}")]
+    Create { addr: SocketAddr, source: io::Error },
+    #[error("cannot set {option} on UDP socket for {addr}: {source}")]
+    SetOption {
+        addr: SocketAddr,
+        option: &'static str,
+        source: io::Error,
+    },
+    #[error("cannot bind UDP socket to {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+}
+
+/// Binds a UDP socket for media: `SO_REUSEADDR`, nonblocking, `SO_RCVBUF`/`SO_SNDBUF` set to the
+/// requested sizes (best effort: a kernel cap is logged with `tracing::warn`, the effective sizes
+/// are logged at debug level; 0 keeps the kernel default), and `IP_PKTINFO` (v4) /
+/// `IPV6_RECVPKTINFO` (v6) enabled so [`RecvBatch`] learns the destination address of each
+/// datagram even on a wildcard bind. The v6-only flag is left at the system default.
+pub fn bind_media_socket(
+    addr: SocketAddr,
+    rcvbuf: usize,
+    sndbuf: usize,
+) -> Result<Socket, UdpError> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+        .map_err(|source| UdpError::Create { addr, source })?;
+    let option_error = |option: &'static str| {
+        move |source| UdpError::SetOption {
+            addr,
+            option,
+            source,
+        }
+    };
+    socket
+        .set_reuse_address(true)
+        .map_err(option_error("SO_REUSEADDR"))?;
+    socket
+        .set_nonblocking(true)
+        .map_err(option_error("O_NONBLOCK"))?;
+
+    let effective_rcvbuf = tune_buffer(
+        addr,
+        "SO_RCVBUF",
+        rcvbuf,
+        |size| socket.set_recv_buffer_size(size),
+        || socket.recv_buffer_size(),
+    );
+    let effective_sndbuf = tune_buffer(
+        addr,
+        "SO_SNDBUF",
+        sndbuf,
+        |size| socket.set_send_buffer_size(size),
+        || socket.send_buffer_size(),
+    );
+
+    let (level, name, option) = match addr {
+        SocketAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_PKTINFO, "IP_PKTINFO"),
+        SocketAddr::V6(_) => (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_RECVPKTINFO,
+            "IPV6_RECVPKTINFO",
+        ),
+    };
+    set_int_option(socket.as_raw_fd(), level, name, 1).map_err(option_error(option))?;
+
+    socket
+        .bind(&addr.into())
+        .map_err(|source| UdpError::Bind { addr, source })?;
+    tracing::debug!(
+        %addr,
+        rcvbuf = effective_rcvbuf,
+        sndbuf = effective_sndbuf,
+        "media socket bound (kernel-reported buffer sizes)"
+    );
+    Ok(socket)
+}
+
+/// Reusable storage for receiving up to `batch` datagrams with one `recvmmsg` call.
+pub struct RecvBatch {
+    buffers: Vec<u8>,
+    iovecs: Vec<libc::iovec>,
+    names: Vec<libc::sockaddr_storage>,
+    controls: Vec<CmsgBuffer>,
+    headers: Vec<libc::mmsghdr>,
+    received: Vec<Received>,
+}
+
+// SAFETY: the raw pointers inside `iovecs` and `headers` only ever point into heap storage owned by
+// this same value (re-derived before every syscall), so moving it to another thread is sound.
+unsafe impl Send for RecvBatch {}
+
+/// One received datagram, borrowed from a [`RecvBatch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Datagram<'a> {
+    /// The peer's address; IPv4-mapped IPv6 addresses are reported as IPv4.
+    pub source: SocketAddr,
+    /// The local address the datagram was sent to (packet info, else the fallback), with the
+    /// socket's port.
+    pub destination: SocketAddr,
+    /// The payload, cut to [`RECV_BUFFER_SIZE`] when `truncated`.
+    pub payload: &'a [u8],
+    /// The datagram did not fit the buffer; callers should drop it.
+    pub truncated: bool,
+}
+
+impl RecvBatch {
+    /// Allocates storage for `batch` datagrams (clamped to `1..=1024`).
+    pub fn new(batch: usize) -> Self {
+        let batch = batch.clamp(1, MAX_RECV_BATCH);
+        let empty_iovec = libc::iovec {
+            iov_base: ptr::null_mut(),
+            iov_len: 0,
+        };
+        Self {
+            buffers: vec![0; batch * RECV_BUFFER_SIZE],
+            iovecs: vec![empty_iovec; batch],
+            names: vec![zeroed_sockaddr(); batch],
+            controls: vec![CmsgBuffer::new(); batch],
+            headers: vec![zeroed_mmsghdr(); batch],
+            received: Vec::with_capacity(batch),
+        }
+    }
+
+    /// Receives up to `batch` datagrams with `recvmmsg(MSG_DONTWAIT)`: `Ok(0)` when none is
+    /// waiting (`EAGAIN`), `Err` on other errors. `local_fallback` (the socket's bound address)
+    /// is the destination reported when a datagram carries no packet info.
+    pub fn recv(&mut self, fd: RawFd, local_fallback: SocketAddr) -> io::Result<usize> {
+        self.received.clear();
+        self.prepare();
+        let count = loop {
+            // SAFETY: `prepare` pointed every header at this batch's own name, iovec, buffer and
+            // control storage with matching lengths; all stay alive and unmoved during the call.
+            let rc = unsafe {
+                libc::recvmmsg(
+                    fd,
+                    self.headers.as_mut_ptr(),
+                    self.headers.len() as _,
+                    libc::MSG_DONTWAIT as _,
+                    ptr::null_mut(),
+                )
+            };
+            if rc >= 0 {
+                break (rc as usize).min(self.headers.len());
+            }
+            let err = io::Error::last_os_error();
+            match err.kind() {
+                io::ErrorKind::WouldBlock => return Ok(0),
+                io::ErrorKind::Interrupted => continue,
+                _ => return Err(err),
+            }
+        };
+
+        let local = canonical(local_fallback);
+        for (header, name) in self.headers[..count].iter().zip(&self.names) {
+            let msg = &header.msg_hdr;
+            let source = decode_sockaddr(name, msg.msg_namelen)
+                .unwrap_or_else(|| SocketAddr::new(unspecified_like(local.ip()), 0));
+            // SAFETY: `msg` was filled in by the kernel for this batch; its control pointer and
+            // length describe this message's own control buffer.
+            let destination = unsafe { pktinfo_destination(msg, local.port()) }.unwrap_or(local);
+            self.received.push(Received {
+                source,
+                destination,
+                len: (header.msg_len as usize).min(RECV_BUFFER_SIZE),
+                truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
+            });
+        }
+        Ok(count)
+    }
+
+    /// The `i`-th datagram of the last [`recv`](Self::recv).
+    ///
+    /// # Panics
+    /// If `i >= self.len()` (a caller bug, not network input).
+    pub fn get(&self, i: usize) -> Datagram<'_> {
+        let received = &self.received[i];
+        let start = i * RECV_BUFFER_SIZE;
+        Datagram {
+            source: received.source,
+            destination: received.destination,
+            payload: &self.buffers[start..start + received.len],
+            truncated: received.truncated,
+        }
+    }
+
+    /// Datagrams held from the last `recv`.
+    pub fn len(&self) -> usize {
+        self.received.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.received.is_empty()
+    }
+
+    /// The datagrams of the last `recv`, in arrival order.
+    pub fn iter(&self) -> impl Iterator<Item = Datagram<'_>> {
+        (0..self.len()).map(|i| self.get(i))
+    }
+
+    /// Points every header at its own storage and resets the lengths the kernel overwrites.
+    fn prepare(&mut self) {
+        let buffers = self.buffers.as_mut_ptr();
+        let iovecs = self.iovecs.as_mut_ptr();
+        let names = self.names.as_mut_ptr();
+        let controls = self.controls.as_mut_ptr();
+        for (i, header) in self.headers.iter_mut().enumerate() {
+            // SAFETY: every vector holds `headers.len()` entries (`buffers` that many
+            // RECV_BUFFER_SIZE slots), so each offset stays inside its allocation.
+            let (iovec, name, control) = unsafe {
+                let iovec = iovecs.add(i);
+                iovec.write(libc::iovec {
+                    iov_base: buffers.add(i * RECV_BUFFER_SIZE).cast(),
+                    iov_len: RECV_BUFFER_SIZE,
+                });
+                (iovec, names.add(i), controls.add(i))
+            };
+            let msg = &mut header.msg_hdr;
+            msg.msg_name = name.cast();
+            msg.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as _;
+            msg.msg_iov = iovec;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.cast();
+            msg.msg_controllen = CMSG_BUFFER_SIZE as _;
+            msg.msg_flags = 0;
+            header.msg_len = 0;
+        }
+    }
+}
+
+/// What one [`SendBatch::flush`] did. Either way `sent` were handed to the kernel and `dropped`
+/// were discarded after a per-datagram error; `Blocked` means the socket is full (`EAGAIN` /
+/// `ENOBUFS`) and the rest is still queued in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushOutcome {
+    Done { sent: usize, dropped: usize },
+    Blocked { sent: usize, dropped: usize },
+}
+
+impl FlushOutcome {
+    pub fn sent(self) -> usize {
+        match self {
+            Self::Done { sent, .. } | Self::Blocked { sent, .. } => sent,
+        }
+    }
+
+    pub fn dropped(self) -> usize {
+        match self {
+            Self::Done { dropped, .. } | Self::Blocked { dropped, .. } => dropped,
+        }
+    }
+
+    pub fn is_blocked(self) -> bool {
+        matches!(self, Self::Blocked { .. })
+    }
+}
+
+/// A FIFO of outgoing datagrams sent with `sendmmsg`, with reusable syscall storage.
+pub struct SendBatch {
+    queue: VecDeque<Outgoing>,
+    iovecs: Vec<libc::iovec>,
+    names: Vec<libc::sockaddr_storage>,
+    controls: Vec<CmsgBuffer>,
+    headers: Vec<libc::mmsghdr>,
+    /// Sum of the queued payload lengths.
+    bytes: usize,
+}
+
+// SAFETY: the raw pointers inside `iovecs` and `headers` only ever point into heap storage owned by
+// this same value (re-derived before every syscall), so moving it to another thread is sound.
+unsafe impl Send for SendBatch {}
+
+impl SendBatch {
+    /// An empty queue with room for `capacity` datagrams before it grows.
+    pub fn new(capacity: usize) -> Self {
+        let empty_iovec = libc::iovec {
+            iov_base: ptr::null_mut(),
+            iov_len: 0,
+        };
+        Self {
+            queue: VecDeque::with_capacity(capacity),
+            iovecs: vec![empty_iovec; SEND_CHUNK],
+            names: vec![zeroed_sockaddr(); SEND_CHUNK],
+            controls: vec![CmsgBuffer::new(); SEND_CHUNK],
+            headers: vec![zeroed_mmsghdr(); SEND_CHUNK],
+            bytes: 0,
+        }
+    }
+
+    /// Queues a datagram. `source`, when set, is the local address it should leave from; it is
+    /// applied only on a wildcard-bound socket (where the kernel would otherwise choose).
+    pub fn push(&mut self, destination: SocketAddr, source: Option<IpAddr>, payload: Vec<u8>) {
+        self.bytes += payload.len();
+        self.queue.push_back(Outgoing {
+            destination,
+            source,
+            payload,
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Total payload bytes waiting to be sent.
+    pub fn queued_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Sends queued datagrams with `sendmmsg(MSG_DONTWAIT)`, up to [`SEND_CHUNK`] per call, until
+    /// the queue is empty or the socket is full (`EAGAIN`/`ENOBUFS`: `Blocked`, the rest stays
+    /// queued in order). A datagram refused with another error (`EINVAL`, `EMSGSIZE`,
+    /// `EHOSTUNREACH`, ...) is dropped and counted. If `fd` is not a usable socket the whole queue
+    /// is dropped.
+    pub fn flush(&mut self, fd: RawFd) -> FlushOutcome {
+        if self.queue.is_empty() {
+            return FlushOutcome::Done {
+                sent: 0,
+                dropped: 0,
+            };
+        }
+        // One getsockname per flush keeps the family / wildcard decision right for whatever
+        // socket `fd` currently is, at the cost of a cheap syscall.
+        let local = match local_address(fd) {
+            Ok(local) => local,
+            Err(err) => return self.drop_all(&err),
+        };
+        self.flush_with(local, |headers| send_mmsg(fd, headers))
+    }
+
+    /// Removes and returns the head datagram.
+    pub fn pop_front(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        let out = self.queue.pop_front()?;
+        self.bytes -= out.payload.len();
+        Some((out.destination, out.payload))
+    }
+
+    /// The flush loop, with the syscall injected so tests can simulate a full socket.
+    fn flush_with(
+        &mut self,
+        local: SocketAddr,
+        mut send: impl FnMut(&mut [libc::mmsghdr]) -> io::Result<usize>,
+    ) -> FlushOutcome {
+        let (mut sent, mut dropped) = (0, 0);
+        while !self.queue.is_empty() {
+            let count = self.prepare(local);
+            match send(&mut self.headers[..count]) {
+                Ok(0) => return FlushOutcome::Blocked { sent, dropped },
+                Ok(accepted) => {
+                    let accepted = accepted.min(count);
+                    for out in self.queue.drain(..accepted) {
+                        self.bytes -= out.payload.len();
+                    }
+                    sent += accepted;
+                }
+                Err(err) => match err.raw_os_error() {
+                    Some(libc::EINTR) => {}
+                    Some(libc::EAGAIN | libc::ENOBUFS) => {
+                        return FlushOutcome::Blocked { sent, dropped };
+                    }
+                    Some(libc::EBADF | libc::ENOTSOCK) => {
+                        let outcome = self.drop_all(&err);
+                        return FlushOutcome::Done {
+                            sent,
+                            dropped: dropped + outcome.dropped(),
+                        };
+                    }
+                    _ => {
+                        // With nothing sent, sendmmsg reports the first datagram's own error.
+                        if let Some(out) = self.queue.pop_front() {
+                            self.bytes -= out.payload.len();
+                            tracing::debug!(
+                                destination = %out.destination,
+                                len = out.payload.len(),
+                                error = %err,
+                                "dropping outgoing datagram"
+                            );
+                        }
+                        dropped += 1;
+                    }
+                },
+            }
+        }
+        FlushOutcome::Done { sent, dropped }
+    }
+
+    /// Fills the headers for the first (up to) [`SEND_CHUNK`] queued datagrams; returns how many.
+    fn prepare(&mut self, local: SocketAddr) -> usize {
+        let v6_socket = local.is_ipv6();
+        let wildcard = local.ip().is_unspecified();
+        let iovecs = self.iovecs.as_mut_ptr();
+        let names = self.names.as_mut_ptr();
+        let controls = self.controls.as_mut_ptr();
+        let mut count = 0;
+        for (i, (out, header)) in self.queue.iter().zip(self.headers.iter_mut()).enumerate() {
+            // SAFETY: `i < SEND_CHUNK`, the length of every scratch vector.
+            let (iovec, name, control) =
+                unsafe { (iovecs.add(i), &mut *names.add(i), controls.add(i)) };
+            // SAFETY: `iovec` is in bounds (above). The kernel only reads through `iov_base`
+            // during sendmmsg, while the payload is still owned by the queue.
+            unsafe {
+                iovec.write(libc::iovec {
+                    iov_base: out.payload.as_ptr().cast_mut().cast(),
+                    iov_len: out.payload.len(),
+                });
+            }
+            let msg = &mut header.msg_hdr;
+            msg.msg_namelen = encode_sockaddr(out.destination, v6_socket, name);
+            msg.msg_name = ptr::from_mut(name).cast();
+            msg.msg_iov = iovec;
+            msg.msg_iovlen = 1;
+            msg.msg_control = ptr::null_mut();
+            msg.msg_controllen = 0;
+            msg.msg_flags = 0;
+            header.msg_len = 0;
+            if let (true, Some(source)) = (wildcard, out.source) {
+                // SAFETY: `control` is this message's own, cmsghdr-aligned CMSG_BUFFER_SIZE bytes.
+                unsafe { attach_source(msg, control, source, out.destination, v6_socket) };
+            }
+            count += 1;
+        }
+        count
+    }
+
+    fn drop_all(&mut self, err: &io::Error) -> FlushOutcome {
+        let dropped = self.queue.len();
+        self.queue.clear();
+        self.bytes = 0;
+        tracing::warn!(error = %err, dropped, "media socket unusable, dropping send queue");
+        FlushOutcome::Done { sent: 0, dropped }
+    }
+}
+
+#[derive(Debug)]
+struct Outgoing {
+    destination: SocketAddr,
+    source: Option<IpAddr>,
+    payload: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Received {
+    source: SocketAddr,
+    destination: SocketAddr,
+    len: usize,
+    truncated: bool,
+}
+
+/// Control-message storage with the alignment `cmsghdr` requires.
+#[derive(Clone, Copy)]
+#[repr(C)]
+union CmsgBuffer {
+    _align: libc::cmsghdr,
+    _bytes: [u8; CMSG_BUFFER_SIZE],
+}
+
+impl CmsgBuffer {
+    fn new() -> Self {
+        Self {
+            _bytes: [0; CMSG_BUFFER_SIZE],
+        }
+    }
+}
+
+/// Sets the packet-info control message on `msg` so the datagram leaves from `source`. Skipped
+/// when `source` cannot apply to `destination` on this socket family.
+///
+/// # Safety
+/// `control` must point to a writable, cmsghdr-aligned `CmsgBuffer` that outlives the send.
+unsafe fn attach_source(
+    msg: &mut libc::msghdr,
+    control: *mut CmsgBuffer,
+    source: IpAddr,
+    destination: SocketAddr,
+    v6_socket: bool,
+) {
+    let destination_v4 = canonical(destination).is_ipv4();
+    let source = canonical_ip(source);
+    if source.is_ipv4() != destination_v4 || (!v6_socket && !destination_v4) {
+        return;
+    }
+    msg.msg_control = control.cast();
+    if v6_socket {
+        let ip = match source {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+            IpAddr::V6(v6) => v6,
+        };
+        let info = libc::in6_pktinfo {
+            ipi6_addr: libc::in6_addr {
+                s6_addr: ip.octets(),
+            },
+            ipi6_ifindex: 0,
+        };
+        // SAFETY: forwarded from the caller's contract; `info` fits (checked at compile time).
+        unsafe { write_cmsg(msg, libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, info) };
+    } else if let IpAddr::V4(v4) = source {
+        let info = libc::in_pktinfo {
+            ipi_ifindex: 0,
+            ipi_spec_dst: libc::in_addr {
+                s_addr: u32::from_ne_bytes(v4.octets()),
+            },
+            ipi_addr: libc::in_addr { s_addr: 0 },
+        };
+        // SAFETY: as above.
+        unsafe { write_cmsg(msg, libc::IPPROTO_IP, libc::IP_PKTINFO, info) };
+    }
+}
+
+/// Writes one control message holding `data` at the start of `msg`'s control buffer.
+///
+/// # Safety
+/// `msg.msg_control` must point to at least `cmsg_space(size_of::<T>())` writable bytes aligned
+/// for `cmsghdr`.
+unsafe fn write_cmsg<T>(msg: &mut libc::msghdr, level: libc::c_int, kind: libc::c_int, data: T) {
+    msg.msg_controllen = cmsg_space(mem::size_of::<T>()) as _;
+    // SAFETY: the control buffer is large and aligned enough (caller contract), so FIRSTHDR
+    // returns its start and the header plus data fit inside it; the data may be unaligned.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(msg);
+        (*cmsg).cmsg_level = level;
+        (*cmsg).cmsg_type = kind;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(mem::size_of::<T>() as _) as _;
+        libc::CMSG_DATA(cmsg).cast::<T>().write_unaligned(data);
+    }
+}
+
+/// The destination of a received datagram from its packet-info control message, if any.
+///
+/// # Safety
+/// `msg.msg_control` / `msg.msg_controllen` must describe readable control data written by the
+/// kernel (or be empty).
+unsafe fn pktinfo_destination(msg: &libc::msghdr, port: u16) -> Option<SocketAddr> {
+    // `msg_controllen` is `size_t` with glibc but `socklen_t` with musl.
+    #[allow(clippy::unnecessary_cast)]
+    let end = (msg.msg_control as usize).checked_add(msg.msg_controllen as usize)?;
+    // SAFETY: FIRSTHDR / NXTHDR only yield headers that start inside the control data.
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(msg) };
+    while !cmsg.is_null() {
+        // SAFETY: `cmsg` is non-null, inside the control buffer and cmsghdr-aligned.
+        let header = unsafe { cmsg.read() };
+        // SAFETY: only computes the address right after the header.
+        let data = unsafe { libc::CMSG_DATA(cmsg) };
+        let data_len = (header.cmsg_len as usize).saturating_sub(data as usize - cmsg as usize);
+        let in_bounds = |size: usize| data_len >= size && data as usize + size <= end;
+        match (header.cmsg_level, header.cmsg_type) {
+            (libc::IPPROTO_IP, libc::IP_PKTINFO)
+                if in_bounds(mem::size_of::<libc::in_pktinfo>()) =>
+            {
+                // SAFETY: bounds checked above; the data may be unaligned.
+                let info = unsafe { data.cast::<libc::in_pktinfo>().read_unaligned() };
+                let ip = Ipv4Addr::from(info.ipi_addr.s_addr.to_ne_bytes());
+                return Some(SocketAddr::new(IpAddr::V4(ip), port));
+            }
+            (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO)
+                if in_bounds(mem::size_of::<libc::in6_pktinfo>()) =>
+            {
+                // SAFETY: bounds checked above; the data may be unaligned.
+                let info = unsafe { data.cast::<libc::in6_pktinfo>().read_unaligned() };
+                let ip = Ipv6Addr::from(info.ipi6_addr.s6_addr);
+                let scope = if ip.is_unicast_link_local() {
+                    info.ipi6_ifindex
+                } else {
+                    0
+                };
+                return Some(canonical(SocketAddr::V6(SocketAddrV6::new(
+                    ip, port, 0, scope,
+                ))));
+            }
+            _ => {}
+        }
+        // SAFETY: `cmsg` came from FIRSTHDR/NXTHDR for this same `msg`.
+        cmsg = unsafe { libc::CMSG_NXTHDR(msg, cmsg) };
+    }
+    None
+}
+
+/// Writes `addr` as a `sockaddr_in`/`sockaddr_in6` for a socket of the given family (IPv4 is
+/// mapped into IPv6 on a v6 socket, IPv4-mapped IPv6 unmapped on a v4 one); returns its length.
+fn encode_sockaddr(
+    addr: SocketAddr,
+    v6_socket: bool,
+    storage: &mut libc::sockaddr_storage,
+) -> libc::socklen_t {
+    let addr = match (canonical(addr), v6_socket) {
+        (SocketAddr::V4(v4), true) => {
+            SocketAddr::V6(SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0))
+        }
+        (other, _) => other,
+    };
+    let storage = ptr::from_mut(storage);
+    match addr {
+        SocketAddr::V4(v4) => {
+            // SAFETY: all-zero is a valid sockaddr_in.
+            let mut sin: libc::sockaddr_in = unsafe { mem::zeroed() };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = v4.port().to_be();
+            sin.sin_addr = libc::in_addr {
+                s_addr: u32::from_ne_bytes(v4.ip().octets()),
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for every sockaddr type.
+            unsafe { storage.cast::<libc::sockaddr_in>().write(sin) };
+            mem::size_of::<libc::sockaddr_in>() as _
+        }
+        SocketAddr::V6(v6) => {
+            // SAFETY: all-zero is a valid sockaddr_in6.
+            let mut sin6: libc::sockaddr_in6 = unsafe { mem::zeroed() };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = v6.port().to_be();
+            sin6.sin6_flowinfo = v6.flowinfo();
+            sin6.sin6_addr = libc::in6_addr {
+                s6_addr: v6.ip().octets(),
+            };
+            sin6.sin6_scope_id = v6.scope_id();
+            // SAFETY: sockaddr_storage is larger than and aligned for every sockaddr type.
+            unsafe { storage.cast::<libc::sockaddr_in6>().write(sin6) };
+            mem::size_of::<libc::sockaddr_in6>() as _
+        }
+    }
+}
+
+/// Reads an IPv4/IPv6 socket address of `len` bytes; IPv4-mapped IPv6 comes back as IPv4.
+fn decode_sockaddr(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
+    let len = len as usize;
+    let family = libc::c_int::from(storage.ss_family);
+    let storage = ptr::from_ref(storage);
+    match family {
+        libc::AF_INET if len >= mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in, and every bit
+            // pattern is a valid sockaddr_in.
+            let sin = unsafe { storage.cast::<libc::sockaddr_in>().read() };
+            let ip = Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                ip,
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 if len >= mem::size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6 = unsafe { storage.cast::<libc::sockaddr_in6>().read() };
+            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            let port = u16::from_be(sin6.sin6_port);
+            // Flow info is dropped so one peer always maps to one `SocketAddr` key.
+            Some(canonical(SocketAddr::V6(SocketAddrV6::new(
+                ip,
+                port,
+                0,
+                sin6.sin6_scope_id,
+            ))))
+        }
+        _ => None,
+    }
+}
+
+/// IPv4-mapped IPv6 addresses as plain IPv4; everything else unchanged.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, v6.port())),
+            None => addr,
+        },
+        SocketAddr::V4(_) => addr,
+    }
+}
+
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
+    }
+}
+
+fn unspecified_like(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    }
+}
+
+/// The socket's bound address (`getsockname`).
+fn local_address(fd: RawFd) -> io::Result<SocketAddr> {
+    let mut storage = zeroed_sockaddr();
+    let mut len = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `storage` and `len` are valid for writes and `len` is the storage size.
+    let rc = unsafe { libc::getsockname(fd, ptr::from_mut(&mut storage).cast(), &mut len) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    decode_sockaddr(&storage, len)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IP socket"))
+}
+
+/// One `sendmmsg(MSG_DONTWAIT)` call; returns how many datagrams the kernel accepted.
+fn send_mmsg(fd: RawFd, headers: &mut [libc::mmsghdr]) -> io::Result<usize> {
+    // SAFETY: the headers were filled by `SendBatch::prepare` and point at storage and payloads
+    // that stay alive and unmoved for the duration of the call.
+    let rc = unsafe {
+        libc::sendmmsg(
+            fd,
+            headers.as_mut_ptr(),
+            headers.len() as _,
+            libc::MSG_DONTWAIT as _,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc as usize)
+    }
+}
+
+fn set_int_option(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: passes a pointer to a live c_int together with its exact size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            ptr::from_ref(&value).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Best-effort buffer sizing; returns the size the kernel reports afterwards.
+fn tune_buffer(
+    addr: SocketAddr,
+    option: &'static str,
+    requested: usize,
+    set: impl FnOnce(usize) -> io::Result<()>,
+    read: impl FnOnce() -> io::Result<usize>,
+) -> Option<usize> {
+    if requested > 0
+        && let Err(error) = set(requested)
+    {
+        tracing::warn!(%addr, option, requested, %error, "cannot set socket buffer size");
+    }
+    let effective = read().ok()?;
+    // Linux reports twice the granted size (bookkeeping overhead); less means it was capped by
+    // net.core.rmem_max / wmem_max.
+    if requested > 0 && effective < requested.saturating_mul(2) {
+        tracing::warn!(
+            %addr,
+            option,
+            requested,
+            effective,
+            "kernel capped socket buffer size (raise net.core.rmem_max / wmem_max)"
+        );
+    }
+    Some(effective)
+}
+
+const fn cmsg_space(len: usize) -> usize {
+    // SAFETY: CMSG_SPACE is pure arithmetic.
+    unsafe { libc::CMSG_SPACE(len as libc::c_uint) as usize }
+}
+
+fn zeroed_sockaddr() -> libc::sockaddr_storage {
+    // SAFETY: all-zero is a valid sockaddr_storage (plain integers).
+    unsafe { mem::zeroed() }
+}
+
+fn zeroed_mmsghdr() -> libc::mmsghdr {
+    // SAFETY: all-zero is a valid mmsghdr (integers and null pointers).
+    unsafe { mem::zeroed() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+
+    const POLL_TIMEOUT_MS: libc::c_int = 5_000;
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn bind(addr: &str) -> (Socket, SocketAddr) {
+        let socket = bind_media_socket(sa(addr), 1 << 20, 1 << 20).unwrap();
+        let local = socket.local_addr().unwrap().as_socket().unwrap();
+        (socket, local)
+    }
+
+    fn bind_v6(addr: &str) -> Option<(Socket, SocketAddr)> {
+        match bind_media_socket(sa(addr), 1 << 20, 1 << 20) {
+            Ok(socket) => {
+                let local = socket.local_addr().unwrap().as_socket().unwrap();
+                Some((socket, local))
+            }
+            Err(err) => {
+                eprintln!("skipping IPv6 part: {err}");
+                None
+            }
+        }
+    }
+
+    /// Waits (bounded) until `fd` is readable; false on timeout.
+    fn readable(fd: RawFd) -> bool {
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut pfd, 1, POLL_TIMEOUT_MS) > 0 }
+    }
+
+    type Owned = (SocketAddr, SocketAddr, Vec<u8>, bool);
+
+    /// Receives exactly `count` datagrams through a RecvBatch of `batch`.
+    fn recv_n(socket: &Socket, batch: usize, count: usize) -> Vec<Owned> {
+        let fd = socket.as_raw_fd();
+        let local = socket.local_addr().unwrap().as_socket().unwrap();
+        let mut rb = RecvBatch::new(batch);
+        let mut out = Vec::new();
+        while out.len() < count {
+            let n = rb.recv(fd, local).unwrap();
+            if n == 0 {
+                assert!(
+                    readable(fd),
+                    "timed out with {} of {count} datagrams",
+                    out.len()
+                );
+                continue;
+            }
+            assert_eq!(n, rb.len());
+            out.extend(
+                rb.iter()
+                    .map(|d| (d.source, d.destination, d.payload.to_vec(), d.truncated)),
+            );
+        }
+        assert_eq!(out.len(), count);
+        out
+    }
+
+    fn payload(seq: usize, len: usize) -> Vec<u8> {
+        let mut p: Vec<u8> = (0..len).map(|j| (seq + j) as u8).collect();
+        p[..4].copy_from_slice(&(seq as u32).to_be_bytes());
+        p
+    }
+
+    fn seq_of(payload: &[u8]) -> usize {
+        u32::from_be_bytes(payload[..4].try_into().unwrap()) as usize
+    }
+
+    #[test]
+    fn bind_reports_errors_with_address() {
+        let blocker = UdpSocket::bind("127.0.0.1:0").unwrap(); // no SO_REUSEADDR: bind conflicts
+        let taken = blocker.local_addr().unwrap();
+        let err = bind_media_socket(taken, 0, 0).unwrap_err();
+        assert!(
+            matches!(err, UdpError::Bind { addr, .. } if addr == taken),
+            "{err}"
+        );
+        assert!(err.to_string().contains(&taken.to_string()));
+    }
+
+    #[test]
+    fn batch_of_200_to_three_receivers() {
+        let (sender, sender_addr) = bind("127.0.0.1:0");
+        let receivers: Vec<_> = (0..3).map(|_| bind("127.0.0.1:0")).collect();
+        let mut batch = SendBatch::new(256);
+        let mut expected = vec![Vec::new(); 3];
+        for seq in 0..200 {
+            let len = 4 + (seq * 97) % (RECV_BUFFER_SIZE - 3); // 4..=2048, never truncated
+            let p = payload(seq, len);
+            expected[seq % 3].push(p.clone());
+            batch.push(receivers[seq % 3].1, None, p);
+        }
+        assert_eq!(batch.len(), 200);
+        let outcome = batch.flush(sender.as_raw_fd());
+        assert_eq!(
+            outcome,
+            FlushOutcome::Done {
+                sent: 200,
+                dropped: 0
+            }
+        );
+        assert!(batch.is_empty());
+
+        for ((socket, addr), expected) in receivers.iter().zip(&expected) {
+            let got = recv_n(socket, 16, expected.len());
+            for ((source, destination, data, truncated), want) in got.iter().zip(expected) {
+                assert_eq!(*source, sender_addr);
+                assert_eq!(destination, addr);
+                assert_eq!(data, want);
+                assert!(!truncated);
+            }
+        }
+    }
+
+    #[test]
+    fn wildcard_bind_reports_destination_and_honours_source() {
+        let (receiver, wildcard) = bind("0.0.0.0:0");
+        let port = wildcard.port();
+        let (sender, sender_addr) = bind("0.0.0.0:0");
+        let mut batch = SendBatch::new(4);
+        let to_1 = SocketAddr::new(sa("127.0.0.1:0").ip(), port);
+        let to_3 = SocketAddr::new(sa("127.0.0.3:0").ip(), port);
+        let from_2: IpAddr = "127.0.0.2".parse().unwrap();
+        batch.push(to_1, Some(from_2), payload(0, 10));
+        batch.push(to_3, None, payload(1, 10));
+        assert_eq!(batch.flush(sender.as_raw_fd()).sent(), 2);
+
+        let got = recv_n(&receiver, 8, 2);
+        assert_eq!(got[0].1, to_1);
+        assert_eq!(got[0].0, SocketAddr::new(from_2, sender_addr.port()));
+        assert_eq!(got[1].1, to_3);
+        assert!(got[1].0.ip().is_loopback());
+        assert_eq!(got[1].0.port(), sender_addr.port());
+    }
+
+    #[test]
+    fn fallback_destination_without_pktinfo() {
+        let receiver = UdpSocket::bind("127.0.0.1:0").unwrap(); // packet info not enabled
+        receiver.set_nonblocking(true).unwrap();
+        let local = receiver.local_addr().unwrap();
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sender.send_to(b"hello", local).unwrap();
+        let mut rb = RecvBatch::new(4);
+        let fd = receiver.as_raw_fd();
+        while rb.recv(fd, local).unwrap() == 0 {
+            assert!(readable(fd));
+        }
+        let d = rb.get(0);
+        assert_eq!(
+            (d.source, d.destination, d.payload),
+            (sender.local_addr().unwrap(), local, &b"hello"[..])
+        );
+    }
+
+    #[test]
+    fn oversized_datagram_is_flagged_truncated() {
+        let (receiver, addr) = bind("127.0.0.1:0");
+        let (sender, _) = bind("127.0.0.1:0");
+        let mut batch = SendBatch::new(2);
+        batch.push(addr, None, payload(7, 3000));
+        batch.push(addr, None, payload(8, 100));
+        assert_eq!(batch.flush(sender.as_raw_fd()).sent(), 2);
+        let got = recv_n(&receiver, 4, 2);
+        assert!(got[0].3);
+        assert_eq!(got[0].2, payload(7, 3000)[..RECV_BUFFER_SIZE]);
+        assert!(!got[1].3);
+        assert_eq!(got[1].2, payload(8, 100));
+    }
+
+    #[test]
+    fn invalid_destinations_are_dropped_and_the_rest_sent() {
+        let (receiver, addr) = bind("127.0.0.1:0");
+        let (sender, _) = bind("127.0.0.1:0");
+        let mut batch = SendBatch::new(8);
+        batch.push(addr, None, payload(0, 20));
+        batch.push(sa("127.0.0.1:0"), None, payload(1, 20)); // port 0: EINVAL
+        batch.push(addr, None, payload(2, 20));
+        batch.push(sa("[::1]:9"), None, payload(3, 20)); // v6 on a v4 socket: EAFNOSUPPORT
+        batch.push(addr, None, payload(4, 70_000)); // EMSGSIZE
+        batch.push(addr, None, payload(5, 20));
+        let outcome = batch.flush(sender.as_raw_fd());
+        assert_eq!(
+            outcome,
+            FlushOutcome::Done {
+                sent: 3,
+                dropped: 3
+            }
+        );
+        let got: Vec<_> = recv_n(&receiver, 8, 3)
+            .iter()
+            .map(|g| seq_of(&g.2))
+            .collect();
+        assert_eq!(got, [0, 2, 5]);
+    }
+
+    #[test]
+    fn blocked_keeps_the_rest_queued_in_order() {
+        // Loopback never fills a UDP send buffer (skbs are orphaned on transmit), so the real
+        // sendmmsg is wrapped to accept only a budget of datagrams and then report EAGAIN.
+        let (receiver, addr) = bind("127.0.0.1:0");
+        let (sender, sender_addr) = bind("127.0.0.1:0");
+        let fd = sender.as_raw_fd();
+        let mut batch = SendBatch::new(200);
+        for seq in 0..150 {
+            batch.push(addr, None, payload(seq, 64 + seq));
+        }
+        let mut budget = 100; // spans two full chunks and a partial one
+        let outcome = batch.flush_with(sender_addr, |headers| {
+            let n = headers.len().min(budget);
+            if n == 0 {
+                return Err(io::Error::from_raw_os_error(libc::EAGAIN));
+            }
+            budget -= n;
+            send_mmsg(fd, &mut headers[..n])
+        });
+        assert_eq!(
+            outcome,
+            FlushOutcome::Blocked {
+                sent: 100,
+                dropped: 0
+            }
+        );
+        assert_eq!(batch.len(), 50);
+        let got: Vec<_> = recv_n(&receiver, 64, 100)
+            .iter()
+            .map(|g| seq_of(&g.2))
+            .collect();
+        assert_eq!(got, (0..100).collect::<Vec<_>>());
+
+        // The caller sends the head itself, then flushes the rest for real.
+        let (destination, head) = batch.pop_front().unwrap();
+        assert_eq!((destination, seq_of(&head)), (addr, 100));
+        assert_eq!(
+            batch.flush(fd),
+            FlushOutcome::Done {
+                sent: 49,
+                dropped: 0
+            }
+        );
+        let got: Vec<_> = recv_n(&receiver, 64, 49)
+            .iter()
+            .map(|g| seq_of(&g.2))
+            .collect();
+        assert_eq!(got, (101..150).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn tiny_send_buffer_and_idle_receiver_accounting() {
+        // Real sockets: whatever the outcome, what is reported sent arrived in order and what is
+        // not is still queued in order.
+        let (receiver, addr) = bind("127.0.0.1:0");
+        let sender = bind_media_socket(sa("127.0.0.1:0"), 1 << 20, 1).unwrap();
+        let total = 150;
+        let mut batch = SendBatch::new(total);
+        for seq in 0..total {
+            batch.push(addr, None, payload(seq, 500));
+        }
+        let outcome = batch.flush(sender.as_raw_fd());
+        assert_eq!(outcome.dropped(), 0);
+        let sent = outcome.sent();
+        assert_eq!(sent + batch.len(), total);
+        assert_eq!(outcome.is_blocked(), sent < total);
+        let mut next = sent;
+        while let Some((_, p)) = batch.pop_front() {
+            assert_eq!(seq_of(&p), next);
+            next += 1;
+        }
+        let got: Vec<_> = recv_n(&receiver, 64, sent)
+            .iter()
+            .map(|g| seq_of(&g.2))
+            .collect();
+        assert_eq!(got, (0..sent).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn bad_fd_drops_the_queue() {
+        let mut batch = SendBatch::new(2);
+        batch.push(sa("127.0.0.1:9"), None, vec![1]);
+        batch.push(sa("127.0.0.1:9"), None, vec![2]);
+        assert_eq!(
+            batch.flush(-1),
+            FlushOutcome::Done {
+                sent: 0,
+                dropped: 2
+            }
+        );
+        assert!(batch.is_empty());
+        assert_eq!(
+            RecvBatch::new(1)
+                .recv(-1, sa("127.0.0.1:9"))
+                .unwrap_err()
+                .raw_os_error(),
+            Some(libc::EBADF)
+        );
+    }
+
+    #[test]
+    fn ipv6_loopback_and_wildcard() {
+        let Some((receiver, addr)) = bind_v6("[::1]:0") else {
+            return;
+        };
+        let Some((sender, sender_addr)) = bind_v6("[::1]:0") else {
+            return;
+        };
+        let mut batch = SendBatch::new(4);
+        batch.push(addr, None, payload(0, 30));
+        batch.push(
+            addr,
+            Some(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+            payload(1, 1500),
+        );
+        assert_eq!(
+            batch.flush(sender.as_raw_fd()),
+            FlushOutcome::Done {
+                sent: 2,
+                dropped: 0
+            }
+        );
+        let got = recv_n(&receiver, 4, 2);
+        for (i, (source, destination, data, truncated)) in got.into_iter().enumerate() {
+            assert_eq!((source, destination, truncated), (sender_addr, addr, false));
+            assert_eq!(seq_of(&data), i);
+        }
+
+        let Some((wild, wild_addr)) = bind_v6("[::]:0") else {
+            return;
+        };
+        let target = SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), wild_addr.port());
+        batch.push(target, None, payload(2, 30));
+        assert_eq!(batch.flush(sender.as_raw_fd()).sent(), 1);
+        let got = recv_n(&wild, 4, 1);
+        assert_eq!((got[0].0, got[0].1), (sender_addr, target));
+    }
+
+    #[test]
+    fn ipv4_mapped_on_dual_stack_socket() {
+        let Some((wild, wild_addr)) = bind_v6("[::]:0") else {
+            return;
+        };
+        if wild.only_v6().unwrap_or(true) {
+            eprintln!("skipping: system binds IPv6 sockets v6-only");
+            return;
+        }
+        let (v4_peer, v4_peer_addr) = bind("127.0.0.1:0");
+        let target = SocketAddr::new(sa("127.0.0.1:0").ip(), wild_addr.port());
+        let mut batch = SendBatch::new(2);
+        batch.push(target, None, payload(0, 40));
+        assert_eq!(batch.flush(v4_peer.as_raw_fd()).sent(), 1);
+        let got = recv_n(&wild, 4, 1);
+        assert_eq!((got[0].0, got[0].1), (v4_peer_addr, target)); // unmapped on the way in
+
+        // Reply from the v6 socket to a plain IPv4 address with a v4 source: mapped on the way out.
+        batch.push(v4_peer_addr, Some(target.ip()), payload(1, 40));
+        assert_eq!(
+            batch.flush(wild.as_raw_fd()),
+            FlushOutcome::Done {
+                sent: 1,
+                dropped: 0
+            }
+        );
+        let got = recv_n(&v4_peer, 4, 1);
+        assert_eq!(
+            (got[0].0, got[0].1, seq_of(&got[0].2)),
+            (target, v4_peer_addr, 1)
+        );
+    }
+
+    #[test]
+    fn sockaddr_round_trip() {
+        let mut storage = zeroed_sockaddr();
+        for (addr, v6_socket, family, back) in [
+            ("10.1.2.3:5000", false, libc::AF_INET, "10.1.2.3:5000"),
+            ("10.1.2.3:5000", true, libc::AF_INET6, "10.1.2.3:5000"),
+            (
+                "[::ffff:10.1.2.3]:5000",
+                false,
+                libc::AF_INET,
+                "10.1.2.3:5000",
+            ),
+            (
+                "[2001:db8::1]:443",
+                true,
+                libc::AF_INET6,
+                "[2001:db8::1]:443",
+            ),
+            ("[fe80::1%7]:443", true, libc::AF_INET6, "[fe80::1%7]:443"),
+        ] {
+            let len = encode_sockaddr(sa(addr), v6_socket, &mut storage);
+            assert_eq!(libc::c_int::from(storage.ss_family), family, "{addr}");
+            assert_eq!(decode_sockaddr(&storage, len), Some(sa(back)), "{addr}");
+            assert_eq!(decode_sockaddr(&storage, len - 1), None);
+        }
+    }
+}
