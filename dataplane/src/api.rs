@@ -52,7 +52,7 @@ impl Default for DataPlaneConfig {
             ice_disconnect_grace: Duration::from_secs(5),
             keyframe_min_interval: Duration::from_millis(500),
             max_peers_per_core: 20_000,
-            socket_buffer: 8 << 20,
+            socket_buffer: 4 << 20,
             ring_capacity: 4096,
         }
     }

@@ -120,6 +120,7 @@ impl DataPlane {
             counters: Vec::with_capacity(cores),
         };
         let meshes = mesh::wire(cores, config.ring_capacity);
+        let mut pending = Vec::with_capacity(cores);
         for (n, (socket, mesh_ends)) in sockets.into_iter().zip(meshes).enumerate() {
             let id = CoreId(n as u16);
             let local = socket
@@ -165,6 +166,11 @@ impl DataPlane {
                     message: e.to_string(),
                 })?;
             plane.joins.push(join);
+            pending.push((n, id, ready_rx, cmd_tx, flag, local, counters));
+        }
+        // Every core must be spawned before any is waited for: each connects its rings to
+        // all the others before it reports ready.
+        for (n, id, ready_rx, cmd_tx, flag, local, counters) in pending {
             let wake_addr = ready_rx
                 .recv_timeout(Duration::from_secs(10))
                 .map_err(|_| StartError::Core {

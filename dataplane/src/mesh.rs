@@ -73,6 +73,14 @@ impl MeshEnds {
     /// Connects this core's ends; must run inside the core's executor. Returns the senders
     /// and one receiver per other core.
     pub async fn connect(self) -> (Mesh, Vec<(CoreId, ConnectedReceiver<MeshMsg>)>) {
+        // Every core connects its senders and receivers at the same time; a sender's
+        // connect waits for the peer core to connect the matching receiver, so the
+        // receivers must be connecting in their own tasks or two cores deadlock.
+        let receivers: Vec<_> = self
+            .from
+            .into_iter()
+            .map(|(core, rx)| glommio::spawn_local(async move { (core, rx.connect().await) }))
+            .collect();
         let mut to = Vec::with_capacity(self.to.len());
         for tx in self.to {
             match tx {
@@ -80,9 +88,9 @@ impl MeshEnds {
                 None => to.push(None),
             }
         }
-        let mut from = Vec::with_capacity(self.from.len());
-        for (core, rx) in self.from {
-            from.push((core, rx.connect().await));
+        let mut from = Vec::with_capacity(receivers.len());
+        for task in receivers {
+            from.push(task.await);
         }
         (Mesh { to }, from)
     }
