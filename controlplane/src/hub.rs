@@ -1,0 +1,222 @@
+//! The control plane's shared state on its one thread: the registry, the open signalling
+//! connections and the handle to the data plane. Signalling, REST and data-plane events all
+//! call into it; it applies the registry's effects (frames out, commands to cores).
+//! Everything here runs on the control-plane thread, so plain `RefCell`s suffice.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use relaycast_dataplane::{Command, DataPlane, Event, PeerId};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::protocol::{self, StreamName};
+use crate::registry::{ConnId, Effect, Registry, RegistryConfig, RestReply, RestRequest};
+
+/// What a signalling connection's task is told to do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outgoing {
+    /// Send a text frame.
+    Text(String),
+    /// Send a close frame with this code and reason, then end.
+    Close(u16, String),
+}
+
+/// Facts about the running server, for `/rest-api/server/info` and logs.
+#[derive(Clone, Debug)]
+pub struct ServerFacts {
+    pub version: String,
+    pub ws_addr: Option<SocketAddr>,
+    pub rest_addr: Option<SocketAddr>,
+    pub media_addrs: Vec<SocketAddr>,
+}
+
+pub struct Hub {
+    registry: RefCell<Registry>,
+    conns: RefCell<HashMap<ConnId, mpsc::UnboundedSender<Outgoing>>>,
+    next_conn: Cell<u64>,
+    data: DataPlane,
+    facts: RefCell<ServerFacts>,
+    stopping: Cell<bool>,
+}
+
+impl Hub {
+    pub fn new(config: RegistryConfig, data: DataPlane, facts: ServerFacts) -> Self {
+        Hub {
+            registry: RefCell::new(Registry::new(config)),
+            conns: RefCell::new(HashMap::new()),
+            next_conn: Cell::new(1),
+            data,
+            facts: RefCell::new(facts),
+            stopping: Cell::new(false),
+        }
+    }
+
+    pub fn data(&self) -> &DataPlane {
+        &self.data
+    }
+
+    pub fn set_addrs(&self, ws: SocketAddr, rest: SocketAddr) {
+        let mut facts = self.facts.borrow_mut();
+        facts.ws_addr = Some(ws);
+        facts.rest_addr = Some(rest);
+    }
+
+    pub fn facts(&self) -> ServerFacts {
+        self.facts.borrow().clone()
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.get()
+    }
+
+    /// A WebSocket connection opened: returns its id and the queue of frames to send it.
+    pub fn open(&self, remote: SocketAddr) -> (ConnId, mpsc::UnboundedReceiver<Outgoing>) {
+        let conn = ConnId(self.next_conn.get());
+        self.next_conn.set(conn.0 + 1);
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.conns.borrow_mut().insert(conn, tx);
+        self.registry
+            .borrow_mut()
+            .session_opened(conn, remote.to_string(), now_ms());
+        tracing::debug!(conn = conn.0, %remote, "signalling connection opened");
+        (conn, rx)
+    }
+
+    /// One text frame from a connection.
+    pub fn frame(&self, conn: ConnId, text: &str) {
+        let mut out = Vec::new();
+        match protocol::parse_client_frame(text) {
+            Ok(message) => {
+                tracing::trace!(conn = conn.0, message = message.name(), "client frame");
+                self.registry
+                    .borrow_mut()
+                    .client_message(conn, message, now_ms(), &mut out);
+            }
+            Err(error) => {
+                tracing::info!(conn = conn.0, %error, "bad client frame");
+                self.registry.borrow().client_error(conn, &error, &mut out);
+            }
+        }
+        self.apply(out);
+    }
+
+    /// A frame the connection could not take (binary, oversized): answered with `fail`.
+    pub fn reject(&self, conn: ConnId, info: &str) {
+        self.send(conn, Outgoing::Text(protocol::fail("unknown", info, None)));
+    }
+
+    /// A connection ended: its session's streams end.
+    pub fn closed(&self, conn: ConnId) {
+        self.conns.borrow_mut().remove(&conn);
+        let mut out = Vec::new();
+        self.registry.borrow_mut().session_closed(conn, &mut out);
+        self.apply(out);
+    }
+
+    /// A REST request about streams and connections.
+    pub fn rest(&self, request: RestRequest) -> RestReply {
+        let mut out = Vec::new();
+        let reply = self.registry.borrow_mut().rest(request, &mut out);
+        self.apply(out);
+        reply
+    }
+
+    /// Counts for `/rest-api/server/info`.
+    pub fn counts(&self) -> serde_json::Value {
+        let registry = self.registry.borrow();
+        json!({
+            "streams": registry.stream_count(),
+            "sessions": registry.session_count(),
+            "mediaSessions": registry.media_count(),
+        })
+    }
+
+    /// An event from the data plane: a relay's peer, or a client's.
+    pub fn data_event(self: &std::rc::Rc<Self>, event: Event) {
+        let mut out = Vec::new();
+        self.registry.borrow_mut().data_event(event, &mut out);
+        self.apply(out);
+    }
+
+    /// Runs a closure on the registry and applies its effects (used by relays).
+    pub(crate) fn with_registry<R>(
+        &self,
+        f: impl FnOnce(&mut Registry, &mut Vec<Effect>) -> R,
+    ) -> R {
+        let mut out = Vec::new();
+        let result = f(&mut self.registry.borrow_mut(), &mut out);
+        self.apply(out);
+        result
+    }
+
+    /// Graceful stop: every client gets its final status and a close frame.
+    pub fn shutdown(&self) {
+        self.stopping.set(true);
+        let mut out = Vec::new();
+        self.registry.borrow_mut().shutdown(&mut out);
+        self.apply(out);
+        let conns: Vec<_> = self.conns.borrow().keys().copied().collect();
+        for conn in conns {
+            self.send(conn, Outgoing::Close(1001, "server shutting down".into()));
+        }
+    }
+
+    /// Number of open signalling connections.
+    pub fn connection_count(&self) -> usize {
+        self.conns.borrow().len()
+    }
+
+    pub(crate) fn send_command(&self, core: relaycast_dataplane::CoreId, command: Command) {
+        if let Err(e) = self.data.send(core, command) {
+            tracing::error!(core = %e.0, "data plane core is gone; command dropped");
+        }
+    }
+
+    fn send(&self, conn: ConnId, message: Outgoing) {
+        if let Some(tx) = self.conns.borrow().get(&conn) {
+            let _ = tx.send(message);
+        }
+    }
+
+    pub(crate) fn apply(&self, effects: Vec<Effect>) {
+        let mut ended: Vec<StreamName> = Vec::new();
+        let mut live: Vec<StreamName> = Vec::new();
+        for effect in effects {
+            match effect {
+                Effect::Send { conn, frame } => self.send(conn, Outgoing::Text(frame)),
+                Effect::Data { core, command } => self.send_command(core, command),
+                Effect::Close { conn } => {
+                    self.send(conn, Outgoing::Close(1000, "terminated".into()));
+                }
+                Effect::StreamEnded { name } => ended.push(name),
+                Effect::StreamLive { name } => live.push(name),
+            }
+        }
+        for name in ended {
+            tracing::debug!(stream = %name, "stream ended");
+        }
+        for name in live {
+            tracing::debug!(stream = %name, "stream live");
+        }
+    }
+}
+
+fn event_peer(event: &Event) -> PeerId {
+    match event {
+        Event::Sdp { peer, .. }
+        | Event::Negotiated { peer, .. }
+        | Event::Connected { peer }
+        | Event::Failed { peer, .. }
+        | Event::Closed { peer, .. } => *peer,
+    }
+}
+
+/// Milliseconds since the Unix epoch, as WCS reports `createDate`.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

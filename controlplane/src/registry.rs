@@ -1,0 +1,795 @@
+//! The stream registry: signalling sessions, published streams and every publisher and
+//! player media session, and which data-plane peer and core serves each. A state machine:
+//! it takes client messages, data-plane events and REST requests, and returns effects
+//! (frames to send, commands for cores) as data. It never does IO, so every rule here is
+//! unit-tested without sockets.
+
+use std::collections::HashMap;
+
+use relaycast_dataplane::{
+    Command, Continuity, CoreId, Event, PeerFailure, PeerId, Role, StreamId, StreamMedia,
+};
+use serde_json::{Value, json};
+
+use crate::protocol::{
+    self, AppKey, ClientMessage, ConnectionInfo, Info, MEDIA_PROVIDER, MediaSessionId, SessionId,
+    StreamInfo, StreamName, StreamRef, StreamRequest, StreamStatus, StreamStatusEvent, UserData,
+};
+
+/// A signalling connection (WebSocket), numbered by the signalling server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+/// Something the registry wants done.
+#[derive(Debug)]
+pub enum Effect {
+    /// Send a text frame to a signalling connection.
+    Send { conn: ConnId, frame: String },
+    /// Give a command to a data-plane core.
+    Data { core: CoreId, command: Command },
+    /// Close a signalling connection (its streams are ended by `session_closed`).
+    Close { conn: ConnId },
+    /// A stream's source ended: relays pushing it must stop.
+    StreamEnded { name: StreamName },
+    /// A stream got its media: relays waiting to push it may start.
+    StreamLive { name: StreamName },
+}
+
+/// Fixed facts the registry reports.
+#[derive(Clone, Debug)]
+pub struct RegistryConfig {
+    pub server_version: String,
+    /// Number of data-plane cores to place peers on.
+    pub cores: usize,
+}
+
+/// A REST request, already parsed from HTTP and JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RestRequest {
+    StreamFindAll,
+    StreamFind {
+        media_session_id: Option<MediaSessionId>,
+        name: Option<StreamName>,
+        published: Option<bool>,
+    },
+    StreamTerminate {
+        media_session_ids: Vec<MediaSessionId>,
+        name: Option<StreamName>,
+    },
+    ConnectionFindAll,
+    ConnectionTerminate {
+        session_id: SessionId,
+    },
+}
+
+/// A REST answer: HTTP status and JSON body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestReply {
+    pub status: u16,
+    pub body: Value,
+}
+
+/// Who feeds a stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A publisher's media session.
+    Publisher(MediaSessionId),
+    /// A pull relay, identified by its local media session id.
+    Relay(MediaSessionId),
+}
+
+pub struct Registry {
+    config: RegistryConfig,
+    sessions: HashMap<ConnId, Session>,
+    streams: HashMap<StreamName, Stream>,
+    media: HashMap<MediaSessionId, MediaSession>,
+    peers: HashMap<PeerId, MediaSessionId>,
+    /// Peers on each core, for placement.
+    load: Vec<usize>,
+    next_peer: u64,
+    next_stream: u64,
+    /// The server is stopping: every client is told its streams' final status.
+    stopping: bool,
+}
+
+struct Session {
+    id: SessionId,
+    app_key: AppKey,
+    client_version: Option<String>,
+    media_providers: Vec<String>,
+    remote_address: String,
+    created_ms: u64,
+    established: bool,
+    media: Vec<MediaSessionId>,
+}
+
+/// A published stream.
+pub struct Stream {
+    pub name: StreamName,
+    pub id: StreamId,
+    /// The core whose router holds the source.
+    pub home: CoreId,
+    pub source: Source,
+    /// Known once the source's SDP is negotiated; a stream is playable from then on.
+    pub media: Option<StreamMedia>,
+    pub players: Vec<MediaSessionId>,
+    /// Where the stream's tracks left off, for a replacement source.
+    pub continuity: Continuity,
+}
+
+struct MediaSession {
+    id: MediaSessionId,
+    conn: ConnId,
+    name: StreamName,
+    published: bool,
+    status: StreamStatus,
+    info: Option<String>,
+    peer: PeerId,
+    core: CoreId,
+    media: StreamMedia,
+    created_ms: u64,
+}
+
+impl Registry {
+    pub fn new(config: RegistryConfig) -> Self {
+        let cores = config.cores.max(1);
+        Registry {
+            config,
+            sessions: HashMap::new(),
+            streams: HashMap::new(),
+            media: HashMap::new(),
+            peers: HashMap::new(),
+            load: vec![0; cores],
+            next_peer: 1,
+            next_stream: 1,
+            stopping: false,
+        }
+    }
+
+    /// A signalling connection opened; it becomes a session on `connection`.
+    pub fn session_opened(&mut self, conn: ConnId, remote_address: String, now_ms: u64) {
+        self.sessions.insert(
+            conn,
+            Session {
+                id: SessionId(uuid::Uuid::new_v4().to_string()),
+                app_key: AppKey::from(protocol::DEFAULT_APP_KEY),
+                client_version: None,
+                media_providers: Vec::new(),
+                remote_address,
+                created_ms: now_ms,
+                established: false,
+                media: Vec::new(),
+            },
+        );
+    }
+
+    /// One parsed client frame.
+    pub fn client_message(
+        &mut self,
+        conn: ConnId,
+        message: ClientMessage,
+        now_ms: u64,
+        out: &mut Vec<Effect>,
+    ) {
+        match message {
+            ClientMessage::Connection(req) => {
+                let Some(session) = self.sessions.get_mut(&conn) else {
+                    return;
+                };
+                session.app_key = req.app_key;
+                session.client_version = req.client_version.clone();
+                session.media_providers = req.media_providers;
+                session.established = true;
+                let data = UserData {
+                    auth_token: uuid::Uuid::new_v4().to_string(),
+                    session_id: session.id.clone(),
+                    app_key: session.app_key.clone(),
+                    media_providers: vec![MEDIA_PROVIDER.to_string()],
+                    server_version: self.config.server_version.clone(),
+                    client_version: req.client_version,
+                };
+                tracing::info!(session = %session.id, app_key = %session.app_key,
+                    remote = %session.remote_address, "session established");
+                send(out, conn, protocol::get_user_data(&data));
+            }
+            ClientMessage::PublishStream(req) => self.publish(conn, req, now_ms, out),
+            ClientMessage::PlayStream(req) => self.play(conn, req, now_ms, out),
+            ClientMessage::UnPublishStream(r) => self.stop_request(conn, r, true, out),
+            ClientMessage::StopStream(r) => self.stop_request(conn, r, false, out),
+            ClientMessage::Ping => send(out, conn, protocol::pong()),
+            ClientMessage::Pong => {}
+            ClientMessage::Unsupported { message } => {
+                let info = format!("Unsupported method: {message}");
+                send(out, conn, protocol::fail(&message, &info, None));
+            }
+        }
+    }
+
+    /// A frame that could not be parsed: the client gets a `fail` naming the problem.
+    pub fn client_error(&self, conn: ConnId, error: &protocol::FrameError, out: &mut Vec<Effect>) {
+        let method = error.api_method().unwrap_or("unknown");
+        send(out, conn, protocol::fail(method, &error.to_string(), None));
+    }
+
+    /// A signalling connection closed: every stream of its session ends.
+    pub fn session_closed(&mut self, conn: ConnId, out: &mut Vec<Effect>) {
+        let Some(session) = self.sessions.remove(&conn) else {
+            return;
+        };
+        tracing::info!(session = %session.id, "session closed");
+        for id in session.media {
+            self.end_media(
+                &id,
+                StreamStatus::Stopped,
+                Info::StoppedBySessionDisconnect,
+                out,
+            );
+        }
+    }
+
+    /// The server is stopping: every media session ends and its owner is told so
+    /// (UNPUBLISHED for publishers, STOPPED for players).
+    pub fn shutdown(&mut self, out: &mut Vec<Effect>) {
+        self.stopping = true;
+        let publishers: Vec<MediaSessionId> = self
+            .media
+            .values()
+            .filter(|m| m.published)
+            .map(|m| m.id.clone())
+            .collect();
+        for id in publishers {
+            self.end_media(
+                &id,
+                StreamStatus::Unpublished,
+                Info::StoppedBySessionDisconnect,
+                out,
+            );
+        }
+        let players: Vec<MediaSessionId> = self.media.keys().cloned().collect();
+        for id in players {
+            self.end_media(
+                &id,
+                StreamStatus::Stopped,
+                Info::StoppedBySessionDisconnect,
+                out,
+            );
+        }
+    }
+
+    /// An event from the data plane.
+    pub fn data_event(&mut self, event: Event, out: &mut Vec<Effect>) {
+        match event {
+            Event::Sdp { peer, sdp, media } => {
+                let Some(id) = self.peers.get(&peer).cloned() else {
+                    // The media session ended while the core built the peer: its Close
+                    // was queued behind the Accept on the same core, so it is gone.
+                    return;
+                };
+                let Some(ms) = self.media.get_mut(&id) else {
+                    return;
+                };
+                ms.media = media;
+                let (conn, published, name) = (ms.conn, ms.published, ms.name.clone());
+                send(out, conn, protocol::set_remote_sdp(&id, &sdp));
+                if published && let Some(stream) = self.streams.get_mut(&name) {
+                    stream.media = Some(media);
+                    out.push(Effect::StreamLive { name });
+                }
+            }
+            Event::Connected { peer } => {
+                let Some(id) = self.peers.get(&peer).cloned() else {
+                    return;
+                };
+                let Some(ms) = self.media.get_mut(&id) else {
+                    return;
+                };
+                ms.status = if ms.published {
+                    StreamStatus::Publishing
+                } else {
+                    StreamStatus::Playing
+                };
+                tracing::info!(media_session = %id, stream = %ms.name, %peer, core = %ms.core,
+                    status = %ms.status, "stream live");
+                let event = status_event(ms);
+                send(out, ms.conn, protocol::stream_status(&event));
+            }
+            Event::Failed {
+                peer,
+                reason,
+                continuity,
+            } => {
+                let Some(id) = self.peers.get(&peer).cloned() else {
+                    return;
+                };
+                if let Some(c) = continuity
+                    && let Some(ms) = self.media.get(&id)
+                    && let Some(stream) = self.streams.get_mut(&ms.name)
+                {
+                    stream.continuity = c;
+                }
+                tracing::info!(media_session = %id, %peer, %reason, "peer failed");
+                self.end_media(&id, StreamStatus::Failed, failure_info(&reason), out);
+            }
+            Event::Negotiated { .. } | Event::Closed { .. } => {}
+        }
+    }
+
+    /// A REST request about streams or connections.
+    pub fn rest(&mut self, request: RestRequest, out: &mut Vec<Effect>) -> RestReply {
+        match request {
+            RestRequest::StreamFindAll => {
+                let list: Vec<StreamInfo> = self.media.values().map(|m| self.info(m)).collect();
+                list_reply(list, "no streams")
+            }
+            RestRequest::StreamFind {
+                media_session_id,
+                name,
+                published,
+            } => {
+                let list: Vec<StreamInfo> = self
+                    .media
+                    .values()
+                    .filter(|m| media_session_id.as_ref().is_none_or(|id| *id == m.id))
+                    .filter(|m| name.as_ref().is_none_or(|n| *n == m.name))
+                    .filter(|m| published.is_none_or(|p| p == m.published))
+                    .map(|m| self.info(m))
+                    .collect();
+                list_reply(list, "stream not found")
+            }
+            RestRequest::StreamTerminate {
+                media_session_ids,
+                name,
+            } => {
+                let mut ids = media_session_ids;
+                if let Some(name) = name {
+                    let stream = self.streams.get(&name);
+                    match stream.map(|s| &s.source) {
+                        Some(Source::Publisher(id)) => ids.push(id.clone()),
+                        Some(Source::Relay(_)) | None => {
+                            ids.extend(
+                                self.media
+                                    .values()
+                                    .filter(|m| m.name == name)
+                                    .map(|m| m.id.clone()),
+                            );
+                        }
+                    }
+                }
+                ids.retain(|id| self.media.contains_key(id));
+                ids.dedup();
+                if ids.is_empty() {
+                    return error_reply(404, "stream not found");
+                }
+                for id in &ids {
+                    let status = match self.media.get(id) {
+                        Some(m) if m.published => StreamStatus::Unpublished,
+                        _ => StreamStatus::Stopped,
+                    };
+                    tracing::info!(media_session = %id, "terminated by REST");
+                    self.end_media(id, status, Info::StoppedByRestTerminate, out);
+                }
+                RestReply {
+                    status: 200,
+                    body: json!({ "terminated": ids }),
+                }
+            }
+            RestRequest::ConnectionFindAll => {
+                let list: Vec<ConnectionInfo> = self
+                    .sessions
+                    .values()
+                    .filter(|s| s.established)
+                    .map(|s| ConnectionInfo {
+                        session_id: s.id.clone(),
+                        app_key: s.app_key.clone(),
+                        client_version: s.client_version.clone(),
+                        remote_address: s.remote_address.clone(),
+                        media_providers: s.media_providers.clone(),
+                        create_date: s.created_ms,
+                    })
+                    .collect();
+                list_reply(list, "no connections")
+            }
+            RestRequest::ConnectionTerminate { session_id } => {
+                let conn = self
+                    .sessions
+                    .iter()
+                    .find(|(_, s)| s.id == session_id)
+                    .map(|(c, _)| *c);
+                match conn {
+                    Some(conn) => {
+                        tracing::info!(session = %session_id, "connection terminated by REST");
+                        out.push(Effect::Close { conn });
+                        RestReply {
+                            status: 200,
+                            body: json!({ "terminated": session_id }),
+                        }
+                    }
+                    None => error_reply(404, "connection not found"),
+                }
+            }
+        }
+    }
+
+    /// Number of media sessions (publishers and players).
+    pub fn media_count(&self) -> usize {
+        self.media.len()
+    }
+
+    /// Number of published streams.
+    pub fn stream_count(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Number of signalling sessions.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// A published stream by name.
+    pub fn stream(&self, name: &StreamName) -> Option<&Stream> {
+        self.streams.get(name)
+    }
+
+    fn publish(&mut self, conn: ConnId, req: StreamRequest, now_ms: u64, out: &mut Vec<Effect>) {
+        let Some((id, name, sdp)) = self.check_request(conn, &req, true, out) else {
+            return;
+        };
+        if self.streams.contains_key(&name) {
+            tracing::info!(media_session = %id, stream = %name, "publish refused: name in use");
+            fail_status(out, conn, &id, &name, true, Info::StreamNameAlreadyInUse);
+            return;
+        }
+        let core = self.place();
+        let peer = self.new_peer();
+        let stream = StreamId(self.next_stream);
+        self.next_stream += 1;
+        self.streams.insert(
+            name.clone(),
+            Stream {
+                name: name.clone(),
+                id: stream,
+                home: core,
+                source: Source::Publisher(id.clone()),
+                media: None,
+                players: Vec::new(),
+                continuity: Continuity::default(),
+            },
+        );
+        self.add_media(conn, &id, &name, true, peer, core, now_ms);
+        tracing::info!(media_session = %id, stream = %name, %peer, %core, "publish requested");
+        out.push(Effect::Data {
+            core,
+            command: Command::Accept {
+                peer,
+                offer: sdp,
+                role: Role::Ingest {
+                    stream,
+                    continuity: Continuity::default(),
+                },
+            },
+        });
+    }
+
+    fn play(&mut self, conn: ConnId, req: StreamRequest, now_ms: u64, out: &mut Vec<Effect>) {
+        let Some((id, name, sdp)) = self.check_request(conn, &req, false, out) else {
+            return;
+        };
+        let Some((stream, home, media)) = self
+            .streams
+            .get(&name)
+            .and_then(|s| s.media.map(|m| (s.id, s.home, m)))
+        else {
+            tracing::info!(media_session = %id, stream = %name, "play refused: not found");
+            fail_status(out, conn, &id, &name, false, Info::StreamNotFound);
+            return;
+        };
+        let core = self.place();
+        let peer = self.new_peer();
+        if let Some(s) = self.streams.get_mut(&name) {
+            s.players.push(id.clone());
+        }
+        self.add_media(conn, &id, &name, false, peer, core, now_ms);
+        tracing::info!(media_session = %id, stream = %name, %peer, %core, "play requested");
+        out.push(Effect::Data {
+            core,
+            command: Command::Accept {
+                peer,
+                offer: sdp,
+                role: Role::Egress {
+                    stream,
+                    home,
+                    media,
+                },
+            },
+        });
+    }
+
+    /// The checks common to publish and play: returns the id, name and offer, or answers
+    /// with the failure.
+    fn check_request(
+        &self,
+        conn: ConnId,
+        req: &StreamRequest,
+        published: bool,
+        out: &mut Vec<Effect>,
+    ) -> Option<(MediaSessionId, StreamName, String)> {
+        let method = if published {
+            "publishStream"
+        } else {
+            "playStream"
+        };
+        let Some(id) = req.media_session_id.clone().filter(|id| !id.0.is_empty()) else {
+            send(
+                out,
+                conn,
+                protocol::fail(method, Info::MediaSessionIdNull.as_str(), None),
+            );
+            return None;
+        };
+        let name = req.name.clone().unwrap_or_default();
+        let session = self.sessions.get(&conn)?;
+        if !session.established {
+            fail_status(out, conn, &id, &name, published, Info::SessionNotReady);
+            return None;
+        }
+        if self.media.contains_key(&id) {
+            fail_status(
+                out,
+                conn,
+                &id,
+                &name,
+                published,
+                Info::MediaSessionIdAlreadyInUse,
+            );
+            return None;
+        }
+        if name.0.is_empty() {
+            send(
+                out,
+                conn,
+                protocol::fail(method, "stream name is required", Some(&id)),
+            );
+            fail_status(out, conn, &id, &name, published, Info::FailedByError);
+            return None;
+        }
+        let Some(sdp) = req.sdp.clone().filter(|s| !s.trim().is_empty()) else {
+            send(
+                out,
+                conn,
+                protocol::fail(method, "an SDP offer is required", Some(&id)),
+            );
+            fail_status(out, conn, &id, &name, published, Info::FailedByError);
+            return None;
+        };
+        Some((id, name, sdp))
+    }
+
+    fn stop_request(&mut self, conn: ConnId, r: StreamRef, unpublish: bool, out: &mut Vec<Effect>) {
+        let method = if unpublish {
+            "unPublishStream"
+        } else {
+            "stopStream"
+        };
+        let owned = r
+            .media_session_id
+            .as_ref()
+            .and_then(|id| self.media.get(id))
+            .filter(|m| m.conn == conn);
+        let Some(ms) = owned else {
+            let info = Info::StreamNotFound.as_str();
+            send(
+                out,
+                conn,
+                protocol::fail(method, info, r.media_session_id.as_ref()),
+            );
+            return;
+        };
+        let (id, published) = (ms.id.clone(), ms.published);
+        let (status, info) = if published {
+            (StreamStatus::Unpublished, Info::StoppedByUser)
+        } else {
+            (StreamStatus::Stopped, Info::StoppedByUser)
+        };
+        tracing::info!(media_session = %id, "stopped by client");
+        self.end_media(&id, status, info, out);
+    }
+
+    /// Ends one media session: its owner gets the final status, its peer is closed, and if
+    /// it published a stream, the stream ends and each player gets STOPPED.
+    fn end_media(
+        &mut self,
+        id: &MediaSessionId,
+        status: StreamStatus,
+        info: Info,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(mut ms) = self.media.remove(id) else {
+            return;
+        };
+        self.peers.remove(&ms.peer);
+        if let Some(load) = self.load.get_mut(ms.core.index()) {
+            *load = load.saturating_sub(1);
+        }
+        if let Some(session) = self.sessions.get_mut(&ms.conn) {
+            session.media.retain(|m| m != id);
+        }
+        out.push(Effect::Data {
+            core: ms.core,
+            command: Command::Close { peer: ms.peer },
+        });
+        ms.status = status;
+        ms.info = Some(info.as_str().to_string());
+        if info != Info::StoppedBySessionDisconnect || self.stopping {
+            let event = status_event(&ms);
+            send(out, ms.conn, protocol::stream_status(&event));
+        }
+        tracing::info!(media_session = %id, stream = %ms.name, peer = %ms.peer,
+            %status, info = %info, "stream ended");
+        if ms.published {
+            if let Some(stream) = self.streams.remove(&ms.name) {
+                out.push(Effect::StreamEnded {
+                    name: ms.name.clone(),
+                });
+                for player in stream.players {
+                    self.end_media(
+                        &player,
+                        StreamStatus::Stopped,
+                        Info::StoppedByPublisherStop,
+                        out,
+                    );
+                }
+            }
+        } else if let Some(stream) = self.streams.get_mut(&ms.name) {
+            stream.players.retain(|p| p != id);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn add_media(
+        &mut self,
+        conn: ConnId,
+        id: &MediaSessionId,
+        name: &StreamName,
+        published: bool,
+        peer: PeerId,
+        core: CoreId,
+        now_ms: u64,
+    ) {
+        self.media.insert(
+            id.clone(),
+            MediaSession {
+                id: id.clone(),
+                conn,
+                name: name.clone(),
+                published,
+                status: StreamStatus::Pending,
+                info: None,
+                peer,
+                core,
+                media: StreamMedia::default(),
+                created_ms: now_ms,
+            },
+        );
+        self.peers.insert(peer, id.clone());
+        if let Some(session) = self.sessions.get_mut(&conn) {
+            session.media.push(id.clone());
+        }
+        if let Some(load) = self.load.get_mut(core.index()) {
+            *load += 1;
+        }
+    }
+
+    /// The least-loaded core.
+    fn place(&self) -> CoreId {
+        let (index, _) = self
+            .load
+            .iter()
+            .enumerate()
+            .min_by_key(|(i, load)| (**load, *i))
+            .unwrap_or((0, &0));
+        CoreId(index as u16)
+    }
+
+    fn new_peer(&mut self) -> PeerId {
+        let peer = PeerId(self.next_peer);
+        self.next_peer += 1;
+        peer
+    }
+
+    fn info(&self, m: &MediaSession) -> StreamInfo {
+        let session = self.sessions.get(&m.conn);
+        StreamInfo {
+            app_key: session.map(|s| s.app_key.clone()).unwrap_or_default(),
+            session_id: session.map(|s| s.id.clone()).unwrap_or_default(),
+            media_session_id: m.id.clone(),
+            name: m.name.clone(),
+            published: m.published,
+            has_video: m.media.video.is_some(),
+            has_audio: m.media.audio.is_some(),
+            status: m.status,
+            info: m.info.clone(),
+            audio_codec: m.media.audio_codec().map(str::to_string),
+            video_codec: m.media.video_codec().map(str::to_string),
+            width: 0,
+            height: 0,
+            bitrate: 0,
+            create_date: m.created_ms,
+            media_provider: MEDIA_PROVIDER,
+        }
+    }
+}
+
+/// The WCS `info` for a data-plane failure.
+pub fn failure_info(reason: &PeerFailure) -> Info {
+    match reason {
+        PeerFailure::NoCommonCodecs => Info::NoCommonCodecs,
+        PeerFailure::IceTimeout => Info::FailedByIceTimeout,
+        PeerFailure::IceKeepAlive => Info::FailedByKeepAlive,
+        PeerFailure::Dtls(_) => Info::FailedByDtlsError,
+        PeerFailure::DtlsFingerprint => Info::FailedByDtlsFingerprintError,
+        PeerFailure::RtpActivity => Info::FailedByRtpActivity,
+        PeerFailure::BadSdp(_)
+        | PeerFailure::PeerLimit
+        | PeerFailure::Socket(_)
+        | PeerFailure::UnknownPeer
+        | PeerFailure::Internal(_) => Info::FailedByError,
+    }
+}
+
+fn status_event(ms: &MediaSession) -> StreamStatusEvent {
+    StreamStatusEvent {
+        media_session_id: ms.id.clone(),
+        name: ms.name.clone(),
+        published: ms.published,
+        status: ms.status,
+        info: ms.info.clone(),
+        has_audio: ms.media.audio.is_some(),
+        has_video: ms.media.video.is_some(),
+        audio_codec: ms.media.audio_codec().map(str::to_string),
+        video_codec: ms.media.video_codec().map(str::to_string),
+    }
+}
+
+fn send(out: &mut Vec<Effect>, conn: ConnId, frame: String) {
+    out.push(Effect::Send { conn, frame });
+}
+
+fn fail_status(
+    out: &mut Vec<Effect>,
+    conn: ConnId,
+    id: &MediaSessionId,
+    name: &StreamName,
+    published: bool,
+    info: Info,
+) {
+    let event = StreamStatusEvent {
+        media_session_id: id.clone(),
+        name: name.clone(),
+        published,
+        status: StreamStatus::Failed,
+        info: Some(info.as_str().to_string()),
+        has_audio: false,
+        has_video: false,
+        audio_codec: None,
+        video_codec: None,
+    };
+    send(out, conn, protocol::stream_status(&event));
+}
+
+fn list_reply<T: serde::Serialize>(list: Vec<T>, empty: &str) -> RestReply {
+    if list.is_empty() {
+        return error_reply(404, empty);
+    }
+    RestReply {
+        status: 200,
+        body: serde_json::to_value(list).unwrap_or(Value::Null),
+    }
+}
+
+/// An error answer: `{"error": "...", "status": N}`.
+pub fn error_reply(status: u16, error: &str) -> RestReply {
+    RestReply {
+        status,
+        body: json!({ "error": error, "status": status }),
+    }
+}

@@ -1,0 +1,129 @@
+//! Starting and stopping a server: the data plane's cores, then the control-plane thread
+//! (this one) running signalling, REST and the hub on a single-threaded tokio runtime.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use anyhow::Context;
+use relaycast_dataplane::{DataPlane, DataPlaneConfig};
+use tokio::net::TcpListener;
+
+use crate::hub::{Hub, ServerFacts};
+use crate::registry::RegistryConfig;
+use crate::rest::{self, RestConfig};
+use crate::signalling::{self, SignallingConfig};
+
+/// Everything a server needs to start.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub ws: SocketAddr,
+    pub rest: SocketAddr,
+    pub data: DataPlaneConfig,
+    pub signalling: SignallingConfig,
+    pub rest_config: RestConfig,
+    /// How long a graceful stop waits for clients to take their final statuses.
+    pub shutdown_grace: Duration,
+}
+
+/// Where a started server listens (ports resolved when 0 was asked for).
+#[derive(Clone, Debug)]
+pub struct Listening {
+    pub ws: SocketAddr,
+    pub rest: SocketAddr,
+    pub media: Vec<SocketAddr>,
+}
+
+/// Runs a server on this thread until SIGINT or SIGTERM, then stops it gracefully.
+/// `ready` is called once every socket is bound.
+pub fn run(config: ServerConfig, ready: impl FnOnce(&Listening)) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("could not start the control-plane runtime")?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("could not install the SIGTERM handler")?;
+        let stop = async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+                _ = sigterm.recv() => "SIGTERM",
+            }
+        };
+        serve(config, ready, stop).await
+    })
+}
+
+/// Runs a server until `stop` resolves (its output names the reason, for the log).
+pub async fn serve(
+    config: ServerConfig,
+    ready: impl FnOnce(&Listening),
+    stop: impl std::future::Future<Output = &'static str>,
+) -> anyhow::Result<()> {
+    let cores = config.data.cores;
+    let data = DataPlane::start(config.data.clone()).context("could not start the data plane")?;
+    let media = data.media_addrs().to_vec();
+    let ws_listener = TcpListener::bind(config.ws)
+        .await
+        .with_context(|| format!("could not listen for WebSocket signalling on {}", config.ws))?;
+    let rest_listener = TcpListener::bind(config.rest)
+        .await
+        .with_context(|| format!("could not listen for REST on {}", config.rest))?;
+    let listening = Listening {
+        ws: ws_listener.local_addr()?,
+        rest: rest_listener.local_addr()?,
+        media: media.clone(),
+    };
+    let hub = Rc::new(Hub::new(
+        RegistryConfig {
+            server_version: crate::VERSION.to_string(),
+            cores,
+        },
+        data,
+        ServerFacts {
+            version: crate::VERSION.to_string(),
+            ws_addr: Some(listening.ws),
+            rest_addr: Some(listening.rest),
+            media_addrs: media,
+        },
+    ));
+    tracing::info!(ws = %listening.ws, rest = %listening.rest, media = ?listening.media,
+        cores, "relaycast listening");
+    ready(&listening);
+
+    let events = tokio::task::spawn_local({
+        let hub = Rc::clone(&hub);
+        async move {
+            while let Some(event) = hub.data().next_event().await {
+                hub.data_event(event);
+            }
+        }
+    });
+    let ws_task = tokio::task::spawn_local(signalling::serve(
+        Rc::clone(&hub),
+        ws_listener,
+        config.signalling.clone(),
+    ));
+    let rest_task = tokio::task::spawn_local(rest::serve(
+        Rc::clone(&hub),
+        rest_listener,
+        config.rest_config.clone(),
+    ));
+
+    let reason = stop.await;
+    tracing::info!(reason, "stopping: sending final statuses");
+    hub.shutdown();
+    ws_task.abort();
+    let deadline = tokio::time::Instant::now() + config.shutdown_grace;
+    while hub.connection_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    rest_task.abort();
+    events.abort();
+    // Let aborted tasks drop their handles before the data plane stops.
+    tokio::task::yield_now().await;
+    drop(hub);
+    tracing::info!("relaycast stopped");
+    Ok(())
+}
