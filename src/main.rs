@@ -1,1 +1,67 @@
-fn main() {}
+//! The `relaycast` server binary: configuration, logging, and the server's run loop.
+
+mod config;
+
+use std::io::Write;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Cli, Config, LogFormat};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("relaycast: configuration error: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if cli.print_config {
+        match toml::to_string_pretty(&config) {
+            Ok(text) => print!("{text}"),
+            Err(e) => {
+                eprintln!("relaycast: could not print the configuration: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+        return std::process::ExitCode::SUCCESS;
+    }
+    let filter = match EnvFilter::try_new(&config.log_level) {
+        Ok(filter) => filter,
+        Err(e) => {
+            eprintln!("relaycast: log_level {:?}: {e}", config.log_level);
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    let result = relaycast_controlplane::server::run(config.server_config(), |listening| {
+        // One machine-readable line on stdout for scripts and tests.
+        let media: Vec<String> = listening.media.iter().map(|a| a.to_string()).collect();
+        println!(
+            "relaycast ready ws={} rest={} media={}",
+            listening.ws,
+            listening.rest,
+            media.join(",")
+        );
+        let _ = std::io::stdout().flush();
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("relaycast: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! The effective configuration: defaults, then the TOML file (`--config`), then CLI flags.
+//! Unknown keys and bad values are refused at start-up with the key and the reason.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use relaycast_controlplane::rest::RestConfig;
+use relaycast_controlplane::server::ServerConfig;
+use relaycast_controlplane::signalling::SignallingConfig;
+use relaycast_dataplane::DataPlaneConfig;
+use serde::{Deserialize, Serialize};
+
+/// relaycast: a WebRTC streaming server speaking Flashphoner WCS's signalling and REST API.
+#[derive(Parser, Debug, Default)]
+#[command(version, about)]
+pub struct Cli {
+    /// TOML configuration file; flags given here override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// WebSocket signalling port (0: any free port).
+    #[arg(long)]
+    pub ws_port: Option<u16>,
+    /// REST and web apps port (0: any free port).
+    #[arg(long)]
+    pub rest_port: Option<u16>,
+    /// Core n's media UDP port is this plus n (0: any free ports).
+    #[arg(long)]
+    pub media_port_base: Option<u16>,
+    /// Number of data-plane cores (0: every CPU).
+    #[arg(long)]
+    pub cores: Option<usize>,
+    /// Address every socket binds to.
+    #[arg(long)]
+    pub bind: Option<IpAddr>,
+    /// Address put in ICE candidates (default: the bind address, or every interface's).
+    #[arg(long)]
+    pub public_ip: Option<IpAddr>,
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive list.
+    #[arg(long)]
+    pub log_level: Option<String>,
+    /// Log format: text or json.
+    #[arg(long)]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Every setting, as the TOML file spells it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub ws_port: u16,
+    pub rest_port: u16,
+    pub media_port_base: u16,
+    pub cores: usize,
+    pub bind: IpAddr,
+    pub public_ip: Option<IpAddr>,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub keepalive: Keepalive,
+    pub media: Media,
+    pub limits: Limits,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Keepalive {
+    /// Seconds between the server's `ping` frames.
+    pub ping_interval_secs: u64,
+    /// Silent pings after which a session is closed.
+    pub max_missed_pings: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Media {
+    /// A peer must connect (ICE and DTLS) within this many seconds.
+    pub connect_timeout_secs: u64,
+    /// A publisher sending no RTP this long fails with `Failed by RTP activity`.
+    pub rtp_timeout_secs: u64,
+    /// A connected peer whose ICE stays disconnected this long fails.
+    pub ice_disconnect_grace_secs: u64,
+    /// Keyframe requests to one publisher are coalesced to one per this many milliseconds.
+    pub keyframe_min_interval_ms: u64,
+    /// Kernel socket buffer size (SO_RCVBUF and SO_SNDBUF) of media sockets, bytes.
+    pub socket_buffer_bytes: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest WebSocket frame accepted, bytes.
+    pub max_frame_bytes: usize,
+    /// Largest REST request body accepted, bytes.
+    pub max_body_bytes: usize,
+    /// Peers beyond this count on one core are refused.
+    pub max_peers_per_core: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            ws_port: 8080,
+            rest_port: 8081,
+            media_port_base: 31000,
+            cores: 0,
+            bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            public_ip: None,
+            log_level: "info".into(),
+            log_format: LogFormat::Text,
+            keepalive: Keepalive::default(),
+            media: Media::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        let s = SignallingConfig::default();
+        Keepalive {
+            ping_interval_secs: s.ping_interval.as_secs(),
+            max_missed_pings: s.max_missed_pings,
+        }
+    }
+}
+
+impl Default for Media {
+    fn default() -> Self {
+        let d = DataPlaneConfig::default();
+        Media {
+            connect_timeout_secs: d.connect_timeout.as_secs(),
+            rtp_timeout_secs: d.rtp_timeout.as_secs(),
+            ice_disconnect_grace_secs: d.ice_disconnect_grace.as_secs(),
+            keyframe_min_interval_ms: d.keyframe_min_interval.as_millis() as u64,
+            socket_buffer_bytes: d.socket_buffer,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_bytes: SignallingConfig::default().max_frame,
+            max_body_bytes: RestConfig::default().max_body,
+            max_peers_per_core: DataPlaneConfig::default().max_peers_per_core,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, overridden by the file, overridden by the flags.
+    pub fn load(cli: &Cli) -> anyhow::Result<Config> {
+        let mut config = match &cli.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("could not read {}", path.display()))?;
+                toml::from_str::<Config>(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e))?
+            }
+            None => Config::default(),
+        };
+        macro_rules! flag {
+            ($($field:ident),*) => { $(if let Some(v) = &cli.$field { config.$field = v.clone(); })* };
+        }
+        flag!(
+            ws_port,
+            rest_port,
+            media_port_base,
+            cores,
+            bind,
+            log_level,
+            log_format
+        );
+        if cli.public_ip.is_some() {
+            config.public_ip = cli.public_ip;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.keepalive.ping_interval_secs == 0 {
+            bail!("keepalive.ping_interval_secs: must be at least 1");
+        }
+        if self.limits.max_frame_bytes < 1024 {
+            bail!("limits.max_frame_bytes: must be at least 1024 (an SDP offer is several KiB)");
+        }
+        if self.limits.max_body_bytes < 256 {
+            bail!("limits.max_body_bytes: must be at least 256");
+        }
+        if self.media.connect_timeout_secs == 0 || self.media.rtp_timeout_secs == 0 {
+            bail!("media.connect_timeout_secs and media.rtp_timeout_secs: must be at least 1");
+        }
+        let cores = self.effective_cores();
+        if self.media_port_base != 0 && self.media_port_base as usize + cores > 65_536 {
+            bail!(
+                "media_port_base: {} + {cores} cores runs past port 65535",
+                self.media_port_base
+            );
+        }
+        if let Some(ip) = self.public_ip
+            && ip.is_unspecified()
+        {
+            bail!("public_ip: {ip} cannot be reached; give the address clients connect to");
+        }
+        Ok(())
+    }
+
+    pub fn effective_cores(&self) -> usize {
+        match self.cores {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
+    /// The addresses put in ICE candidates.
+    pub fn candidate_ips(&self) -> Vec<IpAddr> {
+        if let Some(ip) = self.public_ip {
+            return vec![ip];
+        }
+        if !self.bind.is_unspecified() {
+            return vec![self.bind];
+        }
+        let want_v4 = self.bind.is_ipv4();
+        let mut ips: Vec<IpAddr> = if_addrs::get_if_addrs()
+            .map(|ifs| ifs.into_iter().map(|i| i.ip()).collect())
+            .unwrap_or_default();
+        ips.retain(|ip| ip.is_ipv4() == want_v4);
+        // Non-loopback first: browsers on other hosts try candidates in order.
+        ips.sort_by_key(|ip| ip.is_loopback());
+        ips.dedup();
+        if ips.is_empty() {
+            ips.push(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        }
+        ips
+    }
+
+    pub fn server_config(&self) -> ServerConfig {
+        ServerConfig {
+            ws: SocketAddr::new(self.bind, self.ws_port),
+            rest: SocketAddr::new(self.bind, self.rest_port),
+            data: DataPlaneConfig {
+                cores: self.effective_cores(),
+                pin: true,
+                bind: self.bind,
+                media_port_base: self.media_port_base,
+                candidate_ips: self.candidate_ips(),
+                connect_timeout: Duration::from_secs(self.media.connect_timeout_secs),
+                rtp_timeout: Duration::from_secs(self.media.rtp_timeout_secs),
+                ice_disconnect_grace: Duration::from_secs(self.media.ice_disconnect_grace_secs),
+                keyframe_min_interval: Duration::from_millis(self.media.keyframe_min_interval_ms),
+                max_peers_per_core: self.limits.max_peers_per_core,
+                socket_buffer: self.media.socket_buffer_bytes,
+                ..DataPlaneConfig::default()
+            },
+            signalling: SignallingConfig {
+                max_frame: self.limits.max_frame_bytes,
+                ping_interval: Duration::from_secs(self.keepalive.ping_interval_secs),
+                max_missed_pings: self.keepalive.max_missed_pings,
+                ..SignallingConfig::default()
+            },
+            rest_config: RestConfig {
+                max_body: self.limits.max_body_bytes,
+            },
+            shutdown_grace: Duration::from_secs(2),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_text(text: &str) -> anyhow::Result<Config> {
+        let dir = std::env::temp_dir().join(format!("relaycast-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{}.toml", fastrand_name(text)));
+        std::fs::write(&path, text).unwrap();
+        let cli = Cli {
+            config: Some(path),
+            ..Cli::default()
+        };
+        Config::load(&cli)
+    }
+
+    fn fastrand_name(text: &str) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        text.hash(&mut h);
+        format!("{:x}", h.finish())
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = load_text("ws_prot = 1\n").unwrap_err().to_string();
+        assert!(e.contains("ws_prot"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let e = load_text("[limits]\nmax_frame_bytes = 10\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("limits.max_frame_bytes"), "{e}");
+        let e = load_text("ws_port = \"x\"\n").unwrap_err().to_string();
+        assert!(e.contains("ws_port"), "{e}");
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let dir = std::env::temp_dir();
+        let path = dir.join(format!("relaycast-flags-{}.toml", std::process::id()));
+        std::fs::write(&path, "ws_port = 9000\nrest_port = 9001\n").unwrap();
+        let cli = Cli {
+            config: Some(path),
+            ws_port: Some(9100),
+            ..Cli::default()
+        };
+        let c = Config::load(&cli).unwrap();
+        assert_eq!((c.ws_port, c.rest_port), (9100, 9001));
+    }
+
+    #[test]
+    fn candidates_follow_public_ip_then_bind() {
+        let mut c = Config {
+            bind: "127.0.0.1".parse().unwrap(),
+            ..Config::default()
+        };
+        assert_eq!(
+            c.candidate_ips(),
+            vec!["127.0.0.1".parse::<IpAddr>().unwrap()]
+        );
+        c.public_ip = Some("203.0.113.7".parse().unwrap());
+        assert_eq!(
+            c.candidate_ips(),
+            vec!["203.0.113.7".parse::<IpAddr>().unwrap()]
+        );
+        c.public_ip = None;
+        c.bind = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        assert!(c.candidate_ips().iter().any(|ip| ip.is_loopback()));
+    }
+}
