@@ -6,6 +6,7 @@
 //! - [`hub`]: the shared state that applies the registry's effects;
 //! - [`server`]: starting and stopping it all with the data plane.
 
+pub mod client;
 pub mod hub;
 pub mod protocol;
 pub mod registry;

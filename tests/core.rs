@@ -1,0 +1,475 @@
+//! The core server end to end: real `relaycast` processes, the project's protocol client
+//! publishing synthetic media over real WebRTC (ICE, DTLS, SRTP) and players measuring it.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Server, endpoint, eventually, session};
+use relaycast_controlplane::client::{ClientError, ClientStream};
+use relaycast_controlplane::protocol::StreamStatus;
+use relaycast_dataplane::synth::{SynthConfig, VideoCodec};
+use serde_json::{Value, json};
+
+fn synth(codec: VideoCodec) -> SynthConfig {
+    SynthConfig {
+        video: Some(codec),
+        video_bitrate_bps: 1_500_000,
+        ..SynthConfig::default()
+    }
+}
+
+/// Loss (percent) and latency figures of a player so far.
+async fn player_figures(player: &ClientStream) -> (u64, f64, u64, u64) {
+    let report = player.report().await.expect("player report");
+    let probe = report.probe.expect("probe stats");
+    let media = probe.audio_packets + probe.video_packets;
+    let loss = if media + probe.lost == 0 {
+        100.0
+    } else {
+        probe.lost as f64 * 100.0 / (media + probe.lost) as f64
+    };
+    (media, loss, probe.latency_us.p50, probe.latency_us.p99)
+}
+
+async fn fanout(codec: VideoCodec, players: usize) {
+    let server = Server::start(&[]);
+    let ep = endpoint();
+    let publisher_session = session(&server).await;
+    let publisher = publisher_session
+        .publish(&ep, "fan", synth(codec))
+        .await
+        .expect("publish");
+    assert_eq!(publisher.handle.status(), StreamStatus::Publishing);
+
+    let mut sessions = Vec::new();
+    let mut streams = Vec::new();
+    for _ in 0..players {
+        let s = session(&server).await;
+        let player = s.play(&ep, "fan").await.expect("play");
+        assert_eq!(player.handle.status(), StreamStatus::Playing);
+        sessions.push(s);
+        streams.push(player);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let sent = publisher.report().await.unwrap().generator.unwrap();
+    let mut total_media = 0;
+    let mut p99s = Vec::new();
+    for (n, player) in streams.iter().enumerate() {
+        let (media, loss, p50, p99) = player_figures(player).await;
+        eprintln!(
+            "{codec} player {n}: {media} packets, loss {loss:.3}%, latency p50 {p50} us p99 {p99} us"
+        );
+        assert!(media > 100, "player {n} received only {media} packets");
+        assert!(loss < 1.0, "player {n} lost {loss:.3}% of packets");
+        let probe = player.report().await.unwrap().probe.unwrap();
+        assert!(probe.keyframes > 0, "player {n} got no keyframe");
+        total_media += media;
+        p99s.push(p99);
+    }
+    eprintln!(
+        "{codec}: publisher sent {} packets; {players} players received {total_media}",
+        sent.audio_packets + sent.video_packets
+    );
+    p99s.sort_unstable();
+    eprintln!(
+        "{codec}: median of players' p99 latency {} us",
+        p99s[p99s.len() / 2]
+    );
+
+    // The stream is listed with its codecs while it plays.
+    let (code, body) = server
+        .rest("/rest-api/stream/find", r#"{"name":"fan"}"#)
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let list = body.as_array().expect("find answers a list");
+    assert!(list.iter().any(|s| s["published"] == json!(true)), "{body}");
+}
+
+#[tokio::test]
+async fn one_publisher_one_player_vp8() {
+    fanout(VideoCodec::Vp8, 1).await;
+}
+
+#[tokio::test]
+async fn one_publisher_ten_players_over_two_cores_h264() {
+    fanout(VideoCodec::H264, 10).await;
+}
+
+#[tokio::test]
+async fn registry_rules_duplicate_name_unknown_stream_reused_id() {
+    let server = Server::start(&[]);
+    let ep = endpoint();
+    let a = session(&server).await;
+    let mut publisher = a.publish(&ep, "dup", synth(VideoCodec::Vp8)).await.unwrap();
+
+    let b = session(&server).await;
+    match b.publish(&ep, "dup", synth(VideoCodec::Vp8)).await {
+        Err(ClientError::Stream { status, info }) => {
+            assert_eq!(status, StreamStatus::Failed);
+            assert_eq!(info, "Stream name is already in use");
+        }
+        other => panic!("second publisher of a name: {:?}", other.map(|_| ())),
+    }
+    match b.play(&ep, "no-such-stream").await {
+        Err(ClientError::Stream { status, info }) => {
+            assert_eq!(status, StreamStatus::Failed);
+            assert_eq!(info, "Stream not found");
+        }
+        other => panic!("play of an unknown name: {:?}", other.map(|_| ())),
+    }
+
+    // Reusing a live mediaSessionId is refused and the live stream is untouched.
+    let id = publisher.handle.media_session_id().to_owned();
+    a.send_raw(
+        json!({"message": "publishStream", "data": [{
+            "mediaSessionId": id, "name": "other", "published": true,
+            "sdp": publisher.peer.sdp, "hasAudio": true, "hasVideo": true
+        }]})
+        .to_string(),
+    )
+    .unwrap();
+    let e = publisher
+        .handle
+        .wait_for(&[StreamStatus::Failed], Duration::from_secs(3))
+        .await
+        .expect("FAILED for the reused id");
+    assert_eq!(e.info.as_deref(), Some("MediaSessionId is already in use"));
+    let (code, body) = server
+        .rest("/rest-api/stream/find", r#"{"name":"dup"}"#)
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body[0]["status"], json!("PUBLISHING"), "{body}");
+    let (code, _) = server
+        .rest("/rest-api/stream/find", r#"{"name":"other"}"#)
+        .await;
+    assert_eq!(code, 404);
+
+    // The session is still usable: a player joins the original stream.
+    let player = b.play(&ep, "dup").await.expect("play after refusals");
+    assert_eq!(player.handle.status(), StreamStatus::Playing);
+}
+
+#[tokio::test]
+async fn publisher_end_stops_players() {
+    let server = Server::start(&[]);
+    let ep = endpoint();
+
+    // Unpublish: the publisher sees UNPUBLISHED, the player STOPPED.
+    let a = session(&server).await;
+    let publisher = a.publish(&ep, "s1", synth(VideoCodec::Vp8)).await.unwrap();
+    let b = session(&server).await;
+    let mut player = b.play(&ep, "s1").await.unwrap();
+    let done = publisher.stop(Duration::from_secs(3)).await.unwrap();
+    assert_eq!(done.status, StreamStatus::Unpublished);
+    let e = player
+        .handle
+        .wait_for(
+            &[StreamStatus::Stopped, StreamStatus::Failed],
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap();
+    assert_eq!(e.status, StreamStatus::Stopped);
+    assert_eq!(e.info.as_deref(), Some("Stopped by publisher stop"));
+
+    // The publisher's WebSocket closes: players are STOPPED within 2 s.
+    let c = session(&server).await;
+    let _publisher = c.publish(&ep, "s2", synth(VideoCodec::Vp8)).await.unwrap();
+    let d = session(&server).await;
+    let mut players = Vec::new();
+    for _ in 0..3 {
+        players.push(d.play(&ep, "s2").await.unwrap());
+    }
+    let closed_at = Instant::now();
+    c.close();
+    for player in &mut players {
+        let e = player
+            .handle
+            .wait_for(
+                &[StreamStatus::Stopped, StreamStatus::Failed],
+                Duration::from_secs(2),
+            )
+            .await
+            .expect("STOPPED within 2 s of the publisher's disconnect");
+        assert_eq!(e.status, StreamStatus::Stopped);
+        assert_eq!(e.info.as_deref(), Some("Stopped by publisher stop"));
+    }
+    eprintln!(
+        "players stopped {:?} after the publisher's disconnect",
+        closed_at.elapsed()
+    );
+    let gone = eventually(Duration::from_secs(2), || async {
+        let (code, _) = server
+            .rest("/rest-api/stream/find", r#"{"name":"s2"}"#)
+            .await;
+        (code == 404).then_some(())
+    })
+    .await;
+    assert!(
+        gone.is_some(),
+        "stream s2 still listed after its session closed"
+    );
+
+    // A player that stops itself gets STOPPED and the publisher keeps publishing.
+    let e2 = session(&server).await;
+    let mut publisher = e2.publish(&ep, "s3", synth(VideoCodec::Vp8)).await.unwrap();
+    let player = d.play(&ep, "s3").await.unwrap();
+    let e = player.stop(Duration::from_secs(3)).await.unwrap();
+    assert_eq!(e.status, StreamStatus::Stopped);
+    assert!(
+        publisher
+            .handle
+            .wait_for(
+                &[StreamStatus::Unpublished, StreamStatus::Failed],
+                Duration::from_millis(500)
+            )
+            .await
+            .is_err(),
+        "publisher ended when its player stopped"
+    );
+}
+
+#[tokio::test]
+async fn publisher_media_lost_fails_stream_and_stops_players() {
+    let server = Server::with_config(
+        "[media]\nrtp_timeout_secs = 2\nice_disconnect_grace_secs = 2\n",
+        &[],
+    );
+    let publisher_ep = endpoint();
+    let player_ep = endpoint();
+    let a = session(&server).await;
+    let mut publisher = a
+        .publish(&publisher_ep, "lost", synth(VideoCodec::Vp8))
+        .await
+        .unwrap();
+    let b = session(&server).await;
+    let mut player = b.play(&player_ep, "lost").await.unwrap();
+
+    // The publisher's media stops dead (no DTLS close, no STUN) while its WebSocket lives.
+    let halted = Instant::now();
+    publisher_ep.halt();
+    let e = publisher
+        .handle
+        .wait_for(
+            &[StreamStatus::Failed, StreamStatus::Unpublished],
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("the publisher fails when its media stops");
+    assert_eq!(e.status, StreamStatus::Failed);
+    let info = e.info.unwrap_or_default();
+    assert!(
+        info == "Failed by RTP activity" || info == "Failed by ICE keep alive",
+        "info: {info}"
+    );
+    let s = player
+        .handle
+        .wait_for(
+            &[StreamStatus::Stopped, StreamStatus::Failed],
+            Duration::from_secs(2),
+        )
+        .await
+        .expect("the player stops with its publisher");
+    assert_eq!(s.status, StreamStatus::Stopped);
+    assert_eq!(s.info.as_deref(), Some("Stopped by publisher stop"));
+    eprintln!("media loss detected after {:?}: {info}", halted.elapsed());
+    assert!(
+        a.closed_reason().is_none(),
+        "the publisher's session stays up"
+    );
+}
+
+#[tokio::test]
+async fn rest_stream_and_connection_calls() {
+    let server = Server::start(&[]);
+    let ep = endpoint();
+    let (code, body) = server.rest("/rest-api/stream/find_all", "").await;
+    assert_eq!(code, 404, "{body}");
+
+    let a = session(&server).await;
+    let mut publisher = a.publish(&ep, "r1", synth(VideoCodec::Vp8)).await.unwrap();
+    let b = session(&server).await;
+    let mut player = b.play(&ep, "r1").await.unwrap();
+
+    let (code, body) = server.rest("/rest-api/stream/find_all", "{}").await;
+    assert_eq!(code, 200, "{body}");
+    let list = body.as_array().unwrap();
+    assert_eq!(list.len(), 2, "{body}");
+    let published: Vec<&Value> = list
+        .iter()
+        .filter(|s| s["published"] == json!(true))
+        .collect();
+    assert_eq!(published.len(), 1);
+    assert_eq!(published[0]["name"], json!("r1"));
+    assert_eq!(published[0]["status"], json!("PUBLISHING"));
+    assert_eq!(
+        published[0]["mediaSessionId"],
+        json!(publisher.handle.media_session_id())
+    );
+
+    let (code, body) = server.rest("/rest-api/connection/find_all", "{}").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body.as_array().unwrap().len(), 2, "{body}");
+
+    // Malformed and incomplete bodies.
+    for (path, body) in [
+        ("/rest-api/stream/find", "{not json"),
+        ("/rest-api/stream/find", "[1,2]"),
+        ("/rest-api/stream/find", r#"{"name": 5}"#),
+        ("/rest-api/stream/terminate", "{}"),
+        ("/rest-api/connection/terminate", "{}"),
+    ] {
+        let (code, reply) = server.rest(path, body).await;
+        assert_eq!(code, 400, "{path} {body}: {reply}");
+        assert!(reply["error"].is_string(), "{path} {body}: {reply}");
+    }
+    let (code, _) = server.rest("/rest-api/no/such", "{}").await;
+    assert_eq!(code, 404);
+    let (code, _) = server
+        .rest("/rest-api/stream/terminate", r#"{"name":"nope"}"#)
+        .await;
+    assert_eq!(code, 404);
+
+    // Terminating the stream: the publisher is told, its player stops.
+    let (code, body) = server
+        .rest("/rest-api/stream/terminate", r#"{"name":"r1"}"#)
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let e = publisher
+        .handle
+        .wait_for(
+            &[StreamStatus::Unpublished, StreamStatus::Failed],
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap();
+    assert_eq!(e.status, StreamStatus::Unpublished);
+    let e = player
+        .handle
+        .wait_for(&[StreamStatus::Stopped], Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(e.info.as_deref(), Some("Stopped by publisher stop"));
+
+    // Terminating a connection closes its WebSocket.
+    let session_id = b.session_id().unwrap().to_owned();
+    let (code, body) = server
+        .rest(
+            "/rest-api/connection/terminate",
+            &json!({ "sessionId": session_id }).to_string(),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let reason = tokio::time::timeout(Duration::from_secs(2), b.wait_closed())
+        .await
+        .expect("the terminated session closes");
+    eprintln!("terminated session closed: {reason}");
+}
+
+#[tokio::test]
+async fn bad_input_is_answered_and_other_clients_keep_playing() {
+    let server = Server::start(&[]);
+    let ep = endpoint();
+    let a = session(&server).await;
+    let _publisher = a
+        .publish(&ep, "safe", synth(VideoCodec::Vp8))
+        .await
+        .unwrap();
+    let b = session(&server).await;
+    let player = b.play(&ep, "safe").await.unwrap();
+
+    // Garbage on the signalling socket of a third session: it stays up.
+    let c = session(&server).await;
+    for frame in [
+        "{not json",
+        r#"{"message":"noSuchMethod","data":[{}]}"#,
+        r#"{"message":"publishStream","data":"x"}"#,
+        r#"{"message":"playStream","data":[{"name":7,"mediaSessionId":false}]}"#,
+        "[]",
+    ] {
+        c.send_raw(frame.to_owned()).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(c.closed_reason().is_none(), "garbage closed the session");
+    let late = c.play(&ep, "safe").await.expect("play after garbage");
+    assert_eq!(late.handle.status(), StreamStatus::Playing);
+
+    // An oversized frame (2 MiB) closes only that session.
+    let d = session(&server).await;
+    d.send_raw("x".repeat(2 << 20)).unwrap();
+    let reason = tokio::time::timeout(Duration::from_secs(3), d.wait_closed())
+        .await
+        .expect("oversized frame closes its session");
+    eprintln!("oversized frame: {reason}");
+
+    // A client that vanishes (TCP reset without a close frame).
+    {
+        let raw = tokio::net::TcpStream::connect(server.ws).await.unwrap();
+        drop(raw);
+    }
+
+    // Garbage datagrams at every media port.
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for addr in &server.media {
+        for n in 0..500u32 {
+            let len = (n as usize * 7) % 1400 + 1;
+            let mut datagram: Vec<u8> = (0..len).map(|i| (i as u32 * 31 + n) as u8).collect();
+            match n % 4 {
+                0 => datagram[0] = 0x00, // STUN-like
+                1 => datagram[0] = 22,   // DTLS-like
+                2 => datagram[0] = 0x80, // RTP-like
+                _ => {}
+            }
+            let _ = sock.send_to(&datagram, addr).await;
+        }
+    }
+
+    let (before, _, _, _) = player_figures(&player).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (after, loss, _, _) = player_figures(&player).await;
+    assert!(after > before + 20, "player stalled: {before} -> {after}");
+    assert!(loss < 1.0, "player lost {loss:.3}%");
+    let (code, body) = server.rest("/rest-api/stream/find_all", "{}").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.as_array().unwrap().len() >= 3, "{body}");
+}
+
+#[tokio::test]
+async fn sigterm_sends_final_statuses_and_exits() {
+    let mut server = Server::start(&[]);
+    let ep = endpoint();
+    let a = session(&server).await;
+    let mut publisher = a.publish(&ep, "bye", synth(VideoCodec::Vp8)).await.unwrap();
+    let b = session(&server).await;
+    let mut player = b.play(&ep, "bye").await.unwrap();
+
+    let started = Instant::now();
+    let status = tokio::task::spawn_blocking(move || {
+        let status = server.terminate(Duration::from_secs(5));
+        (status, server)
+    });
+    let p = publisher
+        .handle
+        .wait_for(
+            &[StreamStatus::Unpublished, StreamStatus::Failed],
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("publisher gets a final status");
+    assert_eq!(p.status, StreamStatus::Unpublished);
+    let s = player
+        .handle
+        .wait_for(
+            &[StreamStatus::Stopped, StreamStatus::Failed],
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("player gets a final status");
+    assert_eq!(s.status, StreamStatus::Stopped);
+    let (status, _server) = status.await.unwrap();
+    let status = status.expect("relaycast exits within 5 s of SIGTERM");
+    assert!(status.success(), "exit status {status}");
+    eprintln!("SIGTERM to exit: {:?}", started.elapsed());
+}
