@@ -7,6 +7,8 @@
  *   name another host is refused), so the same page runs on either SDK.
  * - RC.serverInfo(), RC.rest(path, body): REST calls to the server serving the page.
  * - RC.defaultWsUrl(info): the signalling URL of the server serving the page.
+ * - RC.watchVideoSize(container, cb), RC.resolutionText(stream, container): the size of
+ *   the picture an SDK-created <video> shows.
  */
 (function (global) {
     'use strict';
@@ -151,6 +153,38 @@
         RC.serverInfo().then(function (info) {
             if (info && !edited) input.value = RC.defaultWsUrl(info);
         });
+    };
+
+    /**
+     * Calls callback({width, height}) whenever a <video> inside `container` (created by the
+     * SDK, possibly later) learns or changes its picture size. Media events do not bubble,
+     * so this listens in the capture phase. The official SDK's stream.videoResolution()
+     * only knows what the server announces in `resize` stream events; this is what is shown.
+     */
+    RC.watchVideoSize = function (container, callback) {
+        var report = function (e) {
+            var v = e.target;
+            if (v && v.tagName === 'VIDEO' && v.videoWidth) {
+                callback({width: v.videoWidth, height: v.videoHeight});
+            }
+        };
+        container.addEventListener('loadedmetadata', report, true);
+        container.addEventListener('resize', report, true);
+    };
+
+    /** "WxH" of the stream's announced resolution, else of the picture in `container`. */
+    RC.resolutionText = function (stream, container) {
+        var r = null;
+        try {
+            if (stream && typeof stream.videoResolution === 'function') r = stream.videoResolution();
+        } catch (e) {
+            r = null;
+        }
+        if (!r || !r.width) {
+            var v = container && container.querySelector('video');
+            r = v && v.videoWidth ? {width: v.videoWidth, height: v.videoHeight} : null;
+        }
+        return r && r.width ? r.width + 'x' + r.height : '';
     };
 
     global.RC = RC;

@@ -30,6 +30,9 @@
             if ($('playBtn').dataset.action === 'stop') stopPlayback();
             else startPlayback();
         };
+        RC.watchVideoSize($('display'), function (size) {
+            if (state.stream) RC.setText('resolution', size.width + 'x' + size.height);
+        });
         $('volume').oninput = function () {
             if (state.stream) state.stream.setVolume(Number($('volume').value));
         };
@@ -131,9 +134,9 @@
                 setButton('start', 'Start');
             };
             var resized = function (s) {
-                if (state.stream !== s || typeof s.videoResolution !== 'function') return;
-                var r = s.videoResolution();
-                if (r && r.width) RC.setText('resolution', r.width + 'x' + r.height);
+                if (state.stream !== s) return;
+                var text = RC.resolutionText(s, $('display'));
+                if (text) RC.setText('resolution', text);
             };
             stream.on(STREAM_STATUS.PENDING, show)
                 .on(STREAM_STATUS.PLAYING, function (s) {

@@ -40,6 +40,9 @@
         $('connectBtn').onclick = onConnectClick;
         $('publishBtn').onclick = onPublishClick;
         $('playBtn').onclick = onPlayClick;
+        RC.watchVideoSize($('remoteVideo'), function (size) {
+            if (state.playStream) RC.setText('playResolution', size.width + 'x' + size.height);
+        });
 
         // ----------------------------------------------------------- session
 
@@ -185,9 +188,9 @@
                 $('playBtn').disabled = !sessionUp();
             };
             var resized = function (s) {
-                if (state.playStream !== s || typeof s.videoResolution !== 'function') return;
-                var r = s.videoResolution();
-                if (r && r.width) RC.setText('playResolution', r.width + 'x' + r.height);
+                if (state.playStream !== s) return;
+                var text = RC.resolutionText(s, $('remoteVideo'));
+                if (text) RC.setText('playResolution', text);
             };
             stream.on(STREAM_STATUS.PENDING, show)
                 .on(STREAM_STATUS.PLAYING, function (s) {
