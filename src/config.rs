@@ -72,6 +72,40 @@ pub struct Config {
     pub keepalive: Keepalive,
     pub media: Media,
     pub limits: Limits,
+    pub relay: Relay,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Relay {
+    /// `/pull/push` and `/pull/pull` answer within this many milliseconds.
+    pub rest_timeout_ms: u64,
+    /// Connecting to the remote server (WebSocket + `getUserData`) and its answer, ms.
+    pub connect_timeout_ms: u64,
+    /// From the remote's answer to PUBLISHING/PLAYING, ms.
+    pub established_timeout_ms: u64,
+    /// Reconnect an established relay whose connection to the remote drops.
+    pub reconnect: bool,
+    /// First reconnect delay, ms; doubles up to `backoff_max_ms`.
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Consecutive failed reconnects before giving up (0: never give up).
+    pub max_attempts: u32,
+}
+
+impl Default for Relay {
+    fn default() -> Self {
+        let d = relaycast_controlplane::relay::RelayConfig::default();
+        Relay {
+            rest_timeout_ms: d.rest_timeout.as_millis() as u64,
+            connect_timeout_ms: d.connect_timeout.as_millis() as u64,
+            established_timeout_ms: d.established_timeout.as_millis() as u64,
+            reconnect: d.reconnect,
+            backoff_initial_ms: d.backoff_initial.as_millis() as u64,
+            backoff_max_ms: d.backoff_max.as_millis() as u64,
+            max_attempts: d.max_attempts,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -123,6 +157,7 @@ impl Default for Config {
             keepalive: Keepalive::default(),
             media: Media::default(),
             limits: Limits::default(),
+            relay: Relay::default(),
         }
     }
 }
@@ -204,6 +239,15 @@ impl Config {
         if self.media.connect_timeout_secs == 0 || self.media.rtp_timeout_secs == 0 {
             bail!("media.connect_timeout_secs and media.rtp_timeout_secs: must be at least 1");
         }
+        let r = &self.relay;
+        if r.rest_timeout_ms < 100 || r.connect_timeout_ms < 100 || r.established_timeout_ms < 100 {
+            bail!(
+                "relay.rest_timeout_ms, relay.connect_timeout_ms and relay.established_timeout_ms: must be at least 100"
+            );
+        }
+        if r.backoff_initial_ms == 0 || r.backoff_max_ms < r.backoff_initial_ms {
+            bail!("relay.backoff_initial_ms: must be at least 1 and at most relay.backoff_max_ms");
+        }
         let cores = self.effective_cores();
         if self.media_port_base != 0 && self.media_port_base as usize + cores > 65_536 {
             bail!(
@@ -274,6 +318,15 @@ impl Config {
             },
             rest_config: RestConfig {
                 max_body: self.limits.max_body_bytes,
+            },
+            relay: relaycast_controlplane::relay::RelayConfig {
+                rest_timeout: Duration::from_millis(self.relay.rest_timeout_ms),
+                connect_timeout: Duration::from_millis(self.relay.connect_timeout_ms),
+                established_timeout: Duration::from_millis(self.relay.established_timeout_ms),
+                reconnect: self.relay.reconnect,
+                backoff_initial: Duration::from_millis(self.relay.backoff_initial_ms),
+                backoff_max: Duration::from_millis(self.relay.backoff_max_ms),
+                max_attempts: self.relay.max_attempts,
             },
             shutdown_grace: Duration::from_secs(2),
         }

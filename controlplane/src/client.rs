@@ -232,6 +232,13 @@ impl Session {
         &self.user_data
     }
 
+    /// The remote relaycast's instance id (`relaycastInstance`); `None` for other servers.
+    pub fn instance(&self) -> Option<&str> {
+        self.user_data
+            .get("relaycastInstance")
+            .and_then(Value::as_str)
+    }
+
     /// The `sessionId` the server assigned.
     pub fn session_id(&self) -> Option<&str> {
         self.user_data.get("sessionId").and_then(Value::as_str)
@@ -272,11 +279,13 @@ impl Session {
     }
 
     /// Sends `publishStream` (or `playStream`) with `offer` and waits for the answer.
+    /// `custom` is sent as the request's `custom` field (null: none).
     pub async fn negotiate(
         &self,
         name: &str,
         offer: &str,
         publish: bool,
+        custom: Value,
     ) -> Result<(StreamHandle, String), ClientError> {
         let id = MediaSessionId(uuid::Uuid::new_v4().to_string());
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -288,6 +297,7 @@ impl Session {
             has_audio: Some(true),
             has_video: Some(true),
             published: Some(publish),
+            custom,
             ..StreamRequest::default()
         };
         let frame = if publish {
@@ -379,7 +389,9 @@ impl Session {
     ) -> Result<ClientStream, ClientError> {
         let mut peer = endpoint.offer(role).await?;
         let result = async {
-            let (mut handle, answer) = self.negotiate(name, &peer.sdp, publish).await?;
+            let (mut handle, answer) = self
+                .negotiate(name, &peer.sdp, publish, Value::Null)
+                .await?;
             peer.answer(answer).await?;
             let want = if publish {
                 StreamStatus::Publishing

@@ -8,12 +8,13 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use relaycast_dataplane::{Command, DataPlane, Event, PeerId};
+use relaycast_dataplane::{Command, DataPlane, Event};
 use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::protocol::{self, StreamName};
 use crate::registry::{ConnId, Effect, Registry, RegistryConfig, RestReply, RestRequest};
+use crate::relay::{RelayConfig, Relays};
 
 /// What a signalling connection's task is told to do.
 #[derive(Debug, PartialEq, Eq)]
@@ -40,11 +41,20 @@ pub struct Hub {
     data: DataPlane,
     facts: RefCell<ServerFacts>,
     stopping: Cell<bool>,
+    relays: Relays,
+    instance: String,
 }
 
 impl Hub {
-    pub fn new(config: RegistryConfig, data: DataPlane, facts: ServerFacts) -> Self {
+    pub fn new(
+        config: RegistryConfig,
+        relay: RelayConfig,
+        data: DataPlane,
+        facts: ServerFacts,
+    ) -> Self {
         Hub {
+            instance: config.instance.clone(),
+            relays: Relays::new(relay),
             registry: RefCell::new(Registry::new(config)),
             conns: RefCell::new(HashMap::new()),
             next_conn: Cell::new(1),
@@ -56,6 +66,15 @@ impl Hub {
 
     pub fn data(&self) -> &DataPlane {
         &self.data
+    }
+
+    pub fn relays(&self) -> &Relays {
+        &self.relays
+    }
+
+    /// This server's instance id (relay loop detection).
+    pub fn instance(&self) -> String {
+        self.instance.clone()
     }
 
     pub fn set_addrs(&self, ws: SocketAddr, rest: SocketAddr) {
@@ -136,6 +155,9 @@ impl Hub {
 
     /// An event from the data plane: a relay's peer, or a client's.
     pub fn data_event(self: &std::rc::Rc<Self>, event: Event) {
+        let Some(event) = self.relays.route(event) else {
+            return;
+        };
         let mut out = Vec::new();
         self.registry.borrow_mut().data_event(event, &mut out);
         self.apply(out);
@@ -155,6 +177,7 @@ impl Hub {
     /// Graceful stop: every client gets its final status and a close frame.
     pub fn shutdown(&self) {
         self.stopping.set(true);
+        self.relays.shutdown();
         let mut out = Vec::new();
         self.registry.borrow_mut().shutdown(&mut out);
         self.apply(out);
@@ -197,20 +220,11 @@ impl Hub {
         }
         for name in ended {
             tracing::debug!(stream = %name, "stream ended");
+            self.relays.stream_ended(&name);
         }
         for name in live {
             tracing::debug!(stream = %name, "stream live");
         }
-    }
-}
-
-fn event_peer(event: &Event) -> PeerId {
-    match event {
-        Event::Sdp { peer, .. }
-        | Event::Negotiated { peer, .. }
-        | Event::Connected { peer }
-        | Event::Failed { peer, .. }
-        | Event::Closed { peer, .. } => *peer,
     }
 }
 

@@ -10,6 +10,7 @@ pub mod client;
 pub mod hub;
 pub mod protocol;
 pub mod registry;
+pub mod relay;
 pub mod rest;
 pub mod server;
 pub mod signalling;

@@ -239,6 +239,10 @@ pub struct UserData {
     /// `clientVersion`, echoed when the client sent one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_version: Option<String>,
+    /// `relaycastInstance`: this server's instance id, for relay loop detection (an extra
+    /// field; the SDK ignores it).
+    #[serde(rename = "relaycastInstance", skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 /// The object in `notifyStreamStatusEvent`. Deserializing it accepts missing optional fields,
@@ -1734,6 +1738,7 @@ mod tests {
             media_providers: vec!["WebRTC".into()],
             server_version: "relaycast 0.1".into(),
             client_version: None,
+            instance: None,
         };
         assert_eq!(
             value(&get_user_data(&d)),

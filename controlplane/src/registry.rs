@@ -41,6 +41,30 @@ pub struct RegistryConfig {
     pub server_version: String,
     /// Number of data-plane cores to place peers on.
     pub cores: usize,
+    /// This server's instance id (a UUID made at start), sent in `getUserData` as
+    /// `relaycastInstance` and carried along relays to detect loops.
+    pub instance: String,
+}
+
+/// The connection that owns a pull relay's local media session: no WebSocket has it, so
+/// frames addressed to it go nowhere.
+pub const RELAY_CONN: ConnId = ConnId(0);
+
+/// Relays a stream may pass through before it is refused as a probable loop.
+pub const MAX_RELAY_HOPS: usize = 8;
+
+/// The servers (instance ids) a stream's media passed through, from a request's `custom`.
+pub fn relay_via(custom: &Value) -> Vec<String> {
+    custom
+        .get("relaycastVia")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A REST request, already parsed from HTTP and JSON.
@@ -115,6 +139,8 @@ pub struct Stream {
     pub players: Vec<MediaSessionId>,
     /// Where the stream's tracks left off, for a replacement source.
     pub continuity: Continuity,
+    /// The servers the stream's media came through before this one (relay loop detection).
+    pub via: Vec<String>,
 }
 
 struct MediaSession {
@@ -187,6 +213,7 @@ impl Registry {
                     media_providers: vec![MEDIA_PROVIDER.to_string()],
                     server_version: self.config.server_version.clone(),
                     client_version: req.client_version,
+                    instance: Some(self.config.instance.clone()),
                 };
                 tracing::info!(session = %session.id, app_key = %session.app_key,
                     remote = %session.remote_address, "session established");
@@ -410,6 +437,107 @@ impl Registry {
         }
     }
 
+    /// A pull relay becomes the source of local stream `name`: the stream exists (players get
+    /// `Stream not found` until [`Registry::relay_source_media`]) and is listed with the
+    /// relay's local media session id. Returns the stream's id and home core, or `None` when
+    /// the name is in use.
+    pub fn relay_source_open(
+        &mut self,
+        name: &StreamName,
+        id: &MediaSessionId,
+        via: Vec<String>,
+        now_ms: u64,
+    ) -> Option<(StreamId, CoreId)> {
+        if self.streams.contains_key(name) || self.media.contains_key(id) {
+            return None;
+        }
+        let core = self.place();
+        let stream = StreamId(self.next_stream);
+        self.next_stream += 1;
+        self.streams.insert(
+            name.clone(),
+            Stream {
+                name: name.clone(),
+                id: stream,
+                home: core,
+                source: Source::Relay(id.clone()),
+                media: None,
+                players: Vec::new(),
+                continuity: Continuity::default(),
+                via,
+            },
+        );
+        self.add_media(RELAY_CONN, id, name, true, PeerId(0), core, now_ms);
+        Some((stream, core))
+    }
+
+    /// The relay's current peer (closed when the stream is terminated).
+    pub fn relay_source_peer(&mut self, id: &MediaSessionId, peer: PeerId) {
+        if let Some(ms) = self.media.get_mut(id) {
+            ms.peer = peer;
+        }
+    }
+
+    /// The relay's peer negotiated `media`: the stream becomes playable and is PUBLISHING.
+    /// Returns false when the media differs from what the stream's players were given.
+    pub fn relay_source_media(
+        &mut self,
+        id: &MediaSessionId,
+        media: StreamMedia,
+        out: &mut Vec<Effect>,
+    ) -> bool {
+        let Some(ms) = self.media.get_mut(id) else {
+            return false;
+        };
+        ms.media = media;
+        ms.status = StreamStatus::Publishing;
+        let name = ms.name.clone();
+        let Some(stream) = self.streams.get_mut(&name) else {
+            return false;
+        };
+        match stream.media {
+            Some(existing) => existing == media,
+            None => {
+                stream.media = Some(media);
+                out.push(Effect::StreamLive { name });
+                true
+            }
+        }
+    }
+
+    /// Ends a relay's local stream: its players get STOPPED (`Stopped by publisher stop`).
+    pub fn relay_source_end(
+        &mut self,
+        id: &MediaSessionId,
+        status: StreamStatus,
+        info: Info,
+        out: &mut Vec<Effect>,
+    ) {
+        self.end_media(id, status, info, out);
+    }
+
+    /// Records the servers a relayed stream came through.
+    pub fn set_stream_via(&mut self, name: &StreamName, via: Vec<String>) {
+        if let Some(s) = self.streams.get_mut(name) {
+            s.via = via;
+        }
+    }
+
+    /// This server's instance id.
+    pub fn instance(&self) -> &str {
+        &self.config.instance
+    }
+
+    /// Whether the relay's local media session still exists (REST may have terminated it).
+    pub fn has_media(&self, id: &MediaSessionId) -> bool {
+        self.media.contains_key(id)
+    }
+
+    /// Places a relay's peer: the least-loaded core.
+    pub fn place_peer(&mut self) -> (PeerId, CoreId) {
+        (self.new_peer(), self.place())
+    }
+
     /// Number of media sessions (publishers and players).
     pub fn media_count(&self) -> usize {
         self.media.len()
@@ -439,6 +567,12 @@ impl Registry {
             fail_status(out, conn, &id, &name, true, Info::StreamNameAlreadyInUse);
             return;
         }
+        let via = relay_via(&req.custom);
+        if via.contains(&self.config.instance) || via.len() > MAX_RELAY_HOPS {
+            tracing::warn!(media_session = %id, stream = %name, ?via, "publish refused: relay loop");
+            fail_status_text(out, conn, &id, &name, true, RELAY_LOOP);
+            return;
+        }
         let core = self.place();
         let peer = self.new_peer();
         let stream = StreamId(self.next_stream);
@@ -453,6 +587,7 @@ impl Registry {
                 media: None,
                 players: Vec::new(),
                 continuity: Continuity::default(),
+                via,
             },
         );
         self.add_media(conn, &id, &name, true, peer, core, now_ms);
@@ -483,6 +618,14 @@ impl Registry {
             fail_status(out, conn, &id, &name, false, Info::StreamNotFound);
             return;
         };
+        let via = relay_via(&req.custom);
+        if let Some(s) = self.streams.get(&name)
+            && (s.via.iter().any(|v| via.contains(v)) || via.contains(&self.config.instance))
+        {
+            tracing::warn!(media_session = %id, stream = %name, ?via, "play refused: relay loop");
+            fail_status_text(out, conn, &id, &name, false, RELAY_LOOP);
+            return;
+        }
         let core = self.place();
         let peer = self.new_peer();
         if let Some(s) = self.streams.get_mut(&name) {
@@ -768,6 +911,31 @@ fn fail_status(
         published,
         status: StreamStatus::Failed,
         info: Some(info.as_str().to_string()),
+        has_audio: false,
+        has_video: false,
+        audio_codec: None,
+        video_codec: None,
+    };
+    send(out, conn, protocol::stream_status(&event));
+}
+
+/// The `info` of a publish or play refused because the stream would loop between servers.
+pub const RELAY_LOOP: &str = "Relay loop detected";
+
+fn fail_status_text(
+    out: &mut Vec<Effect>,
+    conn: ConnId,
+    id: &MediaSessionId,
+    name: &StreamName,
+    published: bool,
+    info: &str,
+) {
+    let event = StreamStatusEvent {
+        media_session_id: id.clone(),
+        name: name.clone(),
+        published,
+        status: StreamStatus::Failed,
+        info: Some(info.to_string()),
         has_audio: false,
         has_video: false,
         audio_codec: None,

@@ -100,7 +100,11 @@ async fn handle(hub: &Rc<Hub>, req: Request<Incoming>, config: &RestConfig) -> R
             return json_reply(error_reply(413, &message));
         }
     };
-    let reply = route(hub, &path, &body);
+    let reply = if path.starts_with("/rest-api/pull/") {
+        crate::relay::rest(hub, &path, &body).await
+    } else {
+        route(hub, &path, &body)
+    };
     if reply.status >= 400 {
         tracing::info!(%path, status = reply.status, body = %reply.body, "REST error");
     } else {

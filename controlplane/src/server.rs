@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 
 use crate::hub::{Hub, ServerFacts};
 use crate::registry::RegistryConfig;
+use crate::relay::RelayConfig;
 use crate::rest::{self, RestConfig};
 use crate::signalling::{self, SignallingConfig};
 
@@ -22,6 +23,7 @@ pub struct ServerConfig {
     pub data: DataPlaneConfig,
     pub signalling: SignallingConfig,
     pub rest_config: RestConfig,
+    pub relay: RelayConfig,
     /// How long a graceful stop waits for clients to take their final statuses.
     pub shutdown_grace: Duration,
 }
@@ -79,7 +81,9 @@ pub async fn serve(
         RegistryConfig {
             server_version: crate::VERSION.to_string(),
             cores,
+            instance: uuid::Uuid::new_v4().to_string(),
         },
+        config.relay.clone(),
         data,
         ServerFacts {
             version: crate::VERSION.to_string(),
@@ -116,7 +120,9 @@ pub async fn serve(
     hub.shutdown();
     ws_task.abort();
     let deadline = tokio::time::Instant::now() + config.shutdown_grace;
-    while hub.connection_count() > 0 && tokio::time::Instant::now() < deadline {
+    while (hub.connection_count() > 0 || hub.relays().running() > 0)
+        && tokio::time::Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     rest_task.abort();

@@ -44,6 +44,12 @@ impl Server {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        // A flag given in `extra` replaces the default one.
+        for flag in extra.iter().filter(|f| f.starts_with("--")) {
+            if let Some(i) = args.iter().position(|a| a == flag) {
+                args.drain(i..i + 2);
+            }
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         Server::spawn(args)
     }

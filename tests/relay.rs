@@ -1,0 +1,481 @@
+//! Server-to-server relays between real `relaycast` processes on loopback: push and pull
+//! with fan-out on the far side, chains, terminate from either end, the source ending,
+//! bad requests, an unreachable remote, and self-healing across a remote restart.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Server, endpoint, eventually, session};
+use relaycast_controlplane::client::ClientStream;
+use relaycast_controlplane::protocol::StreamStatus;
+use relaycast_dataplane::synth::{SynthConfig, VideoCodec};
+use serde_json::{Value, json};
+
+fn synth() -> SynthConfig {
+    SynthConfig {
+        video: Some(VideoCodec::Vp8),
+        video_bitrate_bps: 1_500_000,
+        ..SynthConfig::default()
+    }
+}
+
+/// Media packets received, loss in percent, latency p50 and p99 (us).
+async fn figures(player: &ClientStream) -> (u64, f64, u64, u64) {
+    let probe = player.report().await.expect("report").probe.expect("probe");
+    let media = probe.audio_packets + probe.video_packets;
+    let loss = if media + probe.lost == 0 {
+        100.0
+    } else {
+        probe.lost as f64 * 100.0 / (media + probe.lost) as f64
+    };
+    (media, loss, probe.latency_us.p50, probe.latency_us.p99)
+}
+
+async fn relay(server: &Server, kind: &str, body: Value) -> (u16, Value) {
+    let started = Instant::now();
+    let reply = server
+        .rest(&format!("/rest-api/pull/{kind}"), &body.to_string())
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "/pull/{kind} took {:?}",
+        started.elapsed()
+    );
+    reply
+}
+
+async fn relay_status(server: &Server) -> Vec<Value> {
+    let (code, body) = server.rest("/rest-api/pull/find_all", "").await;
+    if code == 404 {
+        return Vec::new();
+    }
+    assert_eq!(code, 200, "{body}");
+    body.as_array().cloned().unwrap_or_default()
+}
+
+/// Plays `name` on `server` with `n` players and checks they all receive media.
+async fn check_players(label: &str, players: &[ClientStream]) {
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut p99 = Vec::new();
+    for (i, player) in players.iter().enumerate() {
+        let (media, loss, p50, p) = figures(player).await;
+        eprintln!("{label} player {i}: {media} packets, loss {loss:.3}%, p50 {p50} us, p99 {p} us");
+        assert!(media > 100, "{label} player {i} received {media} packets");
+        assert!(loss < 1.0, "{label} player {i} lost {loss:.3}%");
+        p99.push(p);
+    }
+    p99.sort_unstable();
+    eprintln!(
+        "{label}: median p99 latency {} us over {} players",
+        p99[p99.len() / 2],
+        players.len()
+    );
+}
+
+#[tokio::test]
+async fn push_a_to_b_with_ten_players_on_b() {
+    let a = Server::start(&[]);
+    let b = Server::start(&[]);
+    let ep = endpoint();
+    let pub_session = session(&a).await;
+    let publisher = pub_session.publish(&ep, "test", synth()).await.unwrap();
+
+    let (code, body) = relay(
+        &a,
+        "push",
+        json!({"uri": b.ws_url(), "localStreamName": "test", "remoteStreamName": "test"}),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["status"], json!("PUBLISHING"), "{body}");
+    assert!(body["remoteMediaSessionId"].is_string(), "{body}");
+
+    // B lists the pushed stream as an ordinary published stream.
+    let (code, streams) = b.rest("/rest-api/stream/find", r#"{"name":"test"}"#).await;
+    assert_eq!(code, 200, "{streams}");
+    assert_eq!(streams[0]["status"], json!("PUBLISHING"));
+
+    let viewers = session(&b).await;
+    let mut players = Vec::new();
+    for _ in 0..10 {
+        players.push(viewers.play(&ep, "test").await.expect("play on B"));
+    }
+    check_players("push A->B", &players).await;
+
+    // A duplicate push is refused.
+    let (code, body) = relay(
+        &a,
+        "push",
+        json!({"uri": b.ws_url(), "localStreamName": "test", "remoteStreamName": "test"}),
+    )
+    .await;
+    assert_eq!(code, 409, "{body}");
+
+    // The source ends: the relay ends, B unpublishes, B's players stop.
+    publisher.stop(Duration::from_secs(2)).await.unwrap();
+    for player in &mut players {
+        let e = player
+            .handle
+            .wait_for(
+                &[StreamStatus::Stopped, StreamStatus::Failed],
+                Duration::from_secs(5),
+            )
+            .await
+            .expect("B's players stop when A's source ends");
+        assert_eq!(e.info.as_deref(), Some("Stopped by publisher stop"));
+    }
+    let gone = eventually(Duration::from_secs(3), || async {
+        let (code, _) = b.rest("/rest-api/stream/find", r#"{"name":"test"}"#).await;
+        (code == 404).then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "B still lists the stream");
+    let relays = relay_status(&a).await;
+    assert!(
+        relays.iter().all(|r| r["status"] != json!("PUBLISHING")),
+        "{relays:?}"
+    );
+}
+
+#[tokio::test]
+async fn pull_a_to_b_with_ten_players_then_terminate_and_remote_end() {
+    let a = Server::start(&[]);
+    let b = Server::start(&[]);
+    let ep = endpoint();
+    let pub_session = session(&a).await;
+    let publisher = pub_session.publish(&ep, "cam", synth()).await.unwrap();
+
+    // A player on B before the relay exists gets `Stream not found`.
+    let viewers = session(&b).await;
+    assert!(viewers.play(&ep, "cam-b").await.is_err());
+
+    let (code, body) = relay(
+        &b,
+        "pull",
+        json!({"uri": a.ws_url(), "remoteStreamName": "cam", "localStreamName": "cam-b"}),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["status"], json!("PLAYING"), "{body}");
+
+    let mut players = Vec::new();
+    for _ in 0..10 {
+        players.push(
+            viewers
+                .play(&ep, "cam-b")
+                .await
+                .expect("play the pulled stream"),
+        );
+    }
+    check_players("pull A->B", &players).await;
+
+    // Local name in use: 409.
+    let (code, body) = relay(
+        &b,
+        "pull",
+        json!({"uri": a.ws_url(), "remoteStreamName": "cam", "localStreamName": "cam-b"}),
+    )
+    .await;
+    assert_eq!(code, 409, "{body}");
+
+    // Terminate on B: A sees its player stop; B's players stop.
+    let (code, body) = b
+        .rest("/rest-api/pull/terminate", r#"{"localStreamName":"cam-b"}"#)
+        .await;
+    assert_eq!(code, 200, "{body}");
+    for player in &mut players {
+        let e = player
+            .handle
+            .wait_for(
+                &[StreamStatus::Stopped, StreamStatus::Failed],
+                Duration::from_secs(5),
+            )
+            .await
+            .expect("players of a terminated pull stop");
+        assert_eq!(e.status, StreamStatus::Stopped);
+    }
+    let a_players = eventually(Duration::from_secs(3), || async {
+        let (code, _) = a
+            .rest(
+                "/rest-api/stream/find",
+                r#"{"name":"cam","published":false}"#,
+            )
+            .await;
+        (code == 404).then_some(())
+    })
+    .await;
+    assert!(a_players.is_some(), "A still has the relay's player");
+    assert!(relay_status(&b).await.is_empty());
+
+    // Pull again, then the remote stream ends: B's players get STOPPED.
+    let (code, body) = relay(
+        &b,
+        "pull",
+        json!({"uri": a.ws_url(), "remoteStreamName": "cam", "localStreamName": "cam-b"}),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let mut player = viewers.play(&ep, "cam-b").await.unwrap();
+    publisher.stop(Duration::from_secs(2)).await.unwrap();
+    let e = player
+        .handle
+        .wait_for(
+            &[StreamStatus::Stopped, StreamStatus::Failed],
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("B's player stops when A's stream ends");
+    assert_eq!(e.status, StreamStatus::Stopped);
+    assert_eq!(e.info.as_deref(), Some("Stopped by publisher stop"));
+}
+
+#[tokio::test]
+async fn chains_push_push_and_push_pull() {
+    let a = Server::start(&[]);
+    let b = Server::start(&[]);
+    let c = Server::start(&[]);
+    let ep = endpoint();
+    let pub_session = session(&a).await;
+    let _publisher = pub_session.publish(&ep, "chain", synth()).await.unwrap();
+
+    let (code, body) = relay(
+        &a,
+        "push",
+        json!({"uri": b.ws_url(), "localStreamName": "chain"}),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = relay(
+        &b,
+        "push",
+        json!({"uri": c.ws_url(), "localStreamName": "chain"}),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = relay(
+        &c,
+        "pull",
+        json!({"uri": b.ws_url(), "remoteStreamName": "chain", "localStreamName": "chain2"}),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+
+    let viewers = session(&c).await;
+    let players = vec![
+        viewers
+            .play(&ep, "chain")
+            .await
+            .expect("play after push, push"),
+        viewers
+            .play(&ep, "chain2")
+            .await
+            .expect("play after push, pull"),
+    ];
+    check_players("chain A->B->C", &players).await;
+
+    // A loop back to the origin is refused, not relayed forever.
+    let (code, body) = relay(
+        &c,
+        "push",
+        json!({"uri": a.ws_url(), "localStreamName": "chain", "remoteStreamName": "looped"}),
+    )
+    .await;
+    assert_eq!(code, 500, "{body}");
+    assert_eq!(body["status"], json!("FAILED"), "{body}");
+    assert!(
+        body["info"].as_str().unwrap_or("").contains("Relay loop"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_and_unreachable_remote() {
+    let a = Server::start(&[]);
+    let ep = endpoint();
+    let s = session(&a).await;
+    let _publisher = s.publish(&ep, "here", synth()).await.unwrap();
+
+    for (kind, body, want) in [
+        ("push", "{oops", 400),
+        ("push", r#"{"localStreamName":"here"}"#, 400),
+        (
+            "push",
+            r#"{"uri":"http://127.0.0.1:1/","localStreamName":"here"}"#,
+            400,
+        ),
+        ("push", r#"{"uri":5,"localStreamName":"here"}"#, 400),
+        ("push", r#"{"uri":"ws://127.0.0.1:9/"}"#, 400),
+        (
+            "push",
+            r#"{"uri":"ws://127.0.0.1:9/","localStreamName":"nope"}"#,
+            404,
+        ),
+        (
+            "pull",
+            r#"{"uri":"ws://127.0.0.1:9/","localStreamName":"here"}"#,
+            409,
+        ),
+        ("terminate", "{}", 400),
+        ("terminate", r#"{"localStreamName":"none"}"#, 404),
+    ] {
+        let (code, reply) = a.rest(&format!("/rest-api/pull/{kind}"), body).await;
+        assert_eq!(code, want, "{kind} {body}: {reply}");
+        assert!(reply["error"].is_string(), "{kind} {body}: {reply}");
+    }
+    let (code, _) = a.rest("/rest-api/pull/find_all", "").await;
+    assert_eq!(code, 404);
+
+    // Nothing listens on the port: FAILED with a clear info, quickly.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let started = Instant::now();
+    let (code, body) = relay(
+        &a,
+        "push",
+        json!({"uri": format!("ws://127.0.0.1:{port}/"), "localStreamName": "here"}),
+    )
+    .await;
+    eprintln!(
+        "unreachable push answered in {:?}: {body}",
+        started.elapsed()
+    );
+    assert_eq!(code, 500, "{body}");
+    assert_eq!(body["status"], json!("FAILED"));
+    assert!(
+        body["info"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("Failed to connect to origin stream"),
+        "{body}"
+    );
+    let relays = relay_status(&a).await;
+    assert_eq!(relays.len(), 1);
+    assert_eq!(relays[0]["status"], json!("FAILED"));
+    assert!(relays[0]["lastError"].is_string());
+
+    // A server that accepts TCP and never answers: the REST call still answers in time.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let _hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = silent.accept().await {
+            held.push(sock);
+        }
+    });
+    let (code, body) = relay(
+        &a,
+        "push",
+        json!({"uri": format!("ws://127.0.0.1:{silent_port}/"), "localStreamName": "here"}),
+    )
+    .await;
+    assert!(code == 200 || code == 500, "{code} {body}");
+    assert_ne!(body["status"], json!("PUBLISHING"), "{body}");
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+#[tokio::test]
+async fn pull_heals_when_the_origin_restarts_and_players_keep_their_peers() {
+    let port = free_port();
+    let port_arg = port.to_string();
+    let mut a = Server::start(&["--ws-port", &port_arg]);
+    let b = Server::start(&[]);
+    let ep = endpoint();
+    let pub_session = session(&a).await;
+    let publisher = pub_session.publish(&ep, "live", synth()).await.unwrap();
+    let (code, body) = relay(
+        &b,
+        "pull",
+        json!({"uri": a.ws_url(), "remoteStreamName": "live", "localStreamName": "live"}),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let viewers = session(&b).await;
+    let player = viewers.play(&ep, "live").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (before, _, _, _) = figures(&player).await;
+    assert!(before > 0);
+
+    // The origin dies without a goodbye and comes back on the same port.
+    a.kill();
+    drop(publisher);
+    drop(pub_session);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let a2 = Server::start(&["--ws-port", &port_arg]);
+    let restarted = Instant::now();
+    let pub_session = session(&a2).await;
+    let _publisher = pub_session.publish(&ep, "live", synth()).await.unwrap();
+
+    // B's player, untouched, receives media again.
+    let (stalled, _, _, _) = figures(&player).await;
+    let resumed = eventually(Duration::from_secs(10), || async {
+        let (now, _, _, _) = figures(&player).await;
+        (now > stalled + 100).then_some(now)
+    })
+    .await;
+    assert!(
+        resumed.is_some(),
+        "B's player got no media within 10 s of the origin's restart; relays: {:?}",
+        relay_status(&b).await
+    );
+    eprintln!(
+        "pull healed: player receiving again {:?} after the restart",
+        restarted.elapsed()
+    );
+    assert_eq!(player.handle.status(), StreamStatus::Playing);
+    let probe = player.report().await.unwrap().probe.unwrap();
+    eprintln!(
+        "player across the reconnect: rtp_out_of_order {} duplicates {}",
+        probe.rtp_out_of_order, probe.duplicates
+    );
+    assert_eq!(probe.rtp_out_of_order, 0, "sequence numbers went backwards");
+    let relays = relay_status(&b).await;
+    assert_eq!(relays[0]["status"], json!("PLAYING"), "{relays:?}");
+    assert!(relays[0]["attempts"].as_u64().unwrap() >= 2, "{relays:?}");
+}
+
+#[tokio::test]
+async fn push_heals_when_the_remote_restarts() {
+    let port = free_port();
+    let port_arg = port.to_string();
+    let a = Server::start(&[]);
+    let mut b = Server::start(&["--ws-port", &port_arg]);
+    let ep = endpoint();
+    let pub_session = session(&a).await;
+    let _publisher = pub_session.publish(&ep, "up", synth()).await.unwrap();
+    let (code, body) = relay(
+        &a,
+        "push",
+        json!({"uri": b.ws_url(), "localStreamName": "up"}),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+
+    b.kill();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let b2 = Server::start(&["--ws-port", &port_arg]);
+    let restarted = Instant::now();
+    let viewers = session(&b2).await;
+    let player = eventually(Duration::from_secs(10), || async {
+        viewers.play(&ep, "up").await.ok()
+    })
+    .await
+    .expect("the stream is pushed again to the restarted remote");
+    let got = eventually(Duration::from_secs(10), || async {
+        let (media, _, _, _) = figures(&player).await;
+        (media > 50).then_some(())
+    })
+    .await;
+    assert!(got.is_some(), "no media on the restarted remote");
+    eprintln!(
+        "push healed: media on the restarted remote {:?} after restart",
+        restarted.elapsed()
+    );
+    let relays = relay_status(&a).await;
+    assert_eq!(relays[0]["status"], json!("PUBLISHING"), "{relays:?}");
+}
