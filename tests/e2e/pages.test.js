@@ -1,0 +1,166 @@
+// The project's own web apps, served by the server's REST port, clicked through like a
+// user would: Two Way Streaming publishes (and plays back), the Player plays. Each runs on
+// the bundled relaycast.js and on the official WebSDK (`?sdk=flashphoner.js`, the bundle
+// injected with page.route since the server does not ship it). Screenshots go to artifacts/.
+'use strict';
+
+const assert = require('node:assert/strict');
+const { test, before, after } = require('node:test');
+const { startServer } = require('./lib/server');
+const { launchBrowser, newPage, routeOfficialSdk, dumpPage, screenshot } = require('./lib/browser');
+
+let server;
+let browser;
+
+before(async () => {
+    server = await startServer('pages');
+    browser = await launchBrowser();
+});
+
+after(async () => {
+    if (browser) await browser.close();
+    if (server) await server.stop();
+});
+
+const STATUS_TIMEOUT = 15000;
+
+/** Waits until element `selector`'s text is `text`; fails with what it says instead. */
+async function expectText(page, selector, text, timeout = STATUS_TIMEOUT) {
+    try {
+        await page.waitForFunction(([s, t]) => {
+            const el = document.querySelector(s);
+            return el && el.textContent.trim() === t;
+        }, [selector, text], { timeout });
+    } catch (e) {
+        const actual = await page.$eval(selector, (el) => el.textContent.trim()).catch(() => '?');
+        throw new Error(`${selector} is "${actual}", expected "${text}"`);
+    }
+}
+
+/** The status label's info text beside it, for messages. */
+function info(page, selector) {
+    return page.$eval(selector, (el) => el.textContent.trim()).catch(() => '?');
+}
+
+/**
+ * Asserts the <video> inside `container` shows a picture and its time advances; resolves
+ * `{width, height, pictureAt}` (Date.now() when the first picture was seen).
+ */
+async function expectVideoPlaying(page, container) {
+    const selector = `${container} video`;
+    await page.waitForFunction((s) => {
+        const v = document.querySelector(s);
+        return v && v.videoWidth > 0 && v.currentTime > 0;
+    }, selector, { timeout: 10000 }).catch(async () => {
+        const state = await page.$eval(selector, (v) => ({
+            w: v.videoWidth, t: v.currentTime, paused: v.paused, ready: v.readyState,
+        })).catch(() => 'no video element');
+        throw new Error(`${selector} shows no picture: ${JSON.stringify(state)}`);
+    });
+    const pictureAt = Date.now();
+    const t0 = await page.$eval(selector, (v) => v.currentTime);
+    await page.waitForTimeout(1000);
+    const t1 = await page.$eval(selector, (v) => v.currentTime);
+    assert.ok(t1 > t0 + 0.5, `${selector} currentTime did not advance: ${t0} -> ${t1}`);
+    const size = await page.$eval(selector, (v) => ({ width: v.videoWidth, height: v.videoHeight }));
+    return { ...size, pictureAt };
+}
+
+/** Opens one of the server's pages and waits until its SDK is loaded and the URL known. */
+async function openAppPage(label, file, query, sdk) {
+    const page = await newPage(browser, label);
+    if (sdk === 'flashphoner.js') await routeOfficialSdk(page);
+    const params = new URLSearchParams(query);
+    if (sdk) params.set('sdk', sdk);
+    await page.goto(`${server.restUrl}/${file}?${params}`);
+    await page.waitForFunction((s) => document.documentElement.getAttribute('data-sdk') === s,
+        sdk || 'relaycast.js', { timeout: 10000 });
+    // The signalling URL is filled from /rest-api/server/info: wait for it.
+    await page.waitForFunction((url) => document.getElementById('url').value === url,
+        `${server.wsUrl}/`, { timeout: 10000 });
+    assert.equal(await page.$('#banner:not([hidden])'), null, 'the page shows an error banner');
+    return page;
+}
+
+for (const sdk of [null, 'flashphoner.js']) {
+    const sdkName = sdk || 'relaycast.js';
+    const shot = sdk ? 'official-sdk' : 'relaycast-sdk';
+    test(`two-way and player pages stream (${sdkName})`, { timeout: 90000 }, async (t) => {
+        const name = `web-${shot}`;
+        const twoWay = await openAppPage('two-way', 'two-way.html', {}, sdk);
+        let player = null;
+        try {
+            await twoWay.click('#connectBtn');
+            await expectText(twoWay, '#sessionStatus', 'ESTABLISHED');
+
+            await twoWay.fill('#publishName', name);
+            assert.equal(await twoWay.inputValue('#playName'), name, 'play name follows publish name');
+            await twoWay.click('#publishBtn');
+            await expectText(twoWay, '#publishStatus', 'PUBLISHING');
+            assert.equal(await twoWay.textContent('#publishBtn'), 'Stop');
+            await expectVideoPlaying(twoWay, '#localVideo');
+
+            await twoWay.click('#playBtn');
+            await expectText(twoWay, '#playStatus', 'PLAYING');
+            const looped = await expectVideoPlaying(twoWay, '#remoteVideo');
+            t.diagnostic(`two-way remote video ${looped.width}x${looped.height}`);
+            await expectText(twoWay, '#playResolution', `${looped.width}x${looped.height}`, 5000);
+
+            player = await openAppPage('player', 'player.html', { streamName: name }, sdk);
+            assert.equal(await player.inputValue('#streamName'), name);
+            const clicked = Date.now();
+            await player.click('#playBtn');
+            await expectText(player, '#status', 'PLAYING');
+            await expectText(player, '#sessionStatus', 'ESTABLISHED');
+            const played = await expectVideoPlaying(player, '#display');
+            t.diagnostic(`player: Start click -> picture ${played.pictureAt - clicked} ms, ` +
+                `${played.width}x${played.height}`);
+            await expectText(player, '#resolution', `${played.width}x${played.height}`, 5000);
+            assert.equal(await player.textContent('#playBtn'), 'Stop');
+
+            await screenshot(twoWay, `two-way-${shot}`);
+            await screenshot(player, `player-${shot}`);
+
+            await player.click('#playBtn');
+            await expectText(player, '#status', 'STOPPED');
+            assert.equal(await player.textContent('#playBtn'), 'Start');
+
+            await twoWay.click('#playBtn');
+            await expectText(twoWay, '#playStatus', 'STOPPED');
+            await twoWay.click('#publishBtn');
+            await expectText(twoWay, '#publishStatus', 'UNPUBLISHED');
+            assert.equal(await twoWay.textContent('#publishBtn'), 'Publish');
+
+            await twoWay.click('#connectBtn');
+            await expectText(twoWay, '#sessionStatus', 'DISCONNECTED');
+        } catch (e) {
+            e.message += `\n  two-way info: session "${await info(twoWay, '#sessionInfo')}", ` +
+                `publish "${await info(twoWay, '#publishInfo')}", play "${await info(twoWay, '#playInfo')}"`;
+            await screenshot(twoWay, `failed-two-way-${shot}`).catch(() => {});
+            e.message += `\n  dump: ${await dumpPage(twoWay, `failed-two-way-${shot}`)}`;
+            if (player) {
+                e.message += `\n  player info: "${await info(player, '#info')}"`;
+                await screenshot(player, `failed-player-${shot}`).catch(() => {});
+                e.message += `\n  dump: ${await dumpPage(player, `failed-player-${shot}`)}`;
+            }
+            e.message += `\n  server log: ${server.logFile}`;
+            throw e;
+        } finally {
+            await twoWay.context().close();
+            if (player) await player.context().close();
+        }
+    });
+}
+
+test('player page with autoplay shows "Stream not found" for an unknown stream', { timeout: 30000 },
+    async () => {
+        const page = await newPage(browser, 'player');
+        try {
+            await page.goto(`${server.restUrl}/player.html?streamName=nothing-here&autoplay=true`);
+            await expectText(page, '#status', 'FAILED');
+            assert.equal(await info(page, '#info'), 'Stream not found');
+            assert.equal(await page.textContent('#playBtn'), 'Start');
+        } finally {
+            await page.context().close();
+        }
+    });

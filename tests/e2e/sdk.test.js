@@ -1,0 +1,127 @@
+// The official Flashphoner WebSDK against one relaycast server: publish the fake camera
+// and microphone, play it in another tab, check media really flows (getStats), stop.
+'use strict';
+
+const assert = require('node:assert/strict');
+const { test, before, after } = require('node:test');
+const { startServer } = require('./lib/server');
+const { launchBrowser, startFixtureServer, openSdkPage, dumpPage } = require('./lib/browser');
+
+let server;
+let fixture;
+let browser;
+
+before(async () => {
+    server = await startServer('sdk');
+    fixture = await startFixtureServer();
+    browser = await launchBrowser();
+});
+
+after(async () => {
+    if (browser) await browser.close();
+    if (fixture) await fixture.close();
+    if (server) await server.stop();
+});
+
+/** Runs `body(pages)` with fresh SDK pages; on failure dumps them to artifacts/. */
+async function withPages(name, labels, body) {
+    const pages = {};
+    for (const label of labels) pages[label] = await openSdkPage(browser, fixture, label);
+    try {
+        await body(pages);
+    } catch (e) {
+        for (const label of labels) {
+            const file = await dumpPage(pages[label], `${name}-${label}`);
+            e.message += `\n  ${label} page dump: ${file}`;
+        }
+        e.message += `\n  server log: ${server.logFile}`;
+        throw e;
+    } finally {
+        for (const label of labels) await pages[label].context().close();
+    }
+}
+
+const VARIANTS = [
+    { title: 'default codecs', stream: 'test', stripCodecs: undefined, video: null },
+    { title: 'H264 forced', stream: 'test-h264', stripCodecs: 'VP8,VP9,AV1', video: 'video/H264' },
+    { title: 'VP8 forced', stream: 'test-vp8', stripCodecs: 'H264,VP9,AV1', video: 'video/VP8' },
+];
+
+for (const variant of VARIANTS) {
+    test(`official SDK publishes and plays (${variant.title})`, { timeout: 90000 }, async (t) => {
+        const name = variant.stream;
+        await withPages(name, ['pub', 'play'], async ({ pub, play }) => {
+            await pub.evaluate((url) => h.connect(url), server.wsUrl);
+            await play.evaluate((url) => h.connect(url), server.wsUrl);
+
+            const published = await pub.evaluate(
+                ([n, strip]) => h.publish('pub', n, strip ? { stripCodecs: strip } : {}),
+                [name, variant.stripCodecs]);
+            assert.equal(published.status, 'PUBLISHING', `publish: ${JSON.stringify(published)}`);
+            // Join a running stream, as viewers do: the first frame then needs a keyframe
+            // request through the server rather than the publisher's opening keyframe.
+            await new Promise((r) => setTimeout(r, 2000));
+
+            const played = await play.evaluate((n) => h.play('play', n), name);
+            assert.equal(played.status, 'PLAYING', `play: ${JSON.stringify(played)}`);
+            const firstFrameMs = await play.evaluate(() => h.firstFrame('play', 10000));
+            assert.ok(firstFrameMs !== null, 'no video frame decoded within 10 s of play()');
+            t.diagnostic(`play() -> PLAYING ${played.ms.toFixed(0)} ms, -> first decoded frame ` +
+                `${firstFrameMs.toFixed(0)} ms`);
+
+            const sent = await pub.evaluate(() => h.rtp('pub', 'outbound'));
+            const first = await play.evaluate(() => h.rtp('play', 'inbound'));
+            await new Promise((r) => setTimeout(r, 1500));
+            const second = await play.evaluate(() => h.rtp('play', 'inbound'));
+            t.diagnostic(`published ${JSON.stringify(sent)}`);
+            t.diagnostic(`received ${JSON.stringify(second)}`);
+            assert.ok(second.video, 'no inbound video report');
+            assert.ok(second.video.framesDecoded > first.video.framesDecoded,
+                `framesDecoded did not grow: ${first.video.framesDecoded} -> ${second.video.framesDecoded}`);
+            assert.ok(second.audio && second.audio.packets > 0, 'no audio packets received');
+            if (variant.video) {
+                assert.equal(sent.video.codec, variant.video, 'publisher video codec');
+                assert.equal(second.video.codec, variant.video, 'player video codec');
+            } else {
+                assert.equal(second.video.codec, sent.video.codec, 'player codec = publisher codec');
+            }
+            const video = await play.evaluate(() => h.video('play'));
+            assert.ok(video && video.videoWidth > 0, `remote <video> has no picture: ${JSON.stringify(video)}`);
+
+            const stopped = await play.evaluate(() => h.stop('play'));
+            assert.equal(stopped.status, 'STOPPED', `player stop: ${JSON.stringify(stopped)}`);
+            const unpublished = await pub.evaluate(() => h.stop('pub'));
+            assert.equal(unpublished.status, 'UNPUBLISHED', `unpublish: ${JSON.stringify(unpublished)}`);
+        });
+    });
+}
+
+// The official SDK shows a played stream with `video.srcObject = event.streams[0]` on every
+// `track` event, so audio and video must arrive in one MediaStream (one msid stream id in
+// the answer) or the last track's stream wins and the player is silent. The same stream id
+// is what Chrome uses to keep audio and video in sync.
+test('official SDK player gets audio and video in one MediaStream', { timeout: 60000 }, async () => {
+    await withPages('one-stream', ['pub', 'play'], async ({ pub, play }) => {
+        await pub.evaluate((url) => h.connect(url), server.wsUrl);
+        await play.evaluate((url) => h.connect(url), server.wsUrl);
+        const published = await pub.evaluate(() => h.publish('pub', 'test-av'));
+        assert.equal(published.status, 'PUBLISHING', JSON.stringify(published));
+        const played = await play.evaluate(() => h.play('play', 'test-av'));
+        assert.equal(played.status, 'PLAYING', JSON.stringify(played));
+        assert.ok(await play.evaluate(() => h.firstFrame('play', 10000)) !== null, 'no video frame');
+        const video = await play.evaluate(() => h.video('play'));
+        const msids = await play.evaluate(() => h.remoteMsids());
+        assert.deepEqual(video.tracks, ['audio', 'video'],
+            `the SDK's <video> plays tracks ${JSON.stringify(video.tracks)}; answer msids: ` +
+            JSON.stringify(msids));
+    });
+});
+
+test('playing an unknown stream fails with "Stream not found"', { timeout: 30000 }, async () => {
+    await withPages('unknown', ['play'], async ({ play }) => {
+        await play.evaluate((url) => h.connect(url), server.wsUrl);
+        const played = await play.evaluate(() => h.play('play', 'no-such-stream'));
+        assert.equal(played.status, 'FAILED', JSON.stringify(played));
+        assert.equal(played.info, 'Stream not found');
+    });
+});
