@@ -18,6 +18,9 @@
             var v = info[key];
             // `sessions` may be missing while `connections` is reported: use it.
             if (v === undefined && key === 'sessions') v = info.connections;
+            // relaycast reports its peer connections as `mediaSessions` (one per publisher or
+            // player).
+            if (v === undefined && key === 'peers') v = info.mediaSessions;
             RC.setText(key, v === undefined || v === null ? '—' : v);
         });
         var ports = Array.isArray(info.mediaPorts) ? info.mediaPorts : [];
