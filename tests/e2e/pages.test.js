@@ -164,3 +164,24 @@ test('player page with autoplay shows "Stream not found" for an unknown stream',
             await page.context().close();
         }
     });
+
+test('landing page shows the server facts', { timeout: 30000 }, async () => {
+    const page = await newPage(browser, 'index');
+    try {
+        await page.goto(`${server.restUrl}/`);
+        const [wsPort, restPort] = [server.wsAddr, server.restAddr].map((a) => a.split(':').pop());
+        await expectText(page, '#wsPort', wsPort, 5000);
+        await expectText(page, '#restPort', restPort);
+        await expectText(page, '#cores', '2');
+        await expectText(page, '#wsUrl', `${server.wsUrl}/`);
+        await expectText(page, '#mediaPorts',
+            server.mediaAddrs.map((a) => a.split(':').pop()).join(', '));
+        for (const id of ['version', 'streams', 'sessions', 'peers']) {
+            const text = await page.textContent(`#${id}`);
+            assert.ok(text && text !== '—' && text !== '…', `#${id} shows "${text}"`);
+        }
+        assert.equal(await page.textContent('#infoError'), '');
+    } finally {
+        await page.context().close();
+    }
+});

@@ -22,8 +22,9 @@ process.on('exit', () => {
 });
 
 /**
- * Spawns relaycast and resolves once it printed its ready line:
- * `{ws, rest, media, wsUrl, restUrl, logFile, stop(), rest(method, body)}`.
+ * Spawns relaycast and resolves once it printed its ready line: `{wsAddr, restAddr,
+ * mediaAddrs, wsUrl, restUrl, logFile, process, rest(method, body), stop()}` (addresses as
+ * "IP:PORT" strings, the URLs without a trailing slash).
  */
 async function startServer(name, { cores = 2, extraArgs = [], readyTimeoutMs = 30000 } = {}) {
     const bin = process.env.RELAYCAST_BIN || DEFAULT_BIN;
@@ -58,7 +59,7 @@ async function startServer(name, { cores = 2, extraArgs = [], readyTimeoutMs = 3
             const m = READY.exec(line);
             if (m) {
                 clearTimeout(timer);
-                resolve({ ws: m[1], rest: m[2], media: m[3].split(',') });
+                resolve({ wsAddr: m[1], restAddr: m[2], mediaAddrs: m[3].split(',') });
             }
         });
         child.once('error', (e) => { clearTimeout(timer); reject(e); });
@@ -74,11 +75,11 @@ async function startServer(name, { cores = 2, extraArgs = [], readyTimeoutMs = 3
         name,
         logFile,
         process: child,
-        wsUrl: `ws://${ready.ws}`,
-        restUrl: `http://${ready.rest}`,
+        wsUrl: `ws://${ready.wsAddr}`,
+        restUrl: `http://${ready.restAddr}`,
         /** POSTs a REST method; resolves `{status, body}` (body parsed when JSON). */
         async rest(method, body) {
-            const response = await fetch(`http://${ready.rest}/rest-api${method}`, {
+            const response = await fetch(`http://${ready.restAddr}/rest-api${method}`, {
                 method: 'POST',
                 headers: { 'Content-Type': 'application/json' },
                 body: JSON.stringify(body || {}),
