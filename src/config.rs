@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use relaycast_controlplane::auth::{RestAuth, SignallingAccess};
+use relaycast_controlplane::registry::RegistryLimits;
 use relaycast_controlplane::rest::RestConfig;
-use relaycast_controlplane::server::ServerConfig;
+use relaycast_controlplane::server::{ServerConfig, TlsListeners};
 use relaycast_controlplane::signalling::SignallingConfig;
 use relaycast_dataplane::DataPlaneConfig;
 use serde::{Deserialize, Serialize};
@@ -47,6 +49,18 @@ pub struct Cli {
     /// Log format: text or json.
     #[arg(long)]
     pub log_format: Option<LogFormat>,
+    /// TLS certificate chain (PEM); with --tls-key, enables wss:// and https://.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Secure WebSocket signalling port (0: any free port).
+    #[arg(long)]
+    pub wss_port: Option<u16>,
+    /// REST over TLS port (0: any free port).
+    #[arg(long)]
+    pub https_port: Option<u16>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -73,6 +87,50 @@ pub struct Config {
     pub media: Media,
     pub limits: Limits,
     pub relay: Relay,
+    pub tls: Tls,
+    pub auth: Auth,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// Certificate chain (PEM, leaf first). With `key_file`, enables wss:// and https://.
+    pub cert_file: Option<PathBuf>,
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+    /// Secure WebSocket signalling port.
+    pub wss_port: u16,
+    /// REST over TLS port.
+    pub https_port: u16,
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Tls {
+            cert_file: None,
+            key_file: None,
+            wss_port: 8443,
+            https_port: 8444,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    /// REST (`/rest-api/...`) requires HTTP Basic with this user and `rest_password`.
+    pub rest_user: Option<String>,
+    pub rest_password: Option<String>,
+    /// REST requires `Authorization: Bearer <rest_token>` (either kind is accepted when both
+    /// are set).
+    pub rest_token: Option<String>,
+    /// `/metrics` requires the REST credentials too.
+    pub metrics: bool,
+    /// `appKey`s accepted in `connection`; empty: any.
+    pub app_keys: Vec<String>,
+    /// Shared secret clients put in `custom.token` of `connection` (for the whole session) or
+    /// of each `publishStream`/`playStream`; others get FAILED `Restricted access`.
+    pub token: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -91,6 +149,13 @@ pub struct Relay {
     pub backoff_max_ms: u64,
     /// Consecutive failed reconnects before giving up (0: never give up).
     pub max_attempts: u32,
+    /// Trust only the CA certificates in this PEM file for wss:// remotes (default: the
+    /// system roots).
+    pub tls_ca_file: Option<PathBuf>,
+    /// Accept any certificate from wss:// remotes: for labs with self-signed certificates.
+    pub tls_insecure: bool,
+    /// Sent as `custom.token` in `connection` to remotes that require a shared secret.
+    pub token: Option<String>,
 }
 
 impl Default for Relay {
@@ -104,6 +169,9 @@ impl Default for Relay {
             backoff_initial_ms: d.backoff_initial.as_millis() as u64,
             backoff_max_ms: d.backoff_max.as_millis() as u64,
             max_attempts: d.max_attempts,
+            tls_ca_file: None,
+            tls_insecure: false,
+            token: None,
         }
     }
 }
@@ -141,6 +209,14 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Peers beyond this count on one core are refused.
     pub max_peers_per_core: usize,
+    /// Signalling messages one session may send per second (0: no limit).
+    pub max_messages_per_sec: u32,
+    /// Signalling sessions open at once from one IP address (0: no limit).
+    pub max_sessions_per_ip: usize,
+    /// Publishers and players one signalling session may hold.
+    pub max_streams_per_session: usize,
+    /// Players one stream may have.
+    pub max_players_per_stream: usize,
 }
 
 impl Default for Config {
@@ -158,6 +234,8 @@ impl Default for Config {
             media: Media::default(),
             limits: Limits::default(),
             relay: Relay::default(),
+            tls: Tls::default(),
+            auth: Auth::default(),
         }
     }
 }
@@ -191,6 +269,10 @@ impl Default for Limits {
             max_frame_bytes: SignallingConfig::default().max_frame,
             max_body_bytes: RestConfig::default().max_body,
             max_peers_per_core: DataPlaneConfig::default().max_peers_per_core,
+            max_messages_per_sec: SignallingConfig::default().max_messages_per_sec,
+            max_sessions_per_ip: SignallingConfig::default().max_sessions_per_ip,
+            max_streams_per_session: RegistryLimits::default().streams_per_session,
+            max_players_per_stream: RegistryLimits::default().players_per_stream,
         }
     }
 }
@@ -221,6 +303,18 @@ impl Config {
         );
         if cli.public_ip.is_some() {
             config.public_ip = cli.public_ip;
+        }
+        if cli.tls_cert.is_some() {
+            config.tls.cert_file = cli.tls_cert.clone();
+        }
+        if cli.tls_key.is_some() {
+            config.tls.key_file = cli.tls_key.clone();
+        }
+        if let Some(port) = cli.wss_port {
+            config.tls.wss_port = port;
+        }
+        if let Some(port) = cli.https_port {
+            config.tls.https_port = port;
         }
         config.validate()?;
         Ok(config)
@@ -260,7 +354,89 @@ impl Config {
         {
             bail!("public_ip: {ip} cannot be reached; give the address clients connect to");
         }
+        let l = &self.limits;
+        if l.max_streams_per_session == 0
+            || l.max_players_per_stream == 0
+            || l.max_peers_per_core == 0
+        {
+            bail!(
+                "limits.max_streams_per_session, limits.max_players_per_stream and \
+                 limits.max_peers_per_core: must be at least 1"
+            );
+        }
+        self.validate_tls()?;
+        self.validate_auth()?;
         Ok(())
+    }
+
+    fn validate_tls(&self) -> anyhow::Result<()> {
+        let t = &self.tls;
+        match (&t.cert_file, &t.key_file) {
+            (None, None) => {}
+            (Some(_), None) => bail!("tls.key_file: required with tls.cert_file"),
+            (None, Some(_)) => bail!("tls.cert_file: required with tls.key_file"),
+            (Some(cert), Some(key)) => {
+                relaycast_controlplane::tls::acceptor_from_files(cert, key)
+                    .map_err(|e| anyhow::anyhow!("tls.cert_file/tls.key_file: {e}"))?;
+                let ports = [self.ws_port, self.rest_port, t.wss_port, t.https_port];
+                for (i, port) in ports.iter().enumerate() {
+                    if *port != 0 && ports[..i].contains(port) {
+                        bail!(
+                            "tls.wss_port and tls.https_port: port {port} is used twice among \
+                             ws_port, rest_port, tls.wss_port and tls.https_port"
+                        );
+                    }
+                }
+            }
+        }
+        if self.relay.tls_insecure && self.relay.tls_ca_file.is_some() {
+            bail!("relay.tls_insecure: set either it or relay.tls_ca_file, not both");
+        }
+        self.relay_tls()?;
+        Ok(())
+    }
+
+    fn validate_auth(&self) -> anyhow::Result<()> {
+        let a = &self.auth;
+        match (&a.rest_user, &a.rest_password) {
+            (Some(user), Some(password)) => {
+                if user.is_empty() || user.contains(':') {
+                    bail!("auth.rest_user: must be non-empty and hold no ':'");
+                }
+                if password.is_empty() {
+                    bail!("auth.rest_password: must not be empty");
+                }
+            }
+            (Some(_), None) => bail!("auth.rest_password: required with auth.rest_user"),
+            (None, Some(_)) => bail!("auth.rest_user: required with auth.rest_password"),
+            (None, None) => {}
+        }
+        if a.rest_token.as_deref() == Some("") {
+            bail!("auth.rest_token: must not be empty (leave it out to disable bearer tokens)");
+        }
+        if a.token.as_deref() == Some("") {
+            bail!("auth.token: must not be empty (leave it out to disable the token check)");
+        }
+        if a.metrics && a.rest_user.is_none() && a.rest_token.is_none() {
+            bail!("auth.metrics: needs auth.rest_user/rest_password or auth.rest_token");
+        }
+        if a.app_keys.iter().any(String::is_empty) {
+            bail!("auth.app_keys: an appKey must not be empty");
+        }
+        Ok(())
+    }
+
+    fn relay_tls(&self) -> anyhow::Result<relaycast_controlplane::tls::ClientTls> {
+        use relaycast_controlplane::tls::ClientTls;
+        if self.relay.tls_insecure {
+            return Ok(ClientTls::insecure());
+        }
+        match &self.relay.tls_ca_file {
+            Some(path) => {
+                ClientTls::with_ca_file(path).map_err(|e| anyhow::anyhow!("relay.tls_ca_file: {e}"))
+            }
+            None => Ok(ClientTls::system()),
+        }
     }
 
     pub fn effective_cores(&self) -> usize {
@@ -292,8 +468,10 @@ impl Config {
         ips
     }
 
-    pub fn server_config(&self) -> ServerConfig {
-        ServerConfig {
+    /// The server's configuration; fails only when a file checked by `validate` can no
+    /// longer be read.
+    pub fn server_config(&self) -> anyhow::Result<ServerConfig> {
+        Ok(ServerConfig {
             ws: SocketAddr::new(self.bind, self.ws_port),
             rest: SocketAddr::new(self.bind, self.rest_port),
             data: DataPlaneConfig {
@@ -314,10 +492,40 @@ impl Config {
                 max_frame: self.limits.max_frame_bytes,
                 ping_interval: Duration::from_secs(self.keepalive.ping_interval_secs),
                 max_missed_pings: self.keepalive.max_missed_pings,
+                max_messages_per_sec: self.limits.max_messages_per_sec,
+                max_sessions_per_ip: self.limits.max_sessions_per_ip,
                 ..SignallingConfig::default()
             },
             rest_config: RestConfig {
                 max_body: self.limits.max_body_bytes,
+                auth: RestAuth {
+                    basic: self
+                        .auth
+                        .rest_user
+                        .clone()
+                        .zip(self.auth.rest_password.clone()),
+                    bearer: self.auth.rest_token.clone(),
+                },
+                metrics_auth: self.auth.metrics,
+                ..RestConfig::default()
+            },
+            tls: match (&self.tls.cert_file, &self.tls.key_file) {
+                (Some(cert), Some(key)) => Some(TlsListeners {
+                    wss: SocketAddr::new(self.bind, self.tls.wss_port),
+                    https: SocketAddr::new(self.bind, self.tls.https_port),
+                    cert_file: cert.clone(),
+                    key_file: key.clone(),
+                }),
+                _ => None,
+            },
+            access: SignallingAccess {
+                app_keys: self.auth.app_keys.clone(),
+                token: self.auth.token.clone(),
+            },
+            limits: RegistryLimits {
+                streams_per_session: self.limits.max_streams_per_session,
+                players_per_stream: self.limits.max_players_per_stream,
+                peers_per_core: self.limits.max_peers_per_core,
             },
             relay: relaycast_controlplane::relay::RelayConfig {
                 rest_timeout: Duration::from_millis(self.relay.rest_timeout_ms),
@@ -327,9 +535,11 @@ impl Config {
                 backoff_initial: Duration::from_millis(self.relay.backoff_initial_ms),
                 backoff_max: Duration::from_millis(self.relay.backoff_max_ms),
                 max_attempts: self.relay.max_attempts,
+                tls: self.relay_tls()?,
+                token: self.relay.token.clone(),
             },
             shutdown_grace: Duration::from_secs(2),
-        }
+        })
     }
 }
 

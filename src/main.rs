@@ -45,11 +45,22 @@ fn main() -> std::process::ExitCode {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
-    let result = relaycast_controlplane::server::run(config.server_config(), |listening| {
+    let server_config = match config.server_config() {
+        Ok(server_config) => server_config,
+        Err(e) => {
+            eprintln!("relaycast: configuration error: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let result = relaycast_controlplane::server::run(server_config, |listening| {
         // One machine-readable line on stdout for scripts and tests.
         let media: Vec<String> = listening.media.iter().map(|a| a.to_string()).collect();
+        let mut tls = String::new();
+        if let (Some(wss), Some(https)) = (listening.wss, listening.https) {
+            tls = format!(" wss={wss} https={https}");
+        }
         println!(
-            "relaycast ready ws={} rest={} media={}",
+            "relaycast ready ws={} rest={} media={}{tls}",
             listening.ws,
             listening.rest,
             media.join(",")

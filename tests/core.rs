@@ -473,3 +473,82 @@ async fn sigterm_sends_final_statuses_and_exits() {
     assert!(status.success(), "exit status {status}");
     eprintln!("SIGTERM to exit: {:?}", started.elapsed());
 }
+
+/// Removes every payload type of `codec` (and its RTX) from an SDP.
+fn strip_codec(sdp: &str, codec: &str) -> String {
+    let mut pts: Vec<String> = sdp
+        .lines()
+        .filter_map(|l| l.strip_prefix("a=rtpmap:"))
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|c| c.starts_with(codec))
+        })
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect();
+    let rtx: Vec<String> = sdp
+        .lines()
+        .filter_map(|l| l.strip_prefix("a=fmtp:"))
+        .filter(|l| pts.iter().any(|pt| l.contains(&format!("apt={pt}"))))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect();
+    pts.extend(rtx);
+    let attr_pt = |l: &str| {
+        ["a=rtpmap:", "a=fmtp:", "a=rtcp-fb:"]
+            .iter()
+            .find_map(|p| l.strip_prefix(p))
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_owned)
+    };
+    let mut out = String::new();
+    for line in sdp.lines() {
+        if let Some(pt) = attr_pt(line)
+            && pts.contains(&pt)
+        {
+            continue;
+        }
+        if line.starts_with("m=video") {
+            let kept: Vec<&str> = line
+                .split(' ')
+                .enumerate()
+                .filter(|(i, f)| *i < 3 || !pts.iter().any(|pt| pt == f))
+                .map(|(_, f)| f)
+                .collect();
+            out.push_str(&kept.join(" "));
+        } else {
+            out.push_str(line);
+        }
+        out.push_str("\r\n");
+    }
+    out
+}
+
+#[tokio::test]
+async fn player_without_the_stream_codec_gets_no_common_codecs() {
+    let server = Server::start(&[]);
+    let ep = endpoint();
+    let a = session(&server).await;
+    let _publisher = a
+        .publish(&ep, "vp8only", synth(VideoCodec::Vp8))
+        .await
+        .unwrap();
+
+    let b = session(&server).await;
+    let peer = ep
+        .offer(relaycast_dataplane::Role::Probe)
+        .await
+        .expect("probe offer");
+    let offer = strip_codec(&peer.sdp, "VP8");
+    assert!(!offer.contains("VP8/90000"));
+    match b.negotiate("vp8only", &offer, false, Value::Null).await {
+        Err(ClientError::Stream { status, info }) => {
+            assert_eq!(status, StreamStatus::Failed);
+            assert_eq!(info, "No common codecs");
+        }
+        Ok(_) => panic!("a player without VP8 was answered"),
+        Err(e) => panic!("unexpected error: {e}"),
+    }
+    // The publisher is unaffected and a capable player still plays.
+    let player = b.play(&ep, "vp8only").await.expect("play with VP8");
+    assert_eq!(player.handle.status(), StreamStatus::Playing);
+}

@@ -131,11 +131,15 @@ async fn push_a_to_b_with_ten_players_on_b() {
     })
     .await;
     assert!(gone.is_some(), "B still lists the stream");
-    let relays = relay_status(&a).await;
-    assert!(
-        relays.iter().all(|r| r["status"] != json!("PUBLISHING")),
-        "{relays:?}"
-    );
+    let ended = eventually(Duration::from_secs(3), || async {
+        let relays = relay_status(&a).await;
+        relays
+            .iter()
+            .all(|r| r["status"] != json!("PUBLISHING"))
+            .then_some(())
+    })
+    .await;
+    assert!(ended.is_some(), "{:?}", relay_status(&a).await);
 }
 
 #[tokio::test]
@@ -478,4 +482,76 @@ async fn push_heals_when_the_remote_restarts() {
     );
     let relays = relay_status(&a).await;
     assert_eq!(relays[0]["status"], json!("PUBLISHING"), "{relays:?}");
+}
+
+#[tokio::test]
+async fn push_terminated_from_either_end() {
+    let a = Server::start(&[]);
+    let b = Server::start(&[]);
+    let ep = endpoint();
+    let pub_session = session(&a).await;
+    let _publisher = pub_session.publish(&ep, "t", synth()).await.unwrap();
+
+    // From the pushing end: B sees an ordinary unpublish and its player stops.
+    let (code, body) = relay(
+        &a,
+        "push",
+        json!({"uri": b.ws_url(), "localStreamName": "t"}),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let viewers = session(&b).await;
+    let mut player = viewers.play(&ep, "t").await.unwrap();
+    let id = body["localMediaSessionId"].as_str().unwrap().to_owned();
+    let (code, reply) = a
+        .rest(
+            "/rest-api/pull/terminate",
+            &json!({ "localMediaSessionId": id }).to_string(),
+        )
+        .await;
+    assert_eq!(code, 200, "{reply}");
+    let e = player
+        .handle
+        .wait_for(
+            &[StreamStatus::Stopped, StreamStatus::Failed],
+            Duration::from_secs(3),
+        )
+        .await
+        .expect("B's player stops");
+    assert_eq!(e.info.as_deref(), Some("Stopped by publisher stop"));
+    let (code, _) = b.rest("/rest-api/stream/find", r#"{"name":"t"}"#).await;
+    assert_eq!(code, 404, "B still lists the stream after terminate");
+    assert!(relay_status(&a).await.is_empty());
+
+    // From the receiving end: B's operator terminates the stream; A's relay ends for good.
+    let (code, body) = relay(
+        &a,
+        "push",
+        json!({"uri": b.ws_url(), "localStreamName": "t"}),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let (code, reply) = b
+        .rest("/rest-api/stream/terminate", r#"{"name":"t"}"#)
+        .await;
+    assert_eq!(code, 200, "{reply}");
+    let ended = eventually(Duration::from_secs(3), || async {
+        let relays = relay_status(&a).await;
+        relays
+            .first()
+            .filter(|r| r["status"] == json!("FAILED"))
+            .cloned()
+    })
+    .await
+    .expect("A's relay ends when B terminates the stream");
+    assert!(
+        ended["info"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Stopped by rest /terminate"),
+        "{ended}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (code, _) = b.rest("/rest-api/stream/find", r#"{"name":"t"}"#).await;
+    assert_eq!(code, 404, "A pushed the terminated stream again");
 }

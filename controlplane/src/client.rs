@@ -20,8 +20,11 @@ use relaycast_dataplane::{
 };
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio_tungstenite::Connector;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+pub use crate::tls::ClientTls;
 
 use crate::protocol::{
     self, ConnectionRequest, MediaSessionId, ServerMessage, StreamName, StreamRef, StreamRequest,
@@ -93,10 +96,21 @@ pub struct Session {
 
 impl Session {
     /// Connects to `url` (`ws://` or `wss://`), sends `connection` and waits for `getUserData`.
+    /// A `wss://` server's certificate is verified against the system roots.
     pub async fn connect(
         url: &str,
         request: &ConnectionRequest,
         timeouts: ClientTimeouts,
+    ) -> Result<Session, ClientError> {
+        Self::connect_with(url, request, timeouts, &ClientTls::system()).await
+    }
+
+    /// [`Session::connect`], verifying a `wss://` server's certificate as `tls` says.
+    pub async fn connect_with(
+        url: &str,
+        request: &ConnectionRequest,
+        timeouts: ClientTimeouts,
+        tls: &ClientTls,
     ) -> Result<Session, ClientError> {
         let parsed = url::Url::parse(url).map_err(|e| ClientError::BadUrl {
             url: url.to_owned(),
@@ -111,7 +125,21 @@ impl Session {
         let mut config = WebSocketConfig::default();
         config.max_message_size = Some(1 << 20);
         config.max_frame_size = Some(1 << 20);
-        let connect = tokio_tungstenite::connect_async_with_config(url, Some(config), true);
+        let connector = if parsed.scheme() == "wss" {
+            let client_config = tls.client_config().map_err(|e| ClientError::Connect {
+                url: url.to_owned(),
+                reason: e.to_string(),
+            })?;
+            Connector::Rustls(client_config)
+        } else {
+            Connector::Plain
+        };
+        let connect = tokio_tungstenite::connect_async_tls_with_config(
+            url,
+            Some(config),
+            true,
+            Some(connector),
+        );
         let (mut ws, _) = tokio::time::timeout(timeouts.connect, connect)
             .await
             .map_err(|_| ClientError::Connect {

@@ -12,7 +12,8 @@ use relaycast_dataplane::{Command, DataPlane, Event};
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use crate::protocol::{self, StreamName};
+use crate::metrics::Metrics;
+use crate::protocol::{self, ClientMessage, StreamName};
 use crate::registry::{ConnId, Effect, Registry, RegistryConfig, RestReply, RestRequest};
 use crate::relay::{RelayConfig, Relays};
 
@@ -31,6 +32,9 @@ pub struct ServerFacts {
     pub version: String,
     pub ws_addr: Option<SocketAddr>,
     pub rest_addr: Option<SocketAddr>,
+    /// `wss://` signalling and `https://` REST, when TLS is configured.
+    pub wss_addr: Option<SocketAddr>,
+    pub https_addr: Option<SocketAddr>,
     pub media_addrs: Vec<SocketAddr>,
 }
 
@@ -43,6 +47,7 @@ pub struct Hub {
     stopping: Cell<bool>,
     relays: Relays,
     instance: String,
+    metrics: Metrics,
 }
 
 impl Hub {
@@ -61,7 +66,18 @@ impl Hub {
             data,
             facts: RefCell::new(facts),
             stopping: Cell::new(false),
+            metrics: Metrics::default(),
         }
+    }
+
+    /// Control-plane event counters (`/metrics`).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The registry, read-only (`/metrics`).
+    pub fn registry(&self) -> std::cell::Ref<'_, Registry> {
+        self.registry.borrow()
     }
 
     pub fn data(&self) -> &DataPlane {
@@ -110,12 +126,16 @@ impl Hub {
         match protocol::parse_client_frame(text) {
             Ok(message) => {
                 tracing::trace!(conn = conn.0, message = message.name(), "client frame");
+                if matches!(message, ClientMessage::Unsupported { .. }) {
+                    self.metrics.signalling_error("unsupported_method");
+                }
                 self.registry
                     .borrow_mut()
                     .client_message(conn, message, now_ms(), &mut out);
             }
             Err(error) => {
                 tracing::info!(conn = conn.0, %error, "bad client frame");
+                self.metrics.signalling_error("bad_frame");
                 self.registry.borrow().client_error(conn, &error, &mut out);
             }
         }

@@ -2,15 +2,18 @@
 //! player media session, and which data-plane peer and core serves each. A state machine:
 //! it takes client messages, data-plane events and REST requests, and returns effects
 //! (frames to send, commands for cores) as data. It never does IO, so every rule here is
-//! unit-tested without sockets.
+//! unit-tested without sockets. Access control (allowed appKeys, the shared-secret token) and
+//! the per-session, per-stream and per-core limits are checked here too, and counted in
+//! [`RegistryStats`] for the metrics.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use relaycast_dataplane::{
     Command, Continuity, CoreId, Event, PeerFailure, PeerId, Role, StreamId, StreamMedia,
 };
 use serde_json::{Value, json};
 
+use crate::auth::{SignallingAccess, TokenCheck};
 use crate::protocol::{
     self, AppKey, ClientMessage, ConnectionInfo, Info, MEDIA_PROVIDER, MediaSessionId, SessionId,
     StreamInfo, StreamName, StreamRef, StreamRequest, StreamStatus, StreamStatusEvent, UserData,
@@ -44,6 +47,56 @@ pub struct RegistryConfig {
     /// This server's instance id (a UUID made at start), sent in `getUserData` as
     /// `relaycastInstance` and carried along relays to detect loops.
     pub instance: String,
+    /// Who may connect, publish and play.
+    pub access: SignallingAccess,
+    pub limits: RegistryLimits,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            server_version: crate::VERSION.to_string(),
+            cores: 1,
+            instance: uuid::Uuid::new_v4().to_string(),
+            access: SignallingAccess::default(),
+            limits: RegistryLimits::default(),
+        }
+    }
+}
+
+/// Limits on what clients may open; a request beyond one is FAILED with an `info` naming the
+/// limit, and logged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegistryLimits {
+    /// Publishers and players one signalling session may hold at once.
+    pub streams_per_session: usize,
+    /// Players one stream may have at once.
+    pub players_per_stream: usize,
+    /// Peers on one core (the data plane refuses more too; checking here gives a clear error).
+    pub peers_per_core: usize,
+}
+
+impl Default for RegistryLimits {
+    fn default() -> Self {
+        RegistryLimits {
+            streams_per_session: 16,
+            players_per_stream: 10_000,
+            peers_per_core: relaycast_dataplane::DataPlaneConfig::default().max_peers_per_core,
+        }
+    }
+}
+
+/// What the registry has counted since it started, for the metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RegistryStats {
+    /// Streams published (publisher media sessions accepted).
+    pub published: u64,
+    /// Players accepted.
+    pub played: u64,
+    /// Requests refused, by kind (`restricted_access`, `streams_per_session`, ...).
+    pub refused: BTreeMap<&'static str, u64>,
+    /// Media sessions ended, by final status and `info`.
+    pub ended: BTreeMap<(StreamStatus, &'static str), u64>,
 }
 
 /// The connection that owns a pull relay's local media session: no WebSocket has it, so
@@ -114,6 +167,7 @@ pub struct Registry {
     next_stream: u64,
     /// The server is stopping: every client is told its streams' final status.
     stopping: bool,
+    stats: RegistryStats,
 }
 
 struct Session {
@@ -124,6 +178,9 @@ struct Session {
     remote_address: String,
     created_ms: u64,
     established: bool,
+    /// `connection` carried the shared-secret token (or none is required): publish and play
+    /// need not carry it.
+    authorized: bool,
     media: Vec<MediaSessionId>,
 }
 
@@ -169,6 +226,7 @@ impl Registry {
             next_peer: 1,
             next_stream: 1,
             stopping: false,
+            stats: RegistryStats::default(),
         }
     }
 
@@ -184,6 +242,7 @@ impl Registry {
                 remote_address,
                 created_ms: now_ms,
                 established: false,
+                authorized: false,
                 media: Vec::new(),
             },
         );
@@ -202,6 +261,24 @@ impl Registry {
                 let Some(session) = self.sessions.get_mut(&conn) else {
                     return;
                 };
+                let token = self.config.access.token(&req.custom);
+                let refusal = if !self.config.access.app_key_allowed(req.app_key.as_str()) {
+                    Some("appKey not allowed")
+                } else if token == TokenCheck::Wrong {
+                    Some("wrong token")
+                } else {
+                    None
+                };
+                if let Some(reason) = refusal {
+                    tracing::warn!(conn = conn.0, session = %session.id, app_key = %req.app_key,
+                        remote = %session.remote_address, reason, "connection refused: restricted access");
+                    let info = Info::RestrictedAccess.as_str();
+                    send(out, conn, protocol::fail("connection", info, None));
+                    out.push(Effect::Close { conn });
+                    self.stats.refuse("restricted_access");
+                    return;
+                }
+                session.authorized = token == TokenCheck::Granted;
                 session.app_key = req.app_key;
                 session.client_version = req.client_version.clone();
                 session.media_providers = req.media_providers;
@@ -479,8 +556,7 @@ impl Registry {
     }
 
     /// The relay's peer negotiated `media`: the stream becomes playable and is PUBLISHING.
-    /// Returns false when the codecs differ from what the stream's players were given
-    /// (payload types may differ: each player's peer maps them to its own).
+    /// Returns false when the media differs from what the stream's players were given.
     pub fn relay_source_media(
         &mut self,
         id: &MediaSessionId,
@@ -497,7 +573,7 @@ impl Registry {
             return false;
         };
         match stream.media {
-            Some(existing) => existing.same_codecs(&media),
+            Some(existing) => existing == media,
             None => {
                 stream.media = Some(media);
                 out.push(Effect::StreamLive { name });
@@ -554,6 +630,22 @@ impl Registry {
         self.sessions.len()
     }
 
+    /// What has been counted so far (metrics).
+    pub fn stats(&self) -> &RegistryStats {
+        &self.stats
+    }
+
+    /// Peers placed on each core by this registry (clients' and relays').
+    pub fn core_load(&self) -> &[usize] {
+        &self.load
+    }
+
+    /// Publishers and players, by kind: (publishers, players).
+    pub fn media_by_kind(&self) -> (usize, usize) {
+        let publishers = self.media.values().filter(|m| m.published).count();
+        (publishers, self.media.len() - publishers)
+    }
+
     /// A published stream by name.
     pub fn stream(&self, name: &StreamName) -> Option<&Stream> {
         self.streams.get(name)
@@ -566,12 +658,14 @@ impl Registry {
         if self.streams.contains_key(&name) {
             tracing::info!(media_session = %id, stream = %name, "publish refused: name in use");
             fail_status(out, conn, &id, &name, true, Info::StreamNameAlreadyInUse);
+            self.stats.refuse("name_in_use");
             return;
         }
         let via = relay_via(&req.custom);
         if via.contains(&self.config.instance) || via.len() > MAX_RELAY_HOPS {
             tracing::warn!(media_session = %id, stream = %name, ?via, "publish refused: relay loop");
             fail_status_text(out, conn, &id, &name, true, RELAY_LOOP);
+            self.stats.refuse("relay_loop");
             return;
         }
         let core = self.place();
@@ -592,6 +686,7 @@ impl Registry {
             },
         );
         self.add_media(conn, &id, &name, true, peer, core, now_ms);
+        self.stats.published += 1;
         tracing::info!(media_session = %id, stream = %name, %peer, %core, "publish requested");
         out.push(Effect::Data {
             core,
@@ -617,14 +712,26 @@ impl Registry {
         else {
             tracing::info!(media_session = %id, stream = %name, "play refused: not found");
             fail_status(out, conn, &id, &name, false, Info::StreamNotFound);
+            self.stats.refuse("not_found");
             return;
         };
+        let players = self.streams.get(&name).map_or(0, |s| s.players.len());
+        if players >= self.config.limits.players_per_stream {
+            let limit = self.config.limits.players_per_stream;
+            tracing::warn!(media_session = %id, stream = %name, limit,
+                "play refused: players per stream limit");
+            let info = format!("Too many players of this stream (limit {limit})");
+            fail_status_text(out, conn, &id, &name, false, &info);
+            self.stats.refuse("players_per_stream");
+            return;
+        }
         let via = relay_via(&req.custom);
         if let Some(s) = self.streams.get(&name)
             && (s.via.iter().any(|v| via.contains(v)) || via.contains(&self.config.instance))
         {
             tracing::warn!(media_session = %id, stream = %name, ?via, "play refused: relay loop");
             fail_status_text(out, conn, &id, &name, false, RELAY_LOOP);
+            self.stats.refuse("relay_loop");
             return;
         }
         let core = self.place();
@@ -633,6 +740,7 @@ impl Registry {
             s.players.push(id.clone());
         }
         self.add_media(conn, &id, &name, false, peer, core, now_ms);
+        self.stats.played += 1;
         tracing::info!(media_session = %id, stream = %name, %peer, %core, "play requested");
         out.push(Effect::Data {
             core,
@@ -651,7 +759,7 @@ impl Registry {
     /// The checks common to publish and play: returns the id, name and offer, or answers
     /// with the failure.
     fn check_request(
-        &self,
+        &mut self,
         conn: ConnId,
         req: &StreamRequest,
         published: bool,
@@ -668,12 +776,40 @@ impl Registry {
                 conn,
                 protocol::fail(method, Info::MediaSessionIdNull.as_str(), None),
             );
+            self.stats.refuse("bad_request");
             return None;
         };
         let name = req.name.clone().unwrap_or_default();
         let session = self.sessions.get(&conn)?;
         if !session.established {
             fail_status(out, conn, &id, &name, published, Info::SessionNotReady);
+            self.stats.refuse("session_not_ready");
+            return None;
+        }
+        if !session.authorized && self.config.access.token(&req.custom) != TokenCheck::Granted {
+            tracing::warn!(session = %session.id, media_session = %id, stream = %name,
+                method, "request refused: restricted access (token)");
+            fail_status(out, conn, &id, &name, published, Info::RestrictedAccess);
+            self.stats.refuse("restricted_access");
+            return None;
+        }
+        let limits = self.config.limits;
+        if session.media.len() >= limits.streams_per_session {
+            tracing::warn!(session = %session.id, media_session = %id, stream = %name, method,
+                limit = limits.streams_per_session, "request refused: streams per session limit");
+            let limit = limits.streams_per_session;
+            let info = format!("Too many streams in this session (limit {limit})");
+            fail_status_text(out, conn, &id, &name, published, &info);
+            self.stats.refuse("streams_per_session");
+            return None;
+        }
+        if self.load.iter().min().copied().unwrap_or(0) >= limits.peers_per_core {
+            tracing::warn!(session = %session.id, media_session = %id, stream = %name, method,
+                limit = limits.peers_per_core, "request refused: every core is full");
+            let limit = limits.peers_per_core;
+            let info = format!("Server is full (limit {limit} peers per core)");
+            fail_status_text(out, conn, &id, &name, published, &info);
+            self.stats.refuse("peers_per_core");
             return None;
         }
         if self.media.contains_key(&id) {
@@ -685,6 +821,7 @@ impl Registry {
                 published,
                 Info::MediaSessionIdAlreadyInUse,
             );
+            self.stats.refuse("media_session_id_in_use");
             return None;
         }
         if name.0.is_empty() {
@@ -694,6 +831,7 @@ impl Registry {
                 protocol::fail(method, "stream name is required", Some(&id)),
             );
             fail_status(out, conn, &id, &name, published, Info::FailedByError);
+            self.stats.refuse("bad_request");
             return None;
         }
         let Some(sdp) = req.sdp.clone().filter(|s| !s.trim().is_empty()) else {
@@ -703,6 +841,7 @@ impl Registry {
                 protocol::fail(method, "an SDP offer is required", Some(&id)),
             );
             fail_status(out, conn, &id, &name, published, Info::FailedByError);
+            self.stats.refuse("bad_request");
             return None;
         };
         Some((id, name, sdp))
@@ -769,6 +908,7 @@ impl Registry {
         }
         tracing::info!(media_session = %id, stream = %ms.name, peer = %ms.peer,
             %status, info = %info, "stream ended");
+        *self.stats.ended.entry((status, info.as_str())).or_default() += 1;
         if ms.published {
             if let Some(stream) = self.streams.remove(&ms.name) {
                 out.push(Effect::StreamEnded {
@@ -894,6 +1034,12 @@ fn status_event(ms: &MediaSession) -> StreamStatusEvent {
     }
 }
 
+impl RegistryStats {
+    fn refuse(&mut self, kind: &'static str) {
+        *self.refused.entry(kind).or_default() += 1;
+    }
+}
+
 fn send(out: &mut Vec<Effect>, conn: ConnId, frame: String) {
     out.push(Effect::Send { conn, frame });
 }
@@ -960,5 +1106,558 @@ pub fn error_reply(status: u16, error: &str) -> RestReply {
     RestReply {
         status,
         body: json!({ "error": error, "status": status }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{ConnectionRequest, ServerMessage};
+
+    const OFFER: &str = "v=0\r\n";
+
+    fn registry(limits: RegistryLimits, access: SignallingAccess) -> Registry {
+        Registry::new(RegistryConfig {
+            cores: 2,
+            access,
+            limits,
+            ..RegistryConfig::default()
+        })
+    }
+
+    /// A registry with one established session per connection id given.
+    fn with_sessions(conns: &[u64]) -> Registry {
+        let mut r = registry(RegistryLimits::default(), SignallingAccess::default());
+        for conn in conns {
+            connect(&mut r, *conn, ConnectionRequest::default());
+        }
+        r
+    }
+
+    fn connect(r: &mut Registry, conn: u64, req: ConnectionRequest) -> Vec<Effect> {
+        let mut out = Vec::new();
+        r.session_opened(ConnId(conn), format!("127.0.0.1:{conn}"), 0);
+        r.client_message(ConnId(conn), ClientMessage::Connection(req), 0, &mut out);
+        out
+    }
+
+    fn request(id: &str, name: &str, custom: Value) -> StreamRequest {
+        StreamRequest {
+            media_session_id: Some(MediaSessionId::from(id)),
+            name: Some(StreamName::from(name)),
+            sdp: Some(OFFER.into()),
+            custom,
+            ..StreamRequest::default()
+        }
+    }
+
+    fn publish(r: &mut Registry, conn: u64, id: &str, name: &str) -> Vec<Effect> {
+        let mut out = Vec::new();
+        let req = request(id, name, Value::Null);
+        r.client_message(ConnId(conn), ClientMessage::PublishStream(req), 0, &mut out);
+        out
+    }
+
+    fn play(r: &mut Registry, conn: u64, id: &str, name: &str) -> Vec<Effect> {
+        let mut out = Vec::new();
+        let req = request(id, name, Value::Null);
+        r.client_message(ConnId(conn), ClientMessage::PlayStream(req), 0, &mut out);
+        out
+    }
+
+    /// The data plane answers every `Accept` in `effects` and connects the peer.
+    fn answer_all(r: &mut Registry, effects: &[Effect]) -> Vec<Effect> {
+        let mut out = Vec::new();
+        for effect in effects {
+            if let Effect::Data {
+                command: Command::Accept { peer, .. },
+                ..
+            } = effect
+            {
+                let sdp = Event::Sdp {
+                    peer: *peer,
+                    sdp: "answer".into(),
+                    media: StreamMedia::default(),
+                };
+                r.data_event(sdp, &mut out);
+                r.data_event(Event::Connected { peer: *peer }, &mut out);
+            }
+        }
+        out
+    }
+
+    /// Every stream status sent to `conn`, in order: (mediaSessionId, status, info).
+    fn statuses(effects: &[Effect], conn: u64) -> Vec<(String, StreamStatus, Option<String>)> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Send { conn: c, frame } if c.0 == conn => {
+                    match protocol::parse_server_frame(frame) {
+                        Ok(ServerMessage::StreamStatus(s)) => {
+                            Some((s.media_session_id.0, s.status, s.info))
+                        }
+                        _ => None,
+                    }
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn fails(effects: &[Effect], conn: u64) -> Vec<String> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Send { conn: c, frame } if c.0 == conn => {
+                    match protocol::parse_server_frame(frame) {
+                        Ok(ServerMessage::Fail { info, .. }) => Some(info.unwrap_or_default()),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn accepts(effects: &[Effect]) -> usize {
+        effects
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    Effect::Data {
+                        command: Command::Accept { .. },
+                        ..
+                    }
+                )
+            })
+            .count()
+    }
+
+    fn closes(effects: &[Effect]) -> usize {
+        effects
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    Effect::Data {
+                        command: Command::Close { .. },
+                        ..
+                    }
+                )
+            })
+            .count()
+    }
+
+    fn failed(info: &str) -> Option<String> {
+        Some(info.to_owned())
+    }
+
+    #[test]
+    fn publish_then_play_goes_live() {
+        let mut r = with_sessions(&[1, 2]);
+        let out = publish(&mut r, 1, "p", "s");
+        assert_eq!(accepts(&out), 1);
+        let live = answer_all(&mut r, &out);
+        assert_eq!(
+            statuses(&live, 1),
+            [("p".into(), StreamStatus::Publishing, None)]
+        );
+        let out = play(&mut r, 2, "v", "s");
+        let live = answer_all(&mut r, &out);
+        assert_eq!(
+            statuses(&live, 2),
+            [("v".into(), StreamStatus::Playing, None)]
+        );
+        assert_eq!((r.stream_count(), r.media_count()), (1, 2));
+        assert_eq!(r.media_by_kind(), (1, 1));
+        assert_eq!((r.stats().published, r.stats().played), (1, 1));
+        assert_eq!(r.core_load().iter().sum::<usize>(), 2);
+    }
+
+    #[test]
+    fn duplicate_stream_name_is_refused() {
+        let mut r = with_sessions(&[1, 2]);
+        publish(&mut r, 1, "p1", "s");
+        let out = publish(&mut r, 2, "p2", "s");
+        assert_eq!(accepts(&out), 0);
+        assert_eq!(
+            statuses(&out, 2),
+            [(
+                "p2".into(),
+                StreamStatus::Failed,
+                failed("Stream name is already in use")
+            )]
+        );
+        assert_eq!(r.stats().refused.get("name_in_use"), Some(&1));
+    }
+
+    #[test]
+    fn unknown_stream_is_not_found() {
+        let mut r = with_sessions(&[1]);
+        let out = play(&mut r, 1, "v", "nothing");
+        assert_eq!(
+            statuses(&out, 1),
+            [("v".into(), StreamStatus::Failed, failed("Stream not found"))]
+        );
+        // Published but not yet negotiated: still not playable.
+        publish(&mut r, 1, "p", "early");
+        let out = play(&mut r, 1, "v2", "early");
+        assert_eq!(statuses(&out, 1)[0].2, failed("Stream not found"));
+    }
+
+    #[test]
+    fn reused_media_session_id_is_refused() {
+        let mut r = with_sessions(&[1, 2]);
+        let out = publish(&mut r, 1, "same", "a");
+        answer_all(&mut r, &out);
+        let out = publish(&mut r, 1, "same", "b");
+        assert_eq!(
+            statuses(&out, 1),
+            [(
+                "same".into(),
+                StreamStatus::Failed,
+                failed("MediaSessionId is already in use")
+            )]
+        );
+        let out = play(&mut r, 2, "same", "a");
+        assert_eq!(
+            statuses(&out, 2)[0].2,
+            failed("MediaSessionId is already in use")
+        );
+        let mut out = Vec::new();
+        let req = StreamRequest {
+            media_session_id: None,
+            ..request("", "a", Value::Null)
+        };
+        r.client_message(ConnId(2), ClientMessage::PlayStream(req), 0, &mut out);
+        assert_eq!(fails(&out, 2), ["MediaSessionId is null"]);
+    }
+
+    #[test]
+    fn request_before_connection_is_session_not_ready() {
+        let mut r = registry(RegistryLimits::default(), SignallingAccess::default());
+        r.session_opened(ConnId(1), "127.0.0.1:1".into(), 0);
+        let out = publish(&mut r, 1, "p", "s");
+        assert_eq!(statuses(&out, 1)[0].2, failed("Session not ready"));
+    }
+
+    #[test]
+    fn publisher_end_stops_players() {
+        let mut r = with_sessions(&[1, 2, 3]);
+        let out = publish(&mut r, 1, "p", "s");
+        answer_all(&mut r, &out);
+        for (conn, id) in [(2, "v2"), (3, "v3")] {
+            let out = play(&mut r, conn, id, "s");
+            answer_all(&mut r, &out);
+        }
+        let mut out = Vec::new();
+        let stop = StreamRef {
+            media_session_id: Some(MediaSessionId::from("p")),
+            name: Some(StreamName::from("s")),
+        };
+        r.client_message(ConnId(1), ClientMessage::UnPublishStream(stop), 0, &mut out);
+        assert_eq!(
+            statuses(&out, 1),
+            [(
+                "p".into(),
+                StreamStatus::Unpublished,
+                failed("Stopped by user")
+            )]
+        );
+        for (conn, id) in [(2, "v2"), (3, "v3")] {
+            assert_eq!(
+                statuses(&out, conn),
+                [(
+                    id.into(),
+                    StreamStatus::Stopped,
+                    failed("Stopped by publisher stop")
+                )]
+            );
+        }
+        assert_eq!(closes(&out), 3, "every peer is closed");
+        assert!(out.iter().any(|e| matches!(e, Effect::StreamEnded { .. })));
+        assert_eq!((r.stream_count(), r.media_count()), (0, 0));
+        assert_eq!(r.core_load().iter().sum::<usize>(), 0);
+        let ended = &r.stats().ended;
+        assert_eq!(
+            ended.get(&(StreamStatus::Stopped, "Stopped by publisher stop")),
+            Some(&2)
+        );
+    }
+
+    #[test]
+    fn a_client_stops_only_what_it_owns() {
+        let mut r = with_sessions(&[1, 2]);
+        let out = publish(&mut r, 1, "p", "s");
+        answer_all(&mut r, &out);
+        let mut out = Vec::new();
+        let stop = StreamRef {
+            media_session_id: Some(MediaSessionId::from("p")),
+            name: None,
+        };
+        r.client_message(ConnId(2), ClientMessage::StopStream(stop), 0, &mut out);
+        assert_eq!(fails(&out, 2), ["Stream not found"]);
+        assert_eq!(r.stream_count(), 1);
+    }
+
+    #[test]
+    fn session_close_ends_its_streams_silently() {
+        let mut r = with_sessions(&[1, 2]);
+        let out = publish(&mut r, 1, "p", "s");
+        answer_all(&mut r, &out);
+        let out = play(&mut r, 2, "v", "s");
+        answer_all(&mut r, &out);
+        let mut out = Vec::new();
+        r.session_closed(ConnId(1), &mut out);
+        // The closed session is told nothing (its socket is gone); its player is.
+        assert!(statuses(&out, 1).is_empty());
+        assert_eq!(
+            statuses(&out, 2),
+            [(
+                "v".into(),
+                StreamStatus::Stopped,
+                failed("Stopped by publisher stop")
+            )]
+        );
+        assert_eq!(
+            (r.session_count(), r.stream_count(), r.media_count()),
+            (1, 0, 0)
+        );
+    }
+
+    #[test]
+    fn rest_terminate_and_connection_terminate() {
+        let mut r = with_sessions(&[1, 2]);
+        let out = publish(&mut r, 1, "p", "s");
+        answer_all(&mut r, &out);
+        let out = play(&mut r, 2, "v", "s");
+        answer_all(&mut r, &out);
+        let mut out = Vec::new();
+        let reply = r.rest(
+            RestRequest::StreamTerminate {
+                media_session_ids: vec![],
+                name: Some(StreamName::from("s")),
+            },
+            &mut out,
+        );
+        assert_eq!(reply.status, 200);
+        assert_eq!(
+            statuses(&out, 1),
+            [(
+                "p".into(),
+                StreamStatus::Unpublished,
+                failed("Stopped by rest /terminate")
+            )]
+        );
+        assert_eq!(statuses(&out, 2)[0].2, failed("Stopped by publisher stop"));
+        let reply = r.rest(
+            RestRequest::StreamTerminate {
+                media_session_ids: vec![MediaSessionId::from("p")],
+                name: None,
+            },
+            &mut out,
+        );
+        assert_eq!(reply.status, 404);
+        assert_eq!(r.rest(RestRequest::StreamFindAll, &mut out).status, 404);
+        let sessions = r.rest(RestRequest::ConnectionFindAll, &mut out);
+        assert_eq!(sessions.status, 200);
+        let id = sessions.body[0]["sessionId"].as_str().unwrap().to_owned();
+        let mut out = Vec::new();
+        let reply = r.rest(
+            RestRequest::ConnectionTerminate {
+                session_id: SessionId(id),
+            },
+            &mut out,
+        );
+        assert_eq!(reply.status, 200);
+        assert!(matches!(out[..], [Effect::Close { .. }]));
+        let reply = r.rest(
+            RestRequest::ConnectionTerminate {
+                session_id: SessionId("nope".into()),
+            },
+            &mut out,
+        );
+        assert_eq!(reply.status, 404);
+    }
+
+    #[test]
+    fn shutdown_gives_every_client_its_final_status() {
+        let mut r = with_sessions(&[1, 2]);
+        let out = publish(&mut r, 1, "p", "s");
+        answer_all(&mut r, &out);
+        let out = play(&mut r, 2, "v", "s");
+        answer_all(&mut r, &out);
+        let mut out = Vec::new();
+        r.shutdown(&mut out);
+        assert_eq!(
+            statuses(&out, 1),
+            [(
+                "p".into(),
+                StreamStatus::Unpublished,
+                failed("Stopped by session disconnect")
+            )]
+        );
+        let player = statuses(&out, 2);
+        assert_eq!(player.len(), 1);
+        assert_eq!(player[0].1, StreamStatus::Stopped);
+        assert_eq!(r.media_count(), 0);
+    }
+
+    #[test]
+    fn peer_failure_is_reported_with_its_info() {
+        let mut r = with_sessions(&[1]);
+        let out = publish(&mut r, 1, "p", "s");
+        let Some(Effect::Data {
+            command: Command::Accept { peer, .. },
+            ..
+        }) = out.iter().find(|e| matches!(e, Effect::Data { .. }))
+        else {
+            panic!("no accept: {out:?}");
+        };
+        let mut out = Vec::new();
+        let event = Event::Failed {
+            peer: *peer,
+            reason: PeerFailure::IceTimeout,
+            continuity: None,
+        };
+        r.data_event(event, &mut out);
+        assert_eq!(
+            statuses(&out, 1),
+            [(
+                "p".into(),
+                StreamStatus::Failed,
+                failed("Failed by ICE timeout")
+            )]
+        );
+        assert_eq!(r.stream_count(), 0);
+    }
+
+    #[test]
+    fn app_keys_and_token_restrict_access() {
+        let access = SignallingAccess {
+            app_keys: vec!["live".into()],
+            token: Some("secret".into()),
+        };
+        let mut r = registry(RegistryLimits::default(), access);
+        // A wrong appKey: fail + close.
+        let out = connect(
+            &mut r,
+            1,
+            ConnectionRequest {
+                app_key: AppKey::from("other"),
+                ..ConnectionRequest::default()
+            },
+        );
+        assert_eq!(fails(&out, 1), ["Restricted access"]);
+        assert!(out.iter().any(|e| matches!(e, Effect::Close { .. })));
+        // A wrong token in connection: fail + close.
+        let out = connect(
+            &mut r,
+            2,
+            ConnectionRequest {
+                app_key: AppKey::from("live"),
+                custom: json!({"token": "guess"}),
+                ..ConnectionRequest::default()
+            },
+        );
+        assert_eq!(fails(&out, 2), ["Restricted access"]);
+        // No token in connection: the session opens, but each request needs the token.
+        let out = connect(
+            &mut r,
+            3,
+            ConnectionRequest {
+                app_key: AppKey::from("live"),
+                ..ConnectionRequest::default()
+            },
+        );
+        assert!(fails(&out, 3).is_empty());
+        let out = publish(&mut r, 3, "p", "s");
+        assert_eq!(
+            statuses(&out, 3),
+            [(
+                "p".into(),
+                StreamStatus::Failed,
+                failed("Restricted access")
+            )]
+        );
+        let mut out = Vec::new();
+        let req = request("p", "s", json!({"token": "secret"}));
+        r.client_message(ConnId(3), ClientMessage::PublishStream(req), 0, &mut out);
+        assert_eq!(accepts(&out), 1);
+        // The token in connection covers the whole session.
+        connect(
+            &mut r,
+            4,
+            ConnectionRequest {
+                app_key: AppKey::from("live"),
+                custom: json!({"token": "secret"}),
+                ..ConnectionRequest::default()
+            },
+        );
+        let out = publish(&mut r, 4, "p4", "s4");
+        assert_eq!(accepts(&out), 1);
+        assert_eq!(r.stats().refused.get("restricted_access"), Some(&3));
+    }
+
+    #[test]
+    fn streams_per_session_limit() {
+        let limits = RegistryLimits {
+            streams_per_session: 2,
+            ..RegistryLimits::default()
+        };
+        let mut r = registry(limits, SignallingAccess::default());
+        connect(&mut r, 1, ConnectionRequest::default());
+        assert_eq!(accepts(&publish(&mut r, 1, "a", "a")), 1);
+        assert_eq!(accepts(&publish(&mut r, 1, "b", "b")), 1);
+        let out = publish(&mut r, 1, "c", "c");
+        assert_eq!(accepts(&out), 0);
+        assert_eq!(
+            statuses(&out, 1)[0].2,
+            failed("Too many streams in this session (limit 2)")
+        );
+        assert_eq!(r.stats().refused.get("streams_per_session"), Some(&1));
+    }
+
+    #[test]
+    fn players_per_stream_limit() {
+        let limits = RegistryLimits {
+            players_per_stream: 1,
+            ..RegistryLimits::default()
+        };
+        let mut r = registry(limits, SignallingAccess::default());
+        for conn in 1..=3 {
+            connect(&mut r, conn, ConnectionRequest::default());
+        }
+        let out = publish(&mut r, 1, "p", "s");
+        answer_all(&mut r, &out);
+        assert_eq!(accepts(&play(&mut r, 2, "v2", "s")), 1);
+        let out = play(&mut r, 3, "v3", "s");
+        assert_eq!(accepts(&out), 0);
+        assert_eq!(
+            statuses(&out, 3)[0].2,
+            failed("Too many players of this stream (limit 1)")
+        );
+    }
+
+    #[test]
+    fn peers_per_core_limit() {
+        let limits = RegistryLimits {
+            peers_per_core: 1,
+            ..RegistryLimits::default()
+        };
+        let mut r = registry(limits, SignallingAccess::default());
+        for conn in 1..=3 {
+            connect(&mut r, conn, ConnectionRequest::default());
+        }
+        // Two cores, one peer each.
+        assert_eq!(accepts(&publish(&mut r, 1, "a", "a")), 1);
+        assert_eq!(accepts(&publish(&mut r, 2, "b", "b")), 1);
+        let out = publish(&mut r, 3, "c", "c");
+        assert_eq!(
+            statuses(&out, 3)[0].2,
+            failed("Server is full (limit 1 peers per core)")
+        );
+        assert_eq!(r.stats().refused.get("peers_per_core"), Some(&1));
     }
 }

@@ -42,6 +42,10 @@ pub struct RelayConfig {
     pub backoff_max: Duration,
     /// Give up after this many consecutive failed attempts (0: never).
     pub max_attempts: u32,
+    /// How a `wss://` remote's certificate is verified (system roots by default).
+    pub tls: crate::tls::ClientTls,
+    /// Sent as `custom.token` in `connection`, for remotes that require a shared secret.
+    pub token: Option<String>,
 }
 
 impl Default for RelayConfig {
@@ -54,6 +58,8 @@ impl Default for RelayConfig {
             backoff_initial: Duration::from_millis(250),
             backoff_max: Duration::from_secs(4),
             max_attempts: 0,
+            tls: crate::tls::ClientTls::default(),
+            token: None,
         }
     }
 }
@@ -209,7 +215,8 @@ impl Relays {
             .count()
     }
 
-    fn snapshot(&self) -> Vec<RelayInfo> {
+    /// Every relay's current state (`/pull/find_all`, metrics).
+    pub fn snapshot(&self) -> Vec<RelayInfo> {
         self.list
             .borrow()
             .iter()
@@ -741,9 +748,15 @@ async fn attempt(
         answer: config.connect_timeout,
         established: config.established_timeout,
     };
-    let request = ConnectionRequest::default();
+    let request = ConnectionRequest {
+        custom: config
+            .token
+            .as_ref()
+            .map_or(Value::Null, |token| json!({ "token": token })),
+        ..ConnectionRequest::default()
+    };
     let session = tokio::select! {
-        s = Session::connect(&uri, &request, timeouts) => s,
+        s = Session::connect_with(&uri, &request, timeouts, &config.tls) => s,
         reason = stopped(stop) => return Outcome::Stopped(reason),
     };
     let session = match session {

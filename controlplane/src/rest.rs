@@ -1,21 +1,29 @@
 //! The REST server (hyper, HTTP/1.1) on the control-plane thread: WCS's `/rest-api/...`
 //! methods, `/health`, `/rest-api/server/info`, and the embedded web apps. Bodies are JSON;
 //! methods without a body also answer GET. Every error is a JSON `{error, status}`.
+//! `/metrics` is the Prometheus page; `/health` (and `/health/ready`) answer 503 once the
+//! server is stopping, `/health/live` answers 200 while it runs. With credentials configured,
+//! `/rest-api/...` answers 401 without them. The same service runs over TLS (`https://`) when
+//! an acceptor is given.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
+use crate::auth::{AuthError, RestAuth};
 use crate::hub::Hub;
 use crate::protocol::{MediaSessionId, SessionId, StreamName};
 use crate::registry::{RestReply, RestRequest, error_reply};
@@ -25,16 +33,44 @@ use crate::registry::{RestReply, RestRequest, error_reply};
 pub struct RestConfig {
     /// Largest accepted request body, in bytes.
     pub max_body: usize,
+    /// Credentials `/rest-api/...` requires (none by default).
+    pub auth: RestAuth,
+    /// `/metrics` requires the same credentials.
+    pub metrics_auth: bool,
+    /// A client must finish the TLS handshake within this time.
+    pub handshake_timeout: Duration,
 }
 
 impl Default for RestConfig {
     fn default() -> Self {
-        RestConfig { max_body: 64 << 10 }
+        RestConfig {
+            max_body: 64 << 10,
+            auth: RestAuth::default(),
+            metrics_auth: false,
+            handshake_timeout: Duration::from_secs(10),
+        }
     }
 }
 
-/// Accepts connections until the listener fails.
-pub async fn serve(hub: Rc<Hub>, listener: TcpListener, config: RestConfig) {
+/// Accepts connections on every listener (plain `http://`, or `https://` with an acceptor)
+/// until the task is aborted.
+pub async fn serve(
+    hub: Rc<Hub>,
+    listeners: Vec<(TcpListener, Option<TlsAcceptor>)>,
+    config: RestConfig,
+) {
+    let loops = listeners
+        .into_iter()
+        .map(|(listener, tls)| accept_loop(Rc::clone(&hub), listener, tls, config.clone()));
+    futures_util::future::join_all(loops).await;
+}
+
+async fn accept_loop(
+    hub: Rc<Hub>,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    config: RestConfig,
+) {
     loop {
         let (stream, remote) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -46,29 +82,84 @@ pub async fn serve(hub: Rc<Hub>, listener: TcpListener, config: RestConfig) {
         };
         let hub = Rc::clone(&hub);
         let config = config.clone();
+        let tls = tls.clone();
         tokio::task::spawn_local(async move {
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let service = hyper::service::service_fn(move |req| {
-                let hub = Rc::clone(&hub);
-                let config = config.clone();
-                async move { Ok::<_, Infallible>(handle(&hub, req, &config).await) }
-            });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(io, service)
-                .await
-            {
-                tracing::debug!(%remote, error = %e, "REST connection ended with an error");
+            match tls {
+                None => serve_connection(hub, stream, remote, config).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(config.handshake_timeout, acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(stream)) => serve_connection(hub, stream, remote, config).await,
+                        Ok(Err(e)) => {
+                            tracing::info!(%remote, error = %e, "TLS handshake failed (https)");
+                        }
+                        Err(_) => tracing::info!(%remote, "TLS handshake timed out (https)"),
+                    }
+                }
             }
         });
     }
 }
 
+async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + 'static>(
+    hub: Rc<Hub>,
+    stream: S,
+    remote: SocketAddr,
+    config: RestConfig,
+) {
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let service = hyper::service::service_fn(move |req| {
+        let hub = Rc::clone(&hub);
+        let config = config.clone();
+        async move { Ok::<_, Infallible>(handle(&hub, req, &config, remote).await) }
+    });
+    if let Err(e) = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(io, service)
+        .await
+    {
+        tracing::debug!(%remote, error = %e, "REST connection ended with an error");
+    }
+}
+
 type Reply = Response<Full<Bytes>>;
 
-async fn handle(hub: &Rc<Hub>, req: Request<Incoming>, config: &RestConfig) -> Reply {
+async fn handle(
+    hub: &Rc<Hub>,
+    req: Request<Incoming>,
+    config: &RestConfig,
+    remote: SocketAddr,
+) -> Reply {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
+    let is_metrics = path == "/metrics";
+    if path.starts_with("/rest-api/") || (is_metrics && config.metrics_auth) {
+        let header = req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes);
+        if let Err(e) = config.auth.check(header) {
+            let reason = match e {
+                AuthError::Missing => "no credentials",
+                AuthError::Wrong => "wrong credentials",
+            };
+            tracing::warn!(%remote, %path, reason, "REST request refused: 401");
+            hub.metrics().rest_auth_failure();
+            hub.metrics().rest_request(401);
+            let mut response = json_reply(error_reply(401, &e.to_string()));
+            response.headers_mut().insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static(config.auth.challenge()),
+            );
+            return response;
+        }
+    }
+    if is_metrics {
+        let mut response = Response::new(Full::new(Bytes::from(crate::metrics::render(hub))));
+        response.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        );
+        return response;
+    }
     if let Some(page) = crate::web::page(&path) {
         if method != Method::GET && method != Method::HEAD {
             return json_reply(error_reply(405, "use GET for pages"));
@@ -105,6 +196,9 @@ async fn handle(hub: &Rc<Hub>, req: Request<Incoming>, config: &RestConfig) -> R
     } else {
         route(hub, &path, &body)
     };
+    if path.starts_with("/rest-api/") {
+        hub.metrics().rest_request(reply.status);
+    }
     if reply.status >= 400 {
         tracing::info!(%path, status = reply.status, body = %reply.body, "REST error");
     } else {
@@ -116,7 +210,17 @@ async fn handle(hub: &Rc<Hub>, req: Request<Incoming>, config: &RestConfig) -> R
 fn route(hub: &Rc<Hub>, path: &str, body: &[u8]) -> RestReply {
     let path = path.trim_end_matches('/');
     match path {
-        "/health" => RestReply {
+        "/health" | "/health/ready" => {
+            if hub.is_stopping() {
+                error_reply(503, "stopping")
+            } else {
+                RestReply {
+                    status: 200,
+                    body: json!({ "status": "ok" }),
+                }
+            }
+        }
+        "/health/live" => RestReply {
             status: 200,
             body: json!({ "status": "ok" }),
         },
@@ -126,6 +230,8 @@ fn route(hub: &Rc<Hub>, path: &str, body: &[u8]) -> RestReply {
                 "version": facts.version,
                 "wsPort": facts.ws_addr.map(|a| a.port()),
                 "restPort": facts.rest_addr.map(|a| a.port()),
+                "wssPort": facts.wss_addr.map(|a| a.port()),
+                "httpsPort": facts.https_addr.map(|a| a.port()),
                 "mediaPorts": facts.media_addrs.iter().map(|a| a.port()).collect::<Vec<_>>(),
                 "cores": facts.media_addrs.len(),
                 "connections": hub.connection_count(),
@@ -138,48 +244,59 @@ fn route(hub: &Rc<Hub>, path: &str, body: &[u8]) -> RestReply {
                 body: info,
             }
         }
-        "/rest-api/stream/find_all" => hub.rest(RestRequest::StreamFindAll),
-        "/rest-api/stream/find" => match parse::<FindBody>(body) {
-            Ok(b) => hub.rest(RestRequest::StreamFind {
+        _ => match parse_request(path, body) {
+            Ok(request) => hub.rest(request),
+            Err(reply) => reply,
+        },
+    }
+}
+
+/// Parses a call of the registry's REST methods (`/rest-api/stream/...`,
+/// `/rest-api/connection/...`) from its path and JSON body: the request, or the error answer
+/// (400 for a bad body, 404 for an unknown method). Never panics, whatever the input.
+pub fn parse_request(path: &str, body: &[u8]) -> Result<RestRequest, RestReply> {
+    let path = path.trim_end_matches('/');
+    match path {
+        "/rest-api/stream/find_all" => Ok(RestRequest::StreamFindAll),
+        "/rest-api/stream/find" => {
+            let b = parse::<FindBody>(body)?;
+            Ok(RestRequest::StreamFind {
                 media_session_id: b.media_session_id.map(MediaSessionId),
                 name: b.name.map(StreamName),
                 published: b.published,
-            }),
-            Err(reply) => reply,
-        },
-        "/rest-api/stream/terminate" => match parse::<TerminateBody>(body) {
-            Ok(b) => {
-                let mut ids: Vec<MediaSessionId> = b
-                    .media_session_ids
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(MediaSessionId)
-                    .collect();
-                ids.extend(b.media_session_id.map(MediaSessionId));
-                if ids.is_empty() && b.name.is_none() {
-                    return error_reply(
-                        400,
-                        "one of mediaSessionId, mediaSessionIds or name is required",
-                    );
-                }
-                hub.rest(RestRequest::StreamTerminate {
-                    media_session_ids: ids,
-                    name: b.name.map(StreamName),
-                })
+            })
+        }
+        "/rest-api/stream/terminate" => {
+            let b = parse::<TerminateBody>(body)?;
+            let mut ids: Vec<MediaSessionId> = b
+                .media_session_ids
+                .unwrap_or_default()
+                .into_iter()
+                .map(MediaSessionId)
+                .collect();
+            ids.extend(b.media_session_id.map(MediaSessionId));
+            if ids.is_empty() && b.name.is_none() {
+                return Err(error_reply(
+                    400,
+                    "one of mediaSessionId, mediaSessionIds or name is required",
+                ));
             }
-            Err(reply) => reply,
-        },
-        "/rest-api/connection/find_all" => hub.rest(RestRequest::ConnectionFindAll),
-        "/rest-api/connection/terminate" => match parse::<ConnectionBody>(body) {
-            Ok(b) => match b.session_id {
-                Some(id) if !id.is_empty() => hub.rest(RestRequest::ConnectionTerminate {
+            Ok(RestRequest::StreamTerminate {
+                media_session_ids: ids,
+                name: b.name.map(StreamName),
+            })
+        }
+        "/rest-api/connection/find_all" => Ok(RestRequest::ConnectionFindAll),
+        "/rest-api/connection/terminate" => {
+            let b = parse::<ConnectionBody>(body)?;
+            match b.session_id {
+                Some(id) if !id.is_empty() => Ok(RestRequest::ConnectionTerminate {
                     session_id: SessionId(id),
                 }),
-                _ => error_reply(400, "sessionId is required"),
-            },
-            Err(reply) => reply,
-        },
-        _ => error_reply(404, &format!("no such method: {path}")),
+                _ => Err(error_reply(400, "sessionId is required")),
+            }
+        }
+        _ => Err(error_reply(404, &format!("no such method: {path}"))),
     }
 }
 
@@ -206,7 +323,7 @@ struct ConnectionBody {
 }
 
 /// Parses a JSON object body; an empty body is an empty object.
-pub(crate) fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, RestReply> {
+pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, RestReply> {
     let body = if body.iter().all(u8::is_ascii_whitespace) {
         b"{}".as_slice()
     } else {

@@ -1,7 +1,10 @@
 //! Starting and stopping a server: the data plane's cores, then the control-plane thread
 //! (this one) running signalling, REST and the hub on a single-threaded tokio runtime.
+//! With TLS configured, the same signalling and REST services also listen for `wss://` and
+//! `https://`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -9,8 +12,9 @@ use anyhow::Context;
 use relaycast_dataplane::{DataPlane, DataPlaneConfig};
 use tokio::net::TcpListener;
 
+use crate::auth::SignallingAccess;
 use crate::hub::{Hub, ServerFacts};
-use crate::registry::RegistryConfig;
+use crate::registry::{RegistryConfig, RegistryLimits};
 use crate::relay::RelayConfig;
 use crate::rest::{self, RestConfig};
 use crate::signalling::{self, SignallingConfig};
@@ -24,8 +28,25 @@ pub struct ServerConfig {
     pub signalling: SignallingConfig,
     pub rest_config: RestConfig,
     pub relay: RelayConfig,
+    /// `wss://` and `https://` listeners, when a certificate is configured.
+    pub tls: Option<TlsListeners>,
+    /// Who may connect, publish and play.
+    pub access: SignallingAccess,
+    /// Streams per session, players per stream, peers per core.
+    pub limits: RegistryLimits,
     /// How long a graceful stop waits for clients to take their final statuses.
     pub shutdown_grace: Duration,
+}
+
+/// The TLS listeners and the PEM files of their certificate.
+#[derive(Clone, Debug)]
+pub struct TlsListeners {
+    pub wss: SocketAddr,
+    pub https: SocketAddr,
+    /// Certificate chain, leaf first (PEM).
+    pub cert_file: PathBuf,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
 }
 
 /// Where a started server listens (ports resolved when 0 was asked for).
@@ -33,6 +54,8 @@ pub struct ServerConfig {
 pub struct Listening {
     pub ws: SocketAddr,
     pub rest: SocketAddr,
+    pub wss: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
     pub media: Vec<SocketAddr>,
 }
 
@@ -64,6 +87,13 @@ pub async fn serve(
     stop: impl std::future::Future<Output = &'static str>,
 ) -> anyhow::Result<()> {
     let cores = config.data.cores;
+    let acceptor = match &config.tls {
+        Some(tls) => Some(
+            crate::tls::acceptor_from_files(&tls.cert_file, &tls.key_file)
+                .context("could not set up TLS")?,
+        ),
+        None => None,
+    };
     let data = DataPlane::start(config.data.clone()).context("could not start the data plane")?;
     let media = data.media_addrs().to_vec();
     let ws_listener = TcpListener::bind(config.ws)
@@ -72,9 +102,26 @@ pub async fn serve(
     let rest_listener = TcpListener::bind(config.rest)
         .await
         .with_context(|| format!("could not listen for REST on {}", config.rest))?;
+    let mut ws_listeners = vec![(ws_listener, None)];
+    let mut rest_listeners = vec![(rest_listener, None)];
+    let (mut wss, mut https) = (None, None);
+    if let (Some(tls), Some(acceptor)) = (&config.tls, acceptor) {
+        let wss_listener = TcpListener::bind(tls.wss)
+            .await
+            .with_context(|| format!("could not listen for wss:// signalling on {}", tls.wss))?;
+        let https_listener = TcpListener::bind(tls.https)
+            .await
+            .with_context(|| format!("could not listen for https:// REST on {}", tls.https))?;
+        wss = Some(wss_listener.local_addr()?);
+        https = Some(https_listener.local_addr()?);
+        ws_listeners.push((wss_listener, Some(acceptor.clone())));
+        rest_listeners.push((https_listener, Some(acceptor)));
+    }
     let listening = Listening {
-        ws: ws_listener.local_addr()?,
-        rest: rest_listener.local_addr()?,
+        ws: ws_listeners[0].0.local_addr()?,
+        rest: rest_listeners[0].0.local_addr()?,
+        wss,
+        https,
         media: media.clone(),
     };
     let hub = Rc::new(Hub::new(
@@ -82,6 +129,8 @@ pub async fn serve(
             server_version: crate::VERSION.to_string(),
             cores,
             instance: uuid::Uuid::new_v4().to_string(),
+            access: config.access.clone(),
+            limits: config.limits,
         },
         config.relay.clone(),
         data,
@@ -89,11 +138,13 @@ pub async fn serve(
             version: crate::VERSION.to_string(),
             ws_addr: Some(listening.ws),
             rest_addr: Some(listening.rest),
+            wss_addr: listening.wss,
+            https_addr: listening.https,
             media_addrs: media,
         },
     ));
-    tracing::info!(ws = %listening.ws, rest = %listening.rest, media = ?listening.media,
-        cores, "relaycast listening");
+    tracing::info!(ws = %listening.ws, rest = %listening.rest, wss = ?listening.wss,
+        https = ?listening.https, media = ?listening.media, cores, "relaycast listening");
     ready(&listening);
 
     let events = tokio::task::spawn_local({
@@ -106,12 +157,12 @@ pub async fn serve(
     });
     let ws_task = tokio::task::spawn_local(signalling::serve(
         Rc::clone(&hub),
-        ws_listener,
+        ws_listeners,
         config.signalling.clone(),
     ));
     let rest_task = tokio::task::spawn_local(rest::serve(
         Rc::clone(&hub),
-        rest_listener,
+        rest_listeners,
         config.rest_config.clone(),
     ));
 

@@ -1,14 +1,24 @@
 //! The WebSocket signalling server: one task per connection on the control-plane thread,
 //! any request path accepted, text frames handed to the [`Hub`], keep-alive pings sent and
 //! counted. Oversized and binary frames get a `fail` frame; oversized ones also close the
-//! socket with 1009, as the WebSocket protocol asks.
+//! socket with 1009, as the WebSocket protocol asks. The same sessions are served over TLS
+//! (`wss://`) when an acceptor is given. Two limits live here, each answered with a `fail`
+//! frame and a log line: sessions per client IP address (the extra session is closed with
+//! 1008) and messages per second per session (a token bucket; excess messages are dropped,
+//! and a session that keeps flooding is closed with 1008).
 
-use std::net::SocketAddr;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -26,8 +36,12 @@ pub struct SignallingConfig {
     pub ping_interval: Duration,
     /// A session that has sent nothing for this many pings is closed.
     pub max_missed_pings: u32,
-    /// A client must finish the WebSocket handshake within this time.
+    /// A client must finish the TLS and WebSocket handshakes within this time.
     pub handshake_timeout: Duration,
+    /// Messages (frames) one session may send per second, with a burst of as many; 0: any.
+    pub max_messages_per_sec: u32,
+    /// Sessions open at once from one IP address; 0: any.
+    pub max_sessions_per_ip: usize,
 }
 
 impl Default for SignallingConfig {
@@ -37,12 +51,39 @@ impl Default for SignallingConfig {
             ping_interval: Duration::from_secs(5),
             max_missed_pings: 10,
             handshake_timeout: Duration::from_secs(10),
+            max_messages_per_sec: 100,
+            max_sessions_per_ip: 5000,
         }
     }
 }
 
-/// Accepts connections until the listener fails or the hub stops.
-pub async fn serve(hub: Rc<Hub>, listener: TcpListener, config: SignallingConfig) {
+/// Accepts connections on every listener (plain `ws://`, or `wss://` with an acceptor) until
+/// the task is aborted. Sessions per IP address are counted across all of them.
+pub async fn serve(
+    hub: Rc<Hub>,
+    listeners: Vec<(TcpListener, Option<TlsAcceptor>)>,
+    config: SignallingConfig,
+) {
+    let per_ip = Rc::new(PerIp::default());
+    let loops = listeners.into_iter().map(|(listener, tls)| {
+        accept_loop(
+            Rc::clone(&hub),
+            listener,
+            tls,
+            config.clone(),
+            Rc::clone(&per_ip),
+        )
+    });
+    futures_util::future::join_all(loops).await;
+}
+
+async fn accept_loop(
+    hub: Rc<Hub>,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    config: SignallingConfig,
+    per_ip: Rc<PerIp>,
+) {
     loop {
         let (stream, remote) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -57,11 +98,89 @@ pub async fn serve(hub: Rc<Hub>, listener: TcpListener, config: SignallingConfig
             continue;
         }
         let _ = stream.set_nodelay(true);
-        tokio::task::spawn_local(connection(Rc::clone(&hub), stream, remote, config.clone()));
+        let slot = per_ip.enter(remote.ip());
+        let hub = Rc::clone(&hub);
+        let config = config.clone();
+        let tls = tls.clone();
+        tokio::task::spawn_local(async move {
+            let over = config.max_sessions_per_ip != 0 && slot.count > config.max_sessions_per_ip;
+            match tls {
+                None => match handshake(stream, remote, &config).await {
+                    Some(ws) if over => refuse_extra_session(&hub, ws, remote, &config).await,
+                    Some(ws) => connection(hub, ws, remote, config).await,
+                    None => {}
+                },
+                Some(acceptor) => {
+                    let tls_stream =
+                        tokio::time::timeout(config.handshake_timeout, acceptor.accept(stream))
+                            .await;
+                    let stream = match tls_stream {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            tracing::info!(%remote, error = %e, "TLS handshake failed (wss)");
+                            hub.metrics().signalling_error("tls_handshake");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::info!(%remote, "TLS handshake timed out (wss)");
+                            hub.metrics().signalling_error("tls_handshake");
+                            return;
+                        }
+                    };
+                    match handshake(stream, remote, &config).await {
+                        Some(ws) if over => refuse_extra_session(&hub, ws, remote, &config).await,
+                        Some(ws) => connection(hub, ws, remote, config).await,
+                        None => {}
+                    }
+                }
+            }
+            drop(slot);
+        });
     }
 }
 
-async fn connection(hub: Rc<Hub>, stream: TcpStream, remote: SocketAddr, config: SignallingConfig) {
+/// Open sessions per client IP address.
+#[derive(Default)]
+struct PerIp(RefCell<HashMap<IpAddr, usize>>);
+
+/// One counted session; the count drops with it.
+struct IpSlot {
+    per_ip: Rc<PerIp>,
+    ip: IpAddr,
+    /// Sessions from this address, this one included.
+    count: usize,
+}
+
+impl PerIp {
+    fn enter(self: &Rc<Self>, ip: IpAddr) -> IpSlot {
+        let mut map = self.0.borrow_mut();
+        let count = map.entry(ip).or_default();
+        *count += 1;
+        IpSlot {
+            per_ip: Rc::clone(self),
+            ip,
+            count: *count,
+        }
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut map = self.per_ip.0.borrow_mut();
+        if let Some(count) = map.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    remote: SocketAddr,
+    config: &SignallingConfig,
+) -> Option<WebSocketStream<S>> {
     let ws_config = WebSocketConfig::default()
         .max_frame_size(Some(config.max_frame))
         .max_message_size(Some(config.max_frame));
@@ -70,17 +189,103 @@ async fn connection(hub: Rc<Hub>, stream: TcpStream, remote: SocketAddr, config:
         tokio_tungstenite::accept_async_with_config(stream, Some(ws_config)),
     )
     .await;
-    let ws = match accepted {
-        Ok(Ok(ws)) => ws,
+    match accepted {
+        Ok(Ok(ws)) => Some(ws),
         Ok(Err(e)) => {
             tracing::debug!(%remote, error = %e, "WebSocket handshake failed");
-            return;
+            None
         }
         Err(_) => {
             tracing::debug!(%remote, "WebSocket handshake timed out");
-            return;
+            None
         }
-    };
+    }
+}
+
+/// A session beyond the per-IP limit: told why, then closed with 1008 (policy violation).
+async fn refuse_extra_session<S: AsyncRead + AsyncWrite + Unpin>(
+    hub: &Hub,
+    mut ws: WebSocketStream<S>,
+    remote: SocketAddr,
+    config: &SignallingConfig,
+) {
+    let limit = config.max_sessions_per_ip;
+    tracing::warn!(%remote, limit, "session refused: sessions per IP address limit");
+    hub.metrics().signalling_error("sessions_per_ip");
+    let info = format!("Too many sessions from {} (limit {limit})", remote.ip());
+    let _ = ws
+        .send(Message::text(protocol::fail("connection", &info, None)))
+        .await;
+    let _ = ws
+        .send(Message::Close(Some(CloseFrame {
+            code: CloseCode::Policy,
+            reason: "too many sessions from this address".into(),
+        })))
+        .await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+}
+
+/// The messages-per-second limit of one session: a token bucket holding a second's worth.
+struct RateLimit {
+    rate: f64,
+    tokens: f64,
+    refilled: Instant,
+    /// Messages dropped since the last one let through.
+    dropped: u32,
+}
+
+/// What to do with one incoming message.
+#[derive(Debug, PartialEq, Eq)]
+enum Admit {
+    Pass,
+    /// Drop it; `first` is true for the first of a run (the client is told once per run).
+    Drop {
+        first: bool,
+    },
+    /// The session keeps flooding: close it.
+    Close,
+}
+
+impl RateLimit {
+    fn new(per_sec: u32, now: Instant) -> Self {
+        RateLimit {
+            rate: f64::from(per_sec),
+            tokens: f64::from(per_sec),
+            refilled: now,
+            dropped: 0,
+        }
+    }
+
+    fn admit(&mut self, now: Instant) -> Admit {
+        if self.rate == 0.0 {
+            return Admit::Pass;
+        }
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.dropped = 0;
+            return Admit::Pass;
+        }
+        self.dropped += 1;
+        // Two seconds' worth dropped in a row: the client is not slowing down.
+        if f64::from(self.dropped) > 2.0 * self.rate {
+            Admit::Close
+        } else {
+            Admit::Drop {
+                first: self.dropped == 1,
+            }
+        }
+    }
+}
+
+async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
+    hub: Rc<Hub>,
+    ws: WebSocketStream<S>,
+    remote: SocketAddr,
+    config: SignallingConfig,
+) {
     let (mut sink, mut source) = ws.split();
     let (conn, mut outgoing) = hub.open(remote);
     let mut ping = tokio::time::interval_at(
@@ -88,15 +293,49 @@ async fn connection(hub: Rc<Hub>, stream: TcpStream, remote: SocketAddr, config:
         config.ping_interval,
     );
     let mut missed = 0u32;
+    let mut rate = RateLimit::new(config.max_messages_per_sec, Instant::now());
     loop {
         tokio::select! {
-            incoming = source.next() => match incoming {
+            incoming = source.next() => {
+                if let Some(Ok(Message::Text(_) | Message::Binary(_) | Message::Ping(_))) =
+                    &incoming
+                {
+                    let limit = config.max_messages_per_sec;
+                    match rate.admit(Instant::now()) {
+                        Admit::Pass => {}
+                        Admit::Drop { first } => {
+                            missed = 0;
+                            hub.metrics().signalling_error("rate_limited");
+                            if first {
+                                tracing::warn!(conn = conn.0, %remote, limit,
+                                    "messages dropped: messages per second limit");
+                                let info = format!("Too many messages (limit {limit} per second)");
+                                hub.reject(conn, &info);
+                            }
+                            continue;
+                        }
+                        Admit::Close => {
+                            hub.metrics().signalling_error("rate_limited");
+                            tracing::warn!(conn = conn.0, %remote, limit,
+                                "closing a session that keeps exceeding the message rate");
+                            let _ = sink
+                                .send(Message::Close(Some(CloseFrame {
+                                    code: CloseCode::Policy,
+                                    reason: "message rate limit exceeded".into(),
+                                })))
+                                .await;
+                            break;
+                        }
+                    }
+                }
+                match incoming {
                 Some(Ok(Message::Text(text))) => {
                     missed = 0;
                     hub.frame(conn, text.as_str());
                 }
                 Some(Ok(Message::Binary(_))) => {
                     missed = 0;
+                    hub.metrics().signalling_error("binary_frame");
                     hub.reject(conn, "binary frames are not supported; send JSON text frames");
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => missed = 0,
@@ -109,6 +348,7 @@ async fn connection(hub: Rc<Hub>, stream: TcpStream, remote: SocketAddr, config:
                         other => other.to_string(),
                     };
                     tracing::info!(conn = conn.0, %remote, %info, "oversized frame; closing");
+                    hub.metrics().signalling_error("oversized_frame");
                     let _ = sink.send(Message::text(protocol::fail("unknown", &info, None))).await;
                     let _ = sink
                         .send(Message::Close(Some(CloseFrame {
@@ -122,7 +362,8 @@ async fn connection(hub: Rc<Hub>, stream: TcpStream, remote: SocketAddr, config:
                     tracing::debug!(conn = conn.0, %remote, error = %e, "WebSocket error");
                     break;
                 }
-            },
+                }
+            }
             message = outgoing.recv() => match message {
                 Some(Outgoing::Text(text)) => {
                     if sink.send(Message::text(text)).await.is_err() {
@@ -147,6 +388,7 @@ async fn connection(hub: Rc<Hub>, stream: TcpStream, remote: SocketAddr, config:
             _ = ping.tick() => {
                 if missed >= config.max_missed_pings {
                     tracing::info!(conn = conn.0, %remote, missed, "keep-alive timeout; closing");
+                    hub.metrics().signalling_error("keepalive_timeout");
                     let _ = sink
                         .send(Message::Close(Some(CloseFrame {
                             code: CloseCode::Away,
@@ -165,4 +407,49 @@ async fn connection(hub: Rc<Hub>, stream: TcpStream, remote: SocketAddr, config:
     let _ = sink.close().await;
     hub.closed(conn);
     tracing::debug!(conn = conn.0, %remote, "signalling connection closed");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_drops_then_closes() {
+        let t0 = Instant::now();
+        let mut rate = RateLimit::new(10, t0);
+        for _ in 0..10 {
+            assert_eq!(rate.admit(t0), Admit::Pass);
+        }
+        assert_eq!(rate.admit(t0), Admit::Drop { first: true });
+        assert_eq!(rate.admit(t0), Admit::Drop { first: false });
+        // A tenth of a second refills one message.
+        assert_eq!(rate.admit(t0 + Duration::from_millis(100)), Admit::Pass);
+        let t1 = t0 + Duration::from_millis(100);
+        for n in 1..=20 {
+            assert_eq!(rate.admit(t1), Admit::Drop { first: n == 1 });
+        }
+        assert_eq!(rate.admit(t1), Admit::Close);
+    }
+
+    #[test]
+    fn rate_limit_zero_is_off() {
+        let t0 = Instant::now();
+        let mut rate = RateLimit::new(0, t0);
+        for _ in 0..10_000 {
+            assert_eq!(rate.admit(t0), Admit::Pass);
+        }
+    }
+
+    #[test]
+    fn per_ip_counts_drop_with_their_slots() {
+        let per_ip = Rc::new(PerIp::default());
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let a = per_ip.enter(ip);
+        let b = per_ip.enter(ip);
+        assert_eq!((a.count, b.count), (1, 2));
+        drop(a);
+        assert_eq!(per_ip.enter(ip).count, 2);
+        drop(b);
+        assert!(per_ip.0.borrow().is_empty());
+    }
 }

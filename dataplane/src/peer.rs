@@ -185,7 +185,7 @@ impl Peer {
             .accept_offer(offer)
             .map_err(rtc_sdp_failure)?;
         let media = peer.bind_tracks()?;
-        Ok((peer, answer.to_sdp_string(), media))
+        Ok((peer, one_media_stream(&answer.to_sdp_string()), media))
     }
 
     /// A client-side peer making an offer (generator, probe, or relay).
@@ -265,7 +265,7 @@ impl Peer {
         };
         peer.mids = mids;
         peer.pending = Some(pending);
-        Ok((peer, offer.to_sdp_string(), media))
+        Ok((peer, one_media_stream(&offer.to_sdp_string()), media))
     }
 
     /// Applies the remote answer to an offering peer; returns what was negotiated.
@@ -778,6 +778,38 @@ impl Peer {
     }
 }
 
+/// Puts every track of an SDP in one media stream: str0m picks a random stream id per `m=`
+/// line when the remote gave none (a browser's recvonly offer), and a browser then hands the
+/// page one `MediaStream` per track. The official SDK attaches `event.streams[0]` of each
+/// track to its `<video>`, so the last track would win and audio would be lost (and lip sync
+/// needs audio and video in one stream). The first stream id found is used for all tracks.
+fn one_media_stream(sdp: &str) -> String {
+    let stream_of = |line: &str| -> Option<(usize, usize)> {
+        // `a=msid:<stream> <track>` or `a=ssrc:<n> msid:<stream> <track>`.
+        let start = line.find("msid:")? + "msid:".len();
+        let len = line[start..].find(' ')?;
+        Some((start, start + len))
+    };
+    let Some(first) = sdp
+        .lines()
+        .find_map(|l| stream_of(l).map(|(a, b)| l[a..b].to_owned()))
+    else {
+        return sdp.to_owned();
+    };
+    let mut out = String::with_capacity(sdp.len());
+    for line in sdp.split_inclusive('\n') {
+        match stream_of(line) {
+            Some((a, b)) if line.starts_with("a=msid:") || line.starts_with("a=ssrc:") => {
+                out.push_str(&line[..a]);
+                out.push_str(&first);
+                out.push_str(&line[b..]);
+            }
+            _ => out.push_str(line),
+        }
+    }
+    out
+}
+
 /// How long after a remote DTLS close_notify the peer is failed if no signalling closed it.
 const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -872,5 +904,23 @@ fn dtls_failure(message: &str) -> PeerFailure {
         PeerFailure::DtlsFingerprint
     } else {
         PeerFailure::Dtls(message.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_track_goes_in_one_media_stream() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=msid:AAA trackA\r\n\
+                   a=ssrc:1 msid:AAA trackA\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n\
+                   a=msid:BBB trackV\r\na=ssrc:2 cname:x\r\na=ssrc:2 msid:BBB trackV\r\n";
+        let out = one_media_stream(sdp);
+        assert!(!out.contains("BBB"), "{out}");
+        assert!(out.contains("a=msid:AAA trackV\r\n"), "{out}");
+        assert!(out.contains("a=ssrc:2 msid:AAA trackV\r\n"), "{out}");
+        assert!(out.contains("a=ssrc:2 cname:x\r\n"), "{out}");
+        assert_eq!(one_media_stream("v=0\r\n"), "v=0\r\n");
     }
 }

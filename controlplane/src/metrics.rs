@@ -1,0 +1,279 @@
+//! The Prometheus page (`/metrics`, text format, prometheus-client). Events the control plane
+//! sees as they happen (signalling errors, REST requests) are counted in [`Metrics`]; the
+//! rest is read at scrape time: the registry's counts and stats, the relays' states, and each
+//! data-plane core's counters (relaxed atomics written only by their core).
+
+use std::sync::atomic::Ordering;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::hub::Hub;
+use crate::relay::RelayStatus;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Counters of control-plane events, kept for the server's life.
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    signalling_errors: Family<Labels, Counter>,
+    rest_requests: Family<Labels, Counter>,
+    rest_auth_failures: Counter,
+}
+
+impl Metrics {
+    /// A signalling error of `kind`: `bad_frame`, `unsupported_method`, `binary_frame`,
+    /// `oversized_frame`, `rate_limited`, `sessions_per_ip`, `keepalive_timeout`, `tls_handshake`.
+    pub fn signalling_error(&self, kind: &'static str) {
+        self.signalling_errors
+            .get_or_create(&vec![("kind", kind.to_owned())])
+            .inc();
+    }
+
+    /// A REST request answered with `status`.
+    pub fn rest_request(&self, status: u16) {
+        self.rest_requests
+            .get_or_create(&vec![("status", status.to_string())])
+            .inc();
+    }
+
+    /// A REST request refused for missing or wrong credentials.
+    pub fn rest_auth_failure(&self) {
+        self.rest_auth_failures.inc();
+    }
+}
+
+/// The `/metrics` page for the server's current state.
+pub fn render(hub: &Hub) -> String {
+    let mut r = Registry::with_prefix("relaycast");
+    let m = hub.metrics();
+    r.register(
+        "signalling_errors",
+        "Signalling frames and connections refused or failed, by kind",
+        m.signalling_errors.clone(),
+    );
+    r.register(
+        "rest_requests",
+        "REST requests answered, by HTTP status",
+        m.rest_requests.clone(),
+    );
+    r.register(
+        "rest_auth_failures",
+        "REST requests refused with 401",
+        m.rest_auth_failures.clone(),
+    );
+
+    r.register(
+        "signalling_connections",
+        "Open WebSocket signalling connections",
+        gauge(hub.connection_count()),
+    );
+    {
+        let registry = hub.registry();
+        r.register(
+            "sessions",
+            "Signalling sessions",
+            gauge(registry.session_count()),
+        );
+        r.register(
+            "streams",
+            "Published streams",
+            gauge(registry.stream_count()),
+        );
+        let (publishers, players) = registry.media_by_kind();
+        let media = Family::<Labels, Gauge>::default();
+        media
+            .get_or_create(&vec![("kind", "publisher".into())])
+            .set(publishers as i64);
+        media
+            .get_or_create(&vec![("kind", "player".into())])
+            .set(players as i64);
+        r.register(
+            "media_sessions",
+            "Publisher and player media sessions",
+            media,
+        );
+        let stats = registry.stats();
+        r.register(
+            "streams_published",
+            "Publish requests accepted",
+            counter(stats.published),
+        );
+        r.register(
+            "streams_played",
+            "Play requests accepted",
+            counter(stats.played),
+        );
+        let refused = Family::<Labels, Counter>::default();
+        for (kind, n) in &stats.refused {
+            refused
+                .get_or_create(&vec![("kind", (*kind).to_owned())])
+                .inc_by(*n);
+        }
+        r.register(
+            "requests_refused",
+            "publishStream, playStream and connection requests refused, by reason",
+            refused,
+        );
+        let ended = Family::<Labels, Counter>::default();
+        for ((status, info), n) in &stats.ended {
+            ended
+                .get_or_create(&vec![
+                    ("status", status.as_str().to_owned()),
+                    ("info", (*info).to_owned()),
+                ])
+                .inc_by(*n);
+        }
+        r.register(
+            "stream_ends",
+            "Media sessions ended, by final status and info",
+            ended,
+        );
+    }
+
+    let relays = hub.relays().snapshot();
+    let by_status = Family::<Labels, Gauge>::default();
+    for status in [
+        RelayStatus::New,
+        RelayStatus::Pending,
+        RelayStatus::Publishing,
+        RelayStatus::Playing,
+        RelayStatus::Failed,
+    ] {
+        let n = relays.iter().filter(|r| r.status == status).count();
+        by_status
+            .get_or_create(&vec![("status", relay_status(status).to_owned())])
+            .set(n as i64);
+    }
+    r.register("relays", "Relays by status", by_status);
+    let attempts = Family::<Labels, Gauge>::default();
+    for relay in &relays {
+        attempts
+            .get_or_create(&vec![
+                ("relay", relay.local_media_session_id.clone()),
+                ("uri", relay.uri.clone()),
+                ("stream", relay.local_stream_name.clone()),
+                ("status", relay_status(relay.status).to_owned()),
+            ])
+            .set(i64::from(relay.attempts));
+    }
+    r.register(
+        "relay_attempts",
+        "Connection attempts of each relay so far",
+        attempts,
+    );
+
+    let peers = Family::<Labels, Gauge>::default();
+    let packets = Family::<Labels, Counter>::default();
+    let bytes = Family::<Labels, Counter>::default();
+    let forwarded = Family::<Labels, Counter>::default();
+    let dropped = Family::<Labels, Counter>::default();
+    let keyframes = Family::<Labels, Counter>::default();
+    let player_keyframes = Family::<Labels, Counter>::default();
+    for (n, c) in hub.data().counters().iter().enumerate() {
+        let core = n.to_string();
+        let with = |k: &'static str, v: &str| vec![("core", core.clone()), (k, v.to_owned())];
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        peers
+            .get_or_create(&vec![("core", core.clone())])
+            .set(load(&c.peers) as i64);
+        packets
+            .get_or_create(&with("direction", "in"))
+            .inc_by(load(&c.rx_packets));
+        packets
+            .get_or_create(&with("direction", "out"))
+            .inc_by(load(&c.tx_packets));
+        bytes
+            .get_or_create(&with("direction", "in"))
+            .inc_by(load(&c.rx_bytes));
+        bytes
+            .get_or_create(&with("direction", "out"))
+            .inc_by(load(&c.tx_bytes));
+        forwarded
+            .get_or_create(&vec![("core", core.clone())])
+            .inc_by(load(&c.forwarded));
+        for (reason, value) in [
+            ("unknown_source", &c.dropped_unknown_source),
+            ("malformed", &c.dropped_malformed),
+            ("send_error", &c.dropped_send_error),
+            ("ring_full", &c.dropped_ring_full),
+        ] {
+            dropped
+                .get_or_create(&with("reason", reason))
+                .inc_by(load(value));
+        }
+        keyframes
+            .get_or_create(&vec![("core", core.clone())])
+            .inc_by(load(&c.keyframe_requests));
+        player_keyframes
+            .get_or_create(&vec![("core", core.clone())])
+            .inc_by(load(&c.player_keyframe_requests));
+    }
+    r.register("core_peers", "Peer connections on each core", peers);
+    r.register(
+        "core_packets",
+        "UDP datagrams received and sent by each core",
+        packets,
+    );
+    r.register(
+        "core_bytes",
+        "UDP payload bytes received and sent by each core",
+        bytes,
+    );
+    r.register(
+        "core_forwarded_packets",
+        "Media packets written to subscribers by each core",
+        forwarded,
+    );
+    r.register(
+        "core_dropped_packets",
+        "Datagrams dropped by each core, by reason",
+        dropped,
+    );
+    r.register(
+        "core_keyframe_requests",
+        "Keyframe requests (PLI) sent to stream sources by each core, after coalescing",
+        keyframes,
+    );
+    r.register(
+        "core_player_keyframe_requests",
+        "Keyframe requests (PLI/FIR) received from players on each core",
+        player_keyframes,
+    );
+    r.register(
+        "stopping",
+        "1 while the server shuts down",
+        gauge(usize::from(hub.is_stopping())),
+    );
+
+    let mut text = String::new();
+    if let Err(e) = encode(&mut text, &r) {
+        tracing::error!(error = %e, "could not encode the metrics");
+    }
+    text
+}
+
+fn gauge(value: usize) -> Gauge {
+    let g = Gauge::default();
+    g.set(value as i64);
+    g
+}
+
+fn counter(value: u64) -> Counter {
+    let c = Counter::default();
+    c.inc_by(value);
+    c
+}
+
+fn relay_status(status: RelayStatus) -> &'static str {
+    match status {
+        RelayStatus::New => "NEW",
+        RelayStatus::Pending => "PENDING",
+        RelayStatus::Publishing => "PUBLISHING",
+        RelayStatus::Playing => "PLAYING",
+        RelayStatus::Failed => "FAILED",
+    }
+}
