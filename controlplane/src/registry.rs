@@ -556,7 +556,8 @@ impl Registry {
     }
 
     /// The relay's peer negotiated `media`: the stream becomes playable and is PUBLISHING.
-    /// Returns false when the media differs from what the stream's players were given.
+    /// Returns false when the codecs differ from what the stream's players were given
+    /// (payload types may differ: each player's peer maps them to its own).
     pub fn relay_source_media(
         &mut self,
         id: &MediaSessionId,
@@ -573,7 +574,7 @@ impl Registry {
             return false;
         };
         match stream.media {
-            Some(existing) => existing == media,
+            Some(existing) => existing.same_codecs(&media),
             None => {
                 stream.media = Some(media);
                 out.push(Effect::StreamLive { name });
