@@ -96,9 +96,26 @@ async fn push_a_to_b_with_ten_players_on_b() {
     assert_eq!(code, 200, "{streams}");
     assert_eq!(streams[0]["status"], json!("PUBLISHING"));
 
+    // A player joining on B makes the original publisher on A send a keyframe: the request
+    // crosses the hop.
+    let requests = || async {
+        publisher
+            .report()
+            .await
+            .and_then(|r| r.generator)
+            .map_or(0, |g| g.keyframe_requests)
+    };
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let before = requests().await;
     let viewers = session(&b).await;
     let mut players = Vec::new();
-    for _ in 0..10 {
+    players.push(viewers.play(&ep, "test").await.expect("play on B"));
+    let asked = eventually(Duration::from_secs(2), || async {
+        (requests().await > before).then_some(())
+    })
+    .await;
+    assert!(asked.is_some(), "no keyframe request reached A's publisher");
+    for _ in 1..10 {
         players.push(viewers.play(&ep, "test").await.expect("play on B"));
     }
     check_players("push A->B", &players).await;
