@@ -1,1 +1,78 @@
-fn main() {}
+//! The `relaycast-loadgen` binary: parses the command line, raises the descriptor limit, runs
+//! the scenario on a single-threaded tokio runtime (the media runs on the endpoint's own
+//! cores) and prints the summary.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use relaycast_loadgen::cli::{Cli, Scenario};
+use relaycast_loadgen::{RunError, limits, scenario};
+use tracing_subscriber::EnvFilter;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let (json, players) = match &cli.command {
+        Scenario::Publish(a) => (a.common.json, a.publishers),
+        Scenario::Play(a) => (a.common.json, a.ramp.players),
+        Scenario::Fanout(a) => (a.common.json, a.ramp.players + 1),
+        Scenario::RelayChain(a) => (
+            a.common.json,
+            a.ramp.players + a.hop_players * a.hops.len() + 1,
+        ),
+        Scenario::Soak(a) => (a.common.json, a.ramp.players * 2 + 1),
+    };
+    match limits::raise_nofile(players) {
+        Ok((_, true)) => {}
+        Ok((soft, false)) => eprintln!(
+            "relaycast-loadgen: warning: the open-file limit ({soft}) is below what {players} \
+             peers need ({}); raise the hard limit (ulimit -Hn)",
+            limits::FDS_BASE + limits::FDS_PER_PLAYER * players as u64
+        ),
+        Err(e) => eprintln!("relaycast-loadgen: warning: cannot read the open-file limit: {e}"),
+    }
+
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("relaycast-loadgen: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    let result = local.block_on(&runtime, scenario::run(cli.command));
+    // Peers and sessions are gone with the scenario; do not wait for lingering tasks.
+    runtime.shutdown_background();
+    match result {
+        Ok(summary) => {
+            if json {
+                let text =
+                    serde_json::to_string_pretty(&summary).expect("a summary always serializes");
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{text}");
+                let _ = out.flush();
+            } else {
+                eprint!("{}", summary.human());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(error: &RunError) -> ExitCode {
+    eprintln!("relaycast-loadgen: {error}");
+    ExitCode::from(error.exit_code())
+}

@@ -1,0 +1,269 @@
+//! Publishers and players: joining them (one signalling session each, as browsers do) at a
+//! given rate with a bounded number in flight, reading their reports in bounded chunks, and
+//! folding their figures into window totals. Everything runs on one tokio thread (a
+//! `LocalSet`), so the fleet is shared with `Rc<RefCell<..>>`; the peers themselves live on
+//! the endpoint's data-plane cores.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use relaycast_controlplane::client::{
+    ClientError, ClientStream, ClientTimeouts, Endpoint, Session,
+};
+use relaycast_controlplane::protocol::ConnectionRequest;
+use relaycast_dataplane::PeerReport;
+use relaycast_dataplane::synth::SynthConfig;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::summary::{Baseline, Totals};
+
+/// Reports are read this many at a time: each carries a latency histogram (~140 KB).
+const REPORT_CHUNK: usize = 64;
+
+/// One player: its signalling session and its measuring peer.
+pub struct Player {
+    pub index: usize,
+    pub server: String,
+    pub stream: String,
+    /// When its first signalling frame was sent.
+    pub started: Instant,
+    /// Its figures at the start of the measured window (`None` before the window opens).
+    pub baseline: RefCell<Option<Baseline>>,
+    pub client: ClientStream,
+    _session: Session,
+}
+
+impl Player {
+    /// Milliseconds from the first signalling frame to the first media packet.
+    pub fn join_ms(&self, report: &PeerReport) -> Option<f64> {
+        let first = report.probe.as_ref()?.first_packet_at?;
+        Some(first.saturating_duration_since(self.started).as_secs_f64() * 1000.0)
+    }
+}
+
+/// One publisher of synthetic media.
+pub struct Publisher {
+    pub name: String,
+    pub client: ClientStream,
+    _session: Session,
+}
+
+impl Publisher {
+    /// Media packets sent so far.
+    pub async fn sent(&self) -> Option<u64> {
+        let report = self.client.report().await?;
+        let g = report.generator?;
+        Some(g.audio_packets + g.video_packets)
+    }
+}
+
+/// How to reach the server and how long each step may take.
+#[derive(Clone)]
+pub struct Dialer {
+    pub endpoint: Arc<Endpoint>,
+    pub timeouts: ClientTimeouts,
+}
+
+impl Dialer {
+    pub async fn publish(
+        &self,
+        server: &str,
+        name: &str,
+        synth: SynthConfig,
+    ) -> Result<Publisher, ClientError> {
+        let session =
+            Session::connect(server, &ConnectionRequest::default(), self.timeouts).await?;
+        let client = session.publish(&self.endpoint, name, synth).await?;
+        Ok(Publisher {
+            name: name.to_owned(),
+            client,
+            _session: session,
+        })
+    }
+
+    pub async fn play(
+        &self,
+        index: usize,
+        server: &str,
+        stream: &str,
+    ) -> Result<Player, ClientError> {
+        let started = Instant::now();
+        let session =
+            Session::connect(server, &ConnectionRequest::default(), self.timeouts).await?;
+        let client = session.play(&self.endpoint, stream).await?;
+        Ok(Player {
+            index,
+            server: server.to_owned(),
+            stream: stream.to_owned(),
+            started,
+            baseline: RefCell::new(None),
+            client,
+            _session: session,
+        })
+    }
+}
+
+/// Every player of a run, and what became of the ones that are gone.
+#[derive(Default)]
+pub struct Fleet {
+    pub players: Vec<Rc<Player>>,
+    pub failures: BTreeMap<String, usize>,
+    pub attempted: usize,
+    pub joined: usize,
+    pub left: usize,
+    /// Set when the measured window opens: later joiners start from a zero baseline.
+    pub window_open: bool,
+    /// Figures of players that left during the window.
+    pub departed: Totals,
+    pub join_ms: Vec<f64>,
+}
+
+pub type SharedFleet = Rc<RefCell<Fleet>>;
+
+impl Fleet {
+    pub fn fail(&mut self, error: &ClientError) {
+        *self.failures.entry(reason(error)).or_default() += 1;
+    }
+
+    pub fn failed(&self) -> usize {
+        self.failures.values().sum()
+    }
+}
+
+/// A failure reason as it is grouped in the summary.
+pub fn reason(error: &ClientError) -> String {
+    error.to_string()
+}
+
+/// Which server and stream player `i` joins.
+pub type Target = Rc<dyn Fn(usize) -> (String, String)>;
+
+/// Starts `count` players at `rate` per second, at most `concurrency` joining at once, and
+/// returns once every join has finished (joined or failed). `first_index` numbers them.
+pub async fn ramp(
+    fleet: &SharedFleet,
+    dialer: &Dialer,
+    target: Target,
+    first_index: usize,
+    count: usize,
+    rate: f64,
+    concurrency: usize,
+) {
+    let gate = Arc::new(Semaphore::new(concurrency.max(1)));
+    let period = Duration::from_secs_f64(1.0 / rate.max(1e-3));
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut joins = JoinSet::new();
+    for i in first_index..first_index + count {
+        ticker.tick().await;
+        let Ok(permit) = Arc::clone(&gate).acquire_owned().await else {
+            break;
+        };
+        fleet.borrow_mut().attempted += 1;
+        let (server, stream) = target(i);
+        let dialer = dialer.clone();
+        let fleet = Rc::clone(fleet);
+        joins.spawn_local(async move {
+            let result = dialer.play(i, &server, &stream).await;
+            drop(permit);
+            admit(&fleet, result);
+        });
+        while joins.try_join_next().is_some() {}
+    }
+    while joins.join_next().await.is_some() {}
+}
+
+/// Adds a joined player (or its failure) to the fleet.
+pub fn admit(fleet: &SharedFleet, result: Result<Player, ClientError>) {
+    let mut f = fleet.borrow_mut();
+    match result {
+        Ok(player) => {
+            if f.window_open {
+                *player.baseline.borrow_mut() = Some(Baseline::zero());
+            }
+            f.joined += 1;
+            f.players.push(Rc::new(player));
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "player failed to join");
+            f.fail(&e);
+        }
+    }
+}
+
+/// Reports of `players`, in order, read `REPORT_CHUNK` at a time; `f` sees each one.
+pub async fn each_report(players: &[Rc<Player>], mut f: impl FnMut(&Player, Option<PeerReport>)) {
+    for chunk in players.chunks(REPORT_CHUNK) {
+        let reports = futures_util::future::join_all(chunk.iter().map(|p| p.client.report())).await;
+        for (player, report) in chunk.iter().zip(reports) {
+            f(player, report);
+        }
+    }
+}
+
+/// Opens the measured window: every current player's baseline is its report now.
+pub async fn open_window(fleet: &SharedFleet) {
+    let players = fleet.borrow().players.clone();
+    each_report(&players, |player, report| {
+        *player.baseline.borrow_mut() =
+            Some(report.as_ref().map_or_else(Baseline::zero, Baseline::of));
+    })
+    .await;
+    fleet.borrow_mut().window_open = true;
+}
+
+/// Closes the window over `players`: their totals since their baselines, and their join
+/// times. `missed` is what a player that received nothing lost (the packets sent in the
+/// window), for players that were there for the whole window.
+pub async fn close_window(players: &[Rc<Player>], missed: Option<u64>) -> (Totals, Vec<f64>) {
+    let mut totals = Totals::default();
+    let mut joins = Vec::new();
+    each_report(players, |player, report| {
+        let Some(report) = report else { return };
+        if let Some(ms) = player.join_ms(&report) {
+            joins.push(ms);
+        }
+        let baseline = player.baseline.borrow();
+        match baseline.as_ref() {
+            Some(b) => {
+                totals.add(b, &report, if b.from_start { missed } else { None });
+            }
+            None => totals.add(&Baseline::zero(), &report, None),
+        }
+    })
+    .await;
+    (totals, joins)
+}
+
+/// Removes a random player: its figures so far go to `departed`, then it stops.
+pub async fn depart_one(fleet: &SharedFleet) -> bool {
+    let player = {
+        let mut f = fleet.borrow_mut();
+        if f.players.is_empty() {
+            return false;
+        }
+        let i = fastrand::usize(..f.players.len());
+        f.players.swap_remove(i)
+    };
+    let report = player.client.report().await;
+    {
+        let mut f = fleet.borrow_mut();
+        f.left += 1;
+        if let Some(report) = &report {
+            if let Some(ms) = player.join_ms(report) {
+                f.join_ms.push(ms);
+            }
+            if f.window_open {
+                let baseline = player.baseline.borrow().clone().unwrap_or_default();
+                f.departed.add(&baseline, report, None);
+            }
+        }
+    }
+    // Dropping the last reference closes the peer and the session.
+    drop(player);
+    true
+}

@@ -1,0 +1,464 @@
+//! The run's figures: per-player baselines at the start of the measured window, totals over
+//! it, and the JSON [`Summary`] the loadgen prints (its schema is documented in
+//! tools/loadgen/README.md and read back by the fan-out driver in benches/).
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+use relaycast_dataplane::PeerReport;
+use serde::{Deserialize, Serialize};
+
+/// The final report of one run.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Summary {
+    /// The subcommand (`fanout`, `play`, ...).
+    pub command: String,
+    /// The server the players played from (the last hop of a relay chain).
+    pub server: String,
+    /// The stream names played or published.
+    pub streams: Vec<String>,
+    /// Players asked for (publishers for `publish`).
+    pub players: usize,
+    /// Players that reached PLAYING with a connected peer (publishers that reached PUBLISHING
+    /// for `publish`).
+    pub connected: usize,
+    /// Joins that failed, by reason.
+    pub failed: Failed,
+    /// Publishers run by this process.
+    pub publishers: usize,
+    /// Length of the measured window, in seconds.
+    pub duration_s: f64,
+    /// Media packets this process's publishers sent during the window (`null` when the stream
+    /// is published elsewhere).
+    pub packets_sent: Option<u64>,
+    /// Media packets the players received during the window.
+    pub packets_received: u64,
+    /// Media packets the players missed during the window (gaps in the trailer sequence, plus
+    /// everything sent while a player received nothing).
+    pub packets_lost: u64,
+    /// `packets_lost / (packets_received + packets_lost)`, in percent.
+    pub loss_pct: f64,
+    /// Media packets received per second over the window, all players together.
+    pub packets_per_s: f64,
+    /// One-way latency from the publisher's send to the player's receive, over the window.
+    pub latency_ms: Latency,
+    /// From a player's first signalling frame to its first media packet.
+    pub join_ms: Join,
+    /// Players that were in the whole window and received nothing in it.
+    pub stalled: usize,
+    /// The server's user + system CPU over the window divided by [`Summary::forwarded_packets`]
+    /// (with `--server-pid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_us_per_forwarded_packet: Option<f64>,
+    /// The server's resident memory at the end of the window (with `--server-pid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_mb: Option<f64>,
+    /// The server's CPU over the window as a share of one core, in percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_cpu_pct: Option<f64>,
+    /// Packets the server sent during the window: UDP datagrams from its `/metrics` with
+    /// `--rest`, else the players' media packets received + lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarded_packets: Option<u64>,
+    /// Which of the two [`Summary::forwarded_packets`] is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarded_basis: Option<String>,
+    /// The server's data-plane counters over the window (with `--rest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_counters: Option<crate::rest::CoreCounters>,
+    /// The server's resident memory before the players joined and the growth per player
+    /// (with `--server-pid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_memory: Option<ServerMemory>,
+    /// This process's own cost (it shares the machine with the server on loopback).
+    pub loadgen: Own,
+    /// Per-hop figures of `relay-chain`, origin first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hops: Vec<Hop>,
+    /// Joins and departures of `soak`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub churn: Option<Churn>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Failed {
+    pub count: usize,
+    /// Reason -> how many joins failed with it.
+    pub reasons: BTreeMap<String, usize>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct Latency {
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub max: f64,
+    /// Samples (packets) the percentiles are over.
+    pub samples: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct Join {
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct ServerMemory {
+    pub rss_before_mb: f64,
+    pub rss_after_mb: f64,
+    /// (after - before) / connected players, in KiB: server memory per player peer connection
+    /// (and its signalling session).
+    pub kib_per_player: f64,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct Own {
+    pub cpu_pct: f64,
+    pub rss_mb: f64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Hop {
+    pub server: String,
+    pub players: usize,
+    pub connected: usize,
+    pub packets_received: u64,
+    pub loss_pct: f64,
+    pub latency_ms: Latency,
+    /// This hop's latency minus the previous hop's (p50 and p99): what the relay hop adds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub added_ms: Option<Added>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct Added {
+    pub p50: f64,
+    pub p99: f64,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct Churn {
+    pub joined: usize,
+    pub left: usize,
+    pub failed_joins: usize,
+}
+
+/// A player's counters at the start of the window; the window's figures are the difference.
+#[derive(Clone, Debug, Default)]
+pub struct Baseline {
+    /// Taken when the window opened (not a late joiner's zero).
+    pub from_start: bool,
+    received: u64,
+    lost: u64,
+    /// Non-empty latency buckets (value, count): a few hundred entries, not a whole histogram.
+    latency: Vec<(u64, u64)>,
+}
+
+impl Baseline {
+    /// For a player that joined after the window opened.
+    pub fn zero() -> Baseline {
+        Baseline::default()
+    }
+
+    pub fn of(report: &PeerReport) -> Baseline {
+        let (received, lost) = media_counts(report);
+        let latency = report
+            .latency
+            .as_ref()
+            .map(|h| {
+                h.iter_recorded()
+                    .map(|v| (v.value_iterated_to(), v.count_at_value()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Baseline {
+            from_start: true,
+            received,
+            lost,
+            latency,
+        }
+    }
+}
+
+/// Media packets received and lost by a player so far.
+pub fn media_counts(report: &PeerReport) -> (u64, u64) {
+    report
+        .probe
+        .as_ref()
+        .map_or((0, 0), |p| (p.audio_packets + p.video_packets, p.lost))
+}
+
+/// Sums of many players' window figures.
+#[derive(Clone, Debug)]
+pub struct Totals {
+    pub players: usize,
+    pub received: u64,
+    pub lost: u64,
+    pub stalled: usize,
+    pub latency: Histogram<u64>,
+}
+
+impl Default for Totals {
+    fn default() -> Self {
+        Totals {
+            players: 0,
+            received: 0,
+            lost: 0,
+            stalled: 0,
+            latency: new_histogram(),
+        }
+    }
+}
+
+impl Totals {
+    /// Adds one player's figures since `baseline`. `missed` is what counts as lost if the
+    /// player received nothing (the packets sent during the whole window, when known).
+    pub fn add(&mut self, baseline: &Baseline, report: &PeerReport, missed: Option<u64>) {
+        let (received, lost) = media_counts(report);
+        let received = received.saturating_sub(baseline.received);
+        let mut lost = lost.saturating_sub(baseline.lost);
+        if received == 0 {
+            self.stalled += 1;
+            lost += missed.unwrap_or(0);
+        }
+        self.players += 1;
+        self.received += received;
+        self.lost += lost;
+        if let Some(hist) = &report.latency {
+            let mut window = hist.clone();
+            if !baseline.latency.is_empty() {
+                let mut before = Histogram::new_from(hist);
+                for &(value, count) in &baseline.latency {
+                    let _ = before.record_n(value, count);
+                }
+                if window.subtract(&before).is_err() {
+                    window = hist.clone();
+                }
+            }
+            let _ = self.latency.add(&window);
+        }
+    }
+
+    pub fn merge(&mut self, other: &Totals) {
+        self.players += other.players;
+        self.received += other.received;
+        self.lost += other.lost;
+        self.stalled += other.stalled;
+        let _ = self.latency.add(&other.latency);
+    }
+
+    pub fn loss_pct(&self) -> f64 {
+        let expected = self.received + self.lost;
+        if expected == 0 {
+            0.0
+        } else {
+            self.lost as f64 * 100.0 / expected as f64
+        }
+    }
+
+    pub fn latency_ms(&self) -> Latency {
+        let h = &self.latency;
+        if h.is_empty() {
+            return Latency::default();
+        }
+        let ms = |us: u64| us as f64 / 1000.0;
+        Latency {
+            p50: ms(h.value_at_quantile(0.50)),
+            p95: ms(h.value_at_quantile(0.95)),
+            p99: ms(h.value_at_quantile(0.99)),
+            max: ms(h.max()),
+            samples: h.len(),
+        }
+    }
+}
+
+/// Percentiles of join times (milliseconds).
+pub fn join_summary(join_ms: &[f64]) -> Join {
+    if join_ms.is_empty() {
+        return Join::default();
+    }
+    let mut sorted = join_ms.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
+    Join {
+        p50: round3(at(0.5)),
+        p99: round3(at(0.99)),
+        max: round3(sorted[sorted.len() - 1]),
+    }
+}
+
+/// The histogram every latency figure uses: 1 us to 60 s, 3 significant digits (as the
+/// data plane's probe).
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant histogram bounds are valid")
+}
+
+pub fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+impl Summary {
+    /// A few lines for a person (stderr when `--json` is not given).
+    pub fn human(&self) -> String {
+        let mut s = format!(
+            "{} on {}: {}/{} connected, {} failed, {} publisher(s), window {:.1} s\n",
+            self.command,
+            self.server,
+            self.connected,
+            self.players,
+            self.failed.count,
+            self.publishers,
+            self.duration_s
+        );
+        for (reason, n) in &self.failed.reasons {
+            s += &format!("  failed x{n}: {reason}\n");
+        }
+        s += &format!(
+            "packets: sent {} received {} lost {} ({:.3}% loss), {:.0} pkt/s received, {} stalled\n",
+            self.packets_sent
+                .map_or_else(|| "-".to_owned(), |n| n.to_string()),
+            self.packets_received,
+            self.packets_lost,
+            self.loss_pct,
+            self.packets_per_s,
+            self.stalled
+        );
+        let l = &self.latency_ms;
+        s += &format!(
+            "latency ms: p50 {:.3} p95 {:.3} p99 {:.3} max {:.3}; join ms: p50 {:.1} p99 {:.1}\n",
+            l.p50, l.p95, l.p99, l.max, self.join_ms.p50, self.join_ms.p99
+        );
+        if let (Some(cpu), Some(pct)) = (self.cpu_us_per_forwarded_packet, self.server_cpu_pct) {
+            s += &format!(
+                "server: {cpu:.2} us CPU per forwarded packet, {pct:.1}% of a core, RSS {:.1} MB\n",
+                self.rss_mb.unwrap_or(0.0)
+            );
+        }
+        if let Some(m) = &self.server_memory {
+            s += &format!(
+                "server memory: {:.1} -> {:.1} MB, {:.1} KiB per player\n",
+                m.rss_before_mb, m.rss_after_mb, m.kib_per_player
+            );
+        }
+        for (i, hop) in self.hops.iter().enumerate() {
+            s += &format!(
+                "hop {i} {}: {}/{} players, loss {:.3}%, latency p50 {:.3} p99 {:.3} ms{}\n",
+                hop.server,
+                hop.connected,
+                hop.players,
+                hop.loss_pct,
+                hop.latency_ms.p50,
+                hop.latency_ms.p99,
+                hop.added_ms.map_or_else(String::new, |a| format!(
+                    " (adds p50 {:.3} p99 {:.3} ms)",
+                    a.p50, a.p99
+                ))
+            );
+        }
+        if let Some(c) = &self.churn {
+            s += &format!(
+                "churn: {} joined, {} left, {} joins failed\n",
+                c.joined, c.left, c.failed_joins
+            );
+        }
+        s += &format!(
+            "loadgen: {:.1}% of a core, RSS {:.1} MB\n",
+            self.loadgen.cpu_pct, self.loadgen.rss_mb
+        );
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use relaycast_dataplane::synth::ProbeReport;
+    use relaycast_dataplane::{CoreId, PeerId};
+
+    fn report(received: u64, lost: u64, latencies: &[u64]) -> PeerReport {
+        let mut h = new_histogram();
+        for &l in latencies {
+            h.record(l).unwrap();
+        }
+        PeerReport {
+            peer: PeerId(1),
+            core: CoreId(0),
+            connected: true,
+            connected_at: None,
+            local: None,
+            probe: Some(ProbeReport {
+                audio_packets: received / 2,
+                video_packets: received - received / 2,
+                lost,
+                ..ProbeReport::default()
+            }),
+            latency: Some(h),
+            generator: None,
+        }
+    }
+
+    #[test]
+    fn window_is_the_difference_from_the_baseline() {
+        let before = report(100, 1, &[5_000; 100]);
+        let after = report(300, 3, &[&[5_000u64; 100][..], &[1_000; 200][..]].concat());
+        let mut totals = Totals::default();
+        totals.add(&Baseline::of(&before), &after, Some(200));
+        assert_eq!(totals.received, 200);
+        assert_eq!(totals.lost, 2);
+        assert_eq!(totals.stalled, 0);
+        let l = totals.latency_ms();
+        assert_eq!(l.samples, 200);
+        assert!((l.max - 1.0).abs() < 0.01, "{l:?}");
+        assert!((totals.loss_pct() - 2.0 / 202.0 * 100.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_player_that_received_nothing_lost_the_window() {
+        let before = report(100, 0, &[]);
+        let mut totals = Totals::default();
+        totals.add(&Baseline::of(&before), &before, Some(50));
+        assert_eq!(totals.stalled, 1);
+        assert_eq!(totals.lost, 50);
+    }
+
+    #[test]
+    fn join_percentiles() {
+        let j = join_summary(&[10.0, 20.0, 30.0, 40.0, 1000.0]);
+        assert_eq!(j.p50, 30.0);
+        assert_eq!(j.p99, 1000.0);
+        assert_eq!(join_summary(&[]).p50, 0.0);
+    }
+
+    #[test]
+    fn summary_round_trips_with_the_issue_field_names() {
+        let s = Summary {
+            players: 2,
+            connected: 2,
+            cpu_us_per_forwarded_packet: Some(1.5),
+            rss_mb: Some(20.0),
+            ..Summary::default()
+        };
+        let v: serde_json::Value = serde_json::to_value(&s).unwrap();
+        for key in [
+            "players",
+            "connected",
+            "failed",
+            "packets_sent",
+            "packets_received",
+            "loss_pct",
+            "latency_ms",
+            "join_ms",
+            "cpu_us_per_forwarded_packet",
+            "rss_mb",
+        ] {
+            assert!(v.get(key).is_some(), "missing {key}");
+        }
+        for key in ["p50", "p95", "p99", "max"] {
+            assert!(v["latency_ms"].get(key).is_some());
+        }
+        let back: Summary = serde_json::from_value(v).unwrap();
+        assert_eq!(back.players, 2);
+    }
+}

@@ -1,0 +1,407 @@
+//! The loadgen binary against a real `relaycast` server on loopback: the JSON summary of
+//! fanout, publish + play, soak and relay-chain runs, and the one-line errors for a bad URL,
+//! a refused connection and an unknown stream. Each run lasts a few seconds.
+//!
+//! The server binary is `RELAYCAST_BIN` or `relaycast` next to the loadgen binary (built by
+//! `cargo build --workspace`, as scripts/test does first).
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+const LOADGEN: &str = env!("CARGO_BIN_EXE_relaycast-loadgen");
+
+/// A `relaycast` process on ephemeral loopback ports.
+struct Server {
+    child: Child,
+    ws: String,
+    rest: String,
+}
+
+impl Server {
+    fn start() -> Server {
+        let bin = server_binary();
+        let mut child = Command::new(&bin)
+            .args([
+                "--ws-port",
+                "0",
+                "--rest-port",
+                "0",
+                "--media-port-base",
+                "0",
+                "--bind",
+                "127.0.0.1",
+                "--cores",
+                "2",
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let ready = line
+            .trim()
+            .strip_prefix("relaycast ready ")
+            .unwrap_or_else(|| panic!("relaycast did not start: {line:?}"));
+        let field = |key: &str| {
+            ready
+                .split_whitespace()
+                .find_map(|f| f.strip_prefix(key))
+                .unwrap()
+                .to_owned()
+        };
+        Server {
+            ws: format!("ws://{}/", field("ws=")),
+            rest: format!("http://{}", field("rest=")),
+            child,
+        }
+    }
+
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn server_binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("RELAYCAST_BIN") {
+        return PathBuf::from(bin);
+    }
+    let bin = PathBuf::from(LOADGEN).with_file_name("relaycast");
+    assert!(
+        bin.exists(),
+        "{} is missing: build the server first (cargo build -p relaycast) or set RELAYCAST_BIN",
+        bin.display()
+    );
+    bin
+}
+
+fn loadgen(args: &[&str]) -> Output {
+    let mut child = Command::new(LOADGEN)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start relaycast-loadgen");
+    // A hung run must not hang the suite.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("relaycast-loadgen {args:?} did not finish in 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Runs the loadgen, expects success, and parses its JSON summary.
+fn summary(args: &[&str]) -> Value {
+    let out = loadgen(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "loadgen {args:?} failed: {stderr}");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\nstderr: {stderr}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+fn f(v: &Value, path: &[&str]) -> f64 {
+    let mut cur = v;
+    for key in path {
+        cur = &cur[*key];
+    }
+    cur.as_f64()
+        .unwrap_or_else(|| panic!("{path:?} is not a number in {v:#}"))
+}
+
+/// The error path: non-zero exit, one line on stderr naming the problem.
+fn fails(args: &[&str], code: i32, needle: &str) {
+    let out = loadgen(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line, got: {stderr}");
+    assert!(lines[0].starts_with("relaycast-loadgen: "), "{stderr}");
+    assert!(lines[0].contains(needle), "{needle:?} not in {stderr:?}");
+    assert!(out.stdout.is_empty(), "no summary on failure");
+}
+
+#[test]
+fn fanout_prints_the_summary() {
+    let server = Server::start();
+    let pid = server.pid();
+    let s = summary(&[
+        "fanout",
+        "--server",
+        &server.ws,
+        "--rest",
+        &server.rest,
+        "--players",
+        "6",
+        "--ramp",
+        "20/s",
+        "--warmup",
+        "1s",
+        "--duration",
+        "3s",
+        "--server-pid",
+        &pid,
+        "--cores",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(s["command"], "fanout");
+    assert_eq!(s["players"], 6);
+    assert_eq!(s["connected"], 6, "{s:#}");
+    assert_eq!(f(&s, &["failed", "count"]), 0.0);
+    assert!(f(&s, &["packets_sent"]) > 100.0, "{s:#}");
+    // Six players each receive what the publisher sent during the window.
+    let received = f(&s, &["packets_received"]);
+    assert!(received > 5.0 * f(&s, &["packets_sent"]), "{s:#}");
+    assert!(f(&s, &["loss_pct"]) < 1.0, "{s:#}");
+    assert_eq!(f(&s, &["stalled"]), 0.0);
+    for q in ["p50", "p95", "p99", "max"] {
+        assert!(f(&s, &["latency_ms", q]) > 0.0, "latency {q} in {s:#}");
+    }
+    assert!(f(&s, &["latency_ms", "p50"]) <= f(&s, &["latency_ms", "p99"]));
+    assert!(f(&s, &["join_ms", "p50"]) > 0.0);
+    assert!(f(&s, &["join_ms", "p99"]) < 15_000.0);
+    // --server-pid and --rest: the server's cost, per packet it sent.
+    assert!(f(&s, &["cpu_us_per_forwarded_packet"]) > 0.0, "{s:#}");
+    assert!(f(&s, &["rss_mb"]) > 1.0);
+    assert!(f(&s, &["server_counters", "packets_out"]) >= received);
+    assert_eq!(
+        f(&s, &["forwarded_packets"]),
+        f(&s, &["server_counters", "packets_out"])
+    );
+}
+
+#[test]
+fn publish_and_play_in_two_processes() {
+    let server = Server::start();
+    let stream = format!("pp-{}", std::process::id());
+    let publisher = Command::new(LOADGEN)
+        .args([
+            "publish",
+            "--server",
+            &server.ws,
+            "--stream",
+            &stream,
+            "--bitrate",
+            "500k",
+            "--warmup",
+            "0s",
+            "--duration",
+            "8s",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the stream to exist, then play it.
+    let mut played = None;
+    for _ in 0..40 {
+        std::thread::sleep(Duration::from_millis(250));
+        let out = loadgen(&[
+            "play",
+            "--server",
+            &server.ws,
+            "--stream",
+            &stream,
+            "--players",
+            "3",
+            "--warmup",
+            "1s",
+            "--duration",
+            "2s",
+            "--json",
+        ]);
+        if out.status.success() {
+            played = Some(serde_json::from_slice::<Value>(&out.stdout).unwrap());
+            break;
+        }
+    }
+    let s = played.expect("the published stream never became playable");
+    assert_eq!(s["command"], "play");
+    assert_eq!(s["connected"], 3, "{s:#}");
+    assert!(
+        s["packets_sent"].is_null(),
+        "the publisher is in another process"
+    );
+    assert!(f(&s, &["packets_received"]) > 50.0, "{s:#}");
+    assert!(f(&s, &["loss_pct"]) < 1.0, "{s:#}");
+    assert!(f(&s, &["latency_ms", "p99"]) > 0.0);
+
+    let out = publisher.wait_with_output_timeout();
+    let p: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "publish summary ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(p["command"], "publish");
+    assert_eq!(p["connected"], 1);
+    assert!(f(&p, &["packets_sent"]) > 100.0, "{p:#}");
+}
+
+#[test]
+fn soak_replaces_players() {
+    let server = Server::start();
+    let s = summary(&[
+        "soak",
+        "--server",
+        &server.ws,
+        "--players",
+        "4",
+        "--churn",
+        "3/s",
+        "--warmup",
+        "1s",
+        "--duration",
+        "3s",
+        "--bitrate",
+        "300k",
+        "--json",
+    ]);
+    assert_eq!(s["command"], "soak");
+    assert!(f(&s, &["churn", "left"]) >= 5.0, "{s:#}");
+    assert!(f(&s, &["churn", "joined"]) >= 4.0, "{s:#}");
+    assert_eq!(f(&s, &["failed", "count"]), 0.0, "{s:#}");
+    assert!(f(&s, &["packets_received"]) > 100.0);
+    assert!(f(&s, &["loss_pct"]) < 1.0, "{s:#}");
+}
+
+#[test]
+fn relay_chain_measures_each_hop() {
+    let (a, b) = (Server::start(), Server::start());
+    for mode in ["pull", "push"] {
+        let s = summary(&[
+            "relay-chain",
+            "--server",
+            &a.ws,
+            "--rest",
+            &a.rest,
+            "--hop",
+            &b.ws,
+            "--hop-rest",
+            &b.rest,
+            "--mode",
+            mode,
+            "--players",
+            "3",
+            "--hop-players",
+            "2",
+            "--bitrate",
+            "500k",
+            "--warmup",
+            "1s",
+            "--duration",
+            "3s",
+            "--json",
+        ]);
+        assert_eq!(s["command"], "relay-chain");
+        assert_eq!(s["connected"], 3, "{mode}: {s:#}");
+        let hops = s["hops"].as_array().expect("hops");
+        assert_eq!(hops.len(), 2, "{mode}: {s:#}");
+        assert_eq!(hops[0]["connected"], 2);
+        for hop in hops {
+            assert!(f(hop, &["loss_pct"]) < 1.0, "{mode}: {s:#}");
+            assert!(f(hop, &["latency_ms", "p50"]) > 0.0, "{mode}: {s:#}");
+        }
+        assert!(hops[1]["added_ms"]["p99"].is_number(), "{mode}: {s:#}");
+    }
+}
+
+#[test]
+fn a_bad_url_is_a_usage_error() {
+    fails(
+        &[
+            "fanout",
+            "--server",
+            "http://127.0.0.1:1/",
+            "--duration",
+            "1s",
+        ],
+        2,
+        "bad server URL",
+    );
+    fails(&["play", "--server", "not a url"], 2, "bad server URL");
+}
+
+#[test]
+fn a_refused_connection_says_so() {
+    // A port that was just free: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("ws://127.0.0.1:{port}/");
+    fails(
+        &["fanout", "--server", &url, "--duration", "1s"],
+        3,
+        "cannot connect to",
+    );
+}
+
+#[test]
+fn an_unknown_stream_says_so() {
+    let server = Server::start();
+    fails(
+        &[
+            "play",
+            "--server",
+            &server.ws,
+            "--stream",
+            "no-such-stream",
+            "--duration",
+            "1s",
+        ],
+        3,
+        "Stream not found",
+    );
+}
+
+#[test]
+fn a_wrong_server_pid_is_a_usage_error() {
+    fails(
+        &["fanout", "--server-pid", "999999999", "--duration", "1s"],
+        2,
+        "--server-pid",
+    );
+}
+
+trait WaitTimeout {
+    fn wait_with_output_timeout(self) -> Output;
+}
+
+impl WaitTimeout for Child {
+    fn wait_with_output_timeout(mut self) -> Output {
+        let deadline = std::time::Instant::now() + Duration::from_secs(40);
+        while self.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = self.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.wait_with_output().unwrap()
+    }
+}
