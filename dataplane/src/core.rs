@@ -1116,7 +1116,7 @@ async fn timer_loop(core: Weak<RefCell<Core>>, signal: LocalReceiver<()>) {
     loop {
         let next = {
             let Some(core) = core.upgrade() else { return };
-            core.borrow_mut().timers.next()
+            core.borrow_mut().timers.next_deadline()
         };
         let wait = next.map_or(Duration::from_secs(3600), |t| {
             t.saturating_duration_since(Instant::now())

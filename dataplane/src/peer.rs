@@ -208,7 +208,7 @@ impl Peer {
             }
             Role::Probe => (
                 receive_all_config(),
-                PeerKind::Probe(Box::new(Probe::new())),
+                PeerKind::Probe(Box::default()),
                 Direction::RecvOnly,
                 StreamMedia::default(),
             ),
@@ -635,12 +635,10 @@ impl Peer {
 
     fn on_rtc_event(&mut self, e: RtcEvent, now: Instant, events: &mut Vec<PeerEvent>) {
         match e {
-            RtcEvent::Connected => {
-                if self.connected_at.is_none() {
-                    self.connected_at = Some(now);
-                    self.last_media = now;
-                    events.push(PeerEvent::Connected);
-                }
+            RtcEvent::Connected if self.connected_at.is_none() => {
+                self.connected_at = Some(now);
+                self.last_media = now;
+                events.push(PeerEvent::Connected);
             }
             RtcEvent::IceConnectionStateChange(state) => match state {
                 IceConnectionState::Disconnected => {

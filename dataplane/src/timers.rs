@@ -29,7 +29,7 @@ impl<K: Copy + Eq + Hash + Ord> Timers<K> {
         {
             return false;
         }
-        let earliest = self.next().is_none_or(|n| at < n);
+        let earliest = self.next_deadline().is_none_or(|n| at < n);
         self.armed.insert(key, at);
         self.heap.push(Reverse((at, key)));
         earliest
@@ -41,7 +41,7 @@ impl<K: Copy + Eq + Hash + Ord> Timers<K> {
     }
 
     /// The earliest live deadline.
-    pub fn next(&mut self) -> Option<Instant> {
+    pub fn next_deadline(&mut self) -> Option<Instant> {
         while let Some(Reverse((at, key))) = self.heap.peek() {
             if self.armed.get(key) == Some(at) {
                 return Some(*at);
@@ -98,7 +98,7 @@ mod tests {
         assert_eq!(timers.pop_due(t0 + Duration::from_millis(25)), Some(1));
         assert_eq!(timers.pop_due(t0 + Duration::from_millis(25)), Some(2));
         assert_eq!(timers.pop_due(t0 + Duration::from_millis(25)), None);
-        assert_eq!(timers.next(), Some(t0 + Duration::from_millis(30)));
+        assert_eq!(timers.next_deadline(), Some(t0 + Duration::from_millis(30)));
     }
 
     #[test]
@@ -129,6 +129,6 @@ mod tests {
         timers.schedule(2u32, t0);
         timers.cancel(2);
         assert_eq!(timers.pop_due(t0 + Duration::from_secs(1)), None);
-        assert_eq!(timers.next(), None);
+        assert_eq!(timers.next_deadline(), None);
     }
 }
