@@ -240,3 +240,156 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Production features: TLS, auth headers, metrics (tests/production.rs)
+// ---------------------------------------------------------------------------------------------
+
+/// A self-signed certificate for `localhost` and 127.0.0.1, written as PEM files.
+pub struct TestCert {
+    pub cert_pem: String,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+impl TestCert {
+    pub fn generate() -> TestCert {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let certified =
+            rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+                .expect("generate a certificate");
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        let cert_file = dir.join(format!("relaycast-{}-{n}-cert.pem", std::process::id()));
+        let key_file = dir.join(format!("relaycast-{}-{n}-key.pem", std::process::id()));
+        let cert_pem = certified.cert.pem();
+        std::fs::write(&cert_file, &cert_pem).expect("write cert");
+        std::fs::write(&key_file, certified.signing_key.serialize_pem()).expect("write key");
+        TestCert {
+            cert_pem,
+            cert_file,
+            key_file,
+        }
+    }
+
+    /// The `[tls]` section serving this certificate on any free ports.
+    pub fn toml(&self) -> String {
+        format!(
+            "[tls]\ncert_file = {:?}\nkey_file = {:?}\nwss_port = 0\nhttps_port = 0\n",
+            self.cert_file.display().to_string(),
+            self.key_file.display().to_string()
+        )
+    }
+}
+
+/// The `wss://` and `https://` addresses a server with TLS listens on (from server/info).
+pub async fn tls_addrs(server: &Server) -> (SocketAddr, SocketAddr) {
+    let (code, info) = server.rest("/rest-api/server/info", "").await;
+    assert_eq!(code, 200, "{info}");
+    let port = |key: &str| info[key].as_u64().unwrap_or_else(|| panic!("{key} in {info}")) as u16;
+    (
+        SocketAddr::from(([127, 0, 0, 1], port("wssPort"))),
+        SocketAddr::from(([127, 0, 0, 1], port("httpsPort"))),
+    )
+}
+
+/// Any request with extra headers; returns the status, the JSON body (or a string) and the
+/// response headers.
+pub async fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Value, hyper::HeaderMap) {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect REST");
+    send_http(hyper_util::rt::TokioIo::new(stream), addr, method, path, body, headers).await
+}
+
+/// A request over TLS, trusting only `ca_pem`.
+pub async fn https_request(
+    addr: SocketAddr,
+    ca_pem: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, Value) {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.expect("CA PEM")).expect("add CA");
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect HTTPS");
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    let (status, value, _) =
+        send_http(hyper_util::rt::TokioIo::new(tls), addr, method, path, body, &[]).await;
+    (status, value)
+}
+
+async fn send_http<T>(
+    io: T,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Value, hyper::HeaderMap)
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .expect("HTTP handshake");
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string())
+        .header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
+    let response = sender.send_request(req).await.expect("HTTP response");
+    let status = response.status().as_u16();
+    let response_headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, value, response_headers)
+}
+
+/// The `/metrics` page.
+pub async fn metrics(server: &Server) -> String {
+    let (code, body) = request(server.rest, "GET", "/metrics", "").await;
+    assert_eq!(code, 200, "{body}");
+    body.as_str().expect("metrics are text").to_owned()
+}
+
+/// The sum of every sample of `name` whose labels include all of `labels` (`k="v"` each).
+pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric_name, rest) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest),
+                None => (series, ""),
+            };
+            (metric_name == name && labels.iter().all(|want| rest.contains(want)))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}

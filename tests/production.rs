@@ -1,0 +1,826 @@
+//! Production features on real `relaycast` processes: TLS (wss publish/play, https REST,
+//! relays over wss), REST authentication, signalling access control, every limit, config
+//! errors, metrics that move with traffic, a media-port spray of forged and broken datagrams
+//! while a stream plays, and a graceful stop that ends relays on the remote side.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::{
+    Server, TestCert, endpoint, eventually, metric, metrics, request, request_with, session,
+    tls_addrs,
+};
+use relaycast_controlplane::client::{ClientError, ClientStream, ClientTimeouts, ClientTls, Session};
+use relaycast_controlplane::protocol::{AppKey, ConnectionRequest, StreamStatus};
+use relaycast_dataplane::synth::{SynthConfig, VideoCodec};
+use serde_json::{Value, json};
+
+fn synth() -> SynthConfig {
+    SynthConfig {
+        video: Some(VideoCodec::Vp8),
+        video_bitrate_bps: 1_000_000,
+        ..SynthConfig::default()
+    }
+}
+
+/// Media packets received and loss in percent.
+async fn figures(player: &ClientStream) -> (u64, f64) {
+    let probe = player.report().await.expect("report").probe.expect("probe");
+    let media = probe.audio_packets + probe.video_packets;
+    let loss = if media + probe.lost == 0 {
+        100.0
+    } else {
+        probe.lost as f64 * 100.0 / (media + probe.lost) as f64
+    };
+    (media, loss)
+}
+
+async fn connect(url: &str, request: ConnectionRequest) -> Result<Session, ClientError> {
+    Session::connect(url, &request, ClientTimeouts::default()).await
+}
+
+fn wss_url(addr: SocketAddr) -> String {
+    format!("wss://localhost:{}/", addr.port())
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn wss_publish_and_play_and_https_rest() {
+    let cert = TestCert::generate();
+    let server = Server::with_config(&cert.toml(), &[]);
+    let (wss, https) = tls_addrs(&server).await;
+    let ep = endpoint();
+    let trust = ClientTls::with_ca_pem(cert.cert_pem.as_bytes(), "test CA").unwrap();
+    let request = ConnectionRequest::default();
+    let timeouts = ClientTimeouts::default();
+
+    let publisher_session = Session::connect_with(&wss_url(wss), &request, timeouts, &trust)
+        .await
+        .expect("wss connect with the CA");
+    let publisher = publisher_session
+        .publish(&ep, "secure", synth())
+        .await
+        .expect("publish over wss");
+    let player_session = Session::connect_with(&wss_url(wss), &request, timeouts, &trust)
+        .await
+        .unwrap();
+    let player = player_session.play(&ep, "secure").await.expect("play over wss");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (media, loss) = figures(&player).await;
+    assert!(media > 50, "player received {media} packets over a wss session");
+    assert!(loss < 1.0, "loss {loss}%");
+
+    // The system roots do not know a self-signed certificate; the explicit opt-in skips it.
+    let e = Session::connect_with(&wss_url(wss), &request, timeouts, &ClientTls::system())
+        .await
+        .err()
+        .expect("an unknown certificate is refused");
+    assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
+    Session::connect_with(&wss_url(wss), &request, timeouts, &ClientTls::insecure())
+        .await
+        .expect("insecure opt-in connects");
+
+    // REST over TLS, and plain REST still works beside it.
+    let (code, body) =
+        common::https_request(https, &cert.cert_pem, "POST", "/rest-api/stream/find_all", "")
+            .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body.as_array().map(Vec::len), Some(2), "{body}");
+    let (code, _) = server.rest("/rest-api/stream/find_all", "").await;
+    assert_eq!(code, 200);
+    drop(publisher);
+}
+
+#[tokio::test]
+async fn relay_pulls_over_wss_verifying_the_configured_ca() {
+    let cert = TestCert::generate();
+    let origin = Server::with_config(&cert.toml(), &[]);
+    let (wss, _) = tls_addrs(&origin).await;
+    let edge = Server::with_config(
+        &format!(
+            "[relay]\ntls_ca_file = {:?}\n",
+            cert.cert_file.display().to_string()
+        ),
+        &[],
+    );
+    let strict = Server::with_config("[relay]\nmax_attempts = 1\nreconnect = false\n", &[]);
+    let ep = endpoint();
+    let publisher_session = session(&origin).await;
+    let _publisher = publisher_session.publish(&ep, "cam", synth()).await.unwrap();
+
+    let body = json!({"uri": wss_url(wss), "remoteStreamName": "cam", "localStreamName": "cam-e"});
+    let (code, reply) = edge.rest("/rest-api/pull/pull", &body.to_string()).await;
+    assert_eq!(code, 200, "{reply}");
+    assert_eq!(reply["status"], json!("PLAYING"), "{reply}");
+    let viewers = session(&edge).await;
+    let player = viewers.play(&ep, "cam-e").await.expect("play the wss relay");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (media, loss) = figures(&player).await;
+    assert!(media > 50, "relay over wss delivered {media} packets");
+    assert!(loss < 1.0, "loss {loss}%");
+
+    // A server trusting only the system roots refuses the self-signed origin.
+    let (_, reply) = strict.rest("/rest-api/pull/pull", &body.to_string()).await;
+    assert_ne!(reply["status"], json!("PLAYING"), "{reply}");
+    let failed = eventually(Duration::from_secs(10), || async {
+        let (_, list) = strict.rest("/rest-api/pull/find_all", "").await;
+        let relay = list.get(0)?.clone();
+        (relay["status"] == json!("FAILED")).then_some(relay)
+    })
+    .await
+    .expect("the unverified relay fails");
+    assert!(
+        failed.to_string().to_lowercase().contains("certificate"),
+        "{failed}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Authentication and access control
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn rest_auth_basic_and_bearer() {
+    let server = Server::with_config(
+        "[auth]\nrest_user = \"admin\"\nrest_password = \"pa55\"\nrest_token = \"t0ken\"\n",
+        &[],
+    );
+    let path = "/rest-api/stream/find_all";
+    let (code, body, headers) = request_with(server.rest, "POST", path, "", &[]).await;
+    assert_eq!(code, 401, "{body}");
+    assert_eq!(body["status"], json!(401));
+    assert!(
+        headers["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Basic")
+    );
+    let wrong = [("authorization", "Basic YWRtaW46bm9wZQ==")]; // admin:nope
+    assert_eq!(request_with(server.rest, "POST", path, "", &wrong).await.0, 401);
+    let wrong = [("authorization", "Bearer t0ke")];
+    assert_eq!(request_with(server.rest, "POST", path, "", &wrong).await.0, 401);
+    let basic = [("authorization", "Basic YWRtaW46cGE1NQ==")]; // admin:pa55
+    let (code, body, _) = request_with(server.rest, "POST", path, "", &basic).await;
+    assert_eq!(code, 404, "accepted: no streams yet, {body}");
+    let bearer = [("authorization", "Bearer t0ken")];
+    let (code, _, _) = request_with(server.rest, "POST", path, "", &bearer).await;
+    assert_eq!(code, 404);
+    // Relay methods are REST methods too.
+    let (code, _, _) = request_with(server.rest, "POST", "/rest-api/pull/find_all", "", &[]).await;
+    assert_eq!(code, 401);
+    // Health, metrics and the web apps stay open (metrics unless auth.metrics).
+    assert_eq!(request(server.rest, "GET", "/health", "").await.0, 200);
+    let text = metrics(&server).await;
+    assert_eq!(metric(&text, "relaycast_rest_auth_failures_total", &[]), 4.0);
+    assert_eq!(request(server.rest, "GET", "/", "").await.0, 200);
+    assert!(server.log_text().contains("REST request refused: 401"));
+
+    let closed = Server::with_config("[auth]\nrest_token = \"t\"\nmetrics = true\n", &[]);
+    assert_eq!(request(closed.rest, "GET", "/metrics", "").await.0, 401);
+    let bearer = [("authorization", "Bearer t")];
+    assert_eq!(
+        request_with(closed.rest, "GET", "/metrics", "", &bearer)
+            .await
+            .0,
+        200
+    );
+}
+
+#[tokio::test]
+async fn signalling_app_keys_and_token() {
+    let server = Server::with_config(
+        "[auth]\napp_keys = [\"live\"]\ntoken = \"s3cret\"\n",
+        &[],
+    );
+    let ep = endpoint();
+    let url = server.ws_url();
+    // The SDK's default appKey is not allowed.
+    let e = connect(&url, ConnectionRequest::default()).await.err().unwrap();
+    assert_eq!(e, ClientError::Fail("Restricted access".into()));
+    // A wrong token in connection is refused at once.
+    let e = connect(
+        &url,
+        ConnectionRequest {
+            app_key: AppKey::from("live"),
+            custom: json!({"token": "guess"}),
+            ..ConnectionRequest::default()
+        },
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(e, ClientError::Fail("Restricted access".into()));
+    // No token in connection: each publish/play must carry it.
+    let bare = connect(
+        &url,
+        ConnectionRequest {
+            app_key: AppKey::from("live"),
+            ..ConnectionRequest::default()
+        },
+    )
+    .await
+    .expect("allowed appKey connects");
+    let e = bare.publish(&ep, "s", synth()).await.err().unwrap();
+    assert_eq!(
+        e,
+        ClientError::Stream {
+            status: StreamStatus::Failed,
+            info: "Restricted access".into()
+        }
+    );
+    let e = bare
+        .negotiate("s", "v=0\r\n", true, json!({"token": "s3cret"}))
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        !e.to_string().contains("Restricted access"),
+        "the token in publishStream passes the check: {e}"
+    );
+    // The token in connection covers the session's publish and play.
+    let good = connect(
+        &url,
+        ConnectionRequest {
+            app_key: AppKey::from("live"),
+            custom: json!({"token": "s3cret"}),
+            ..ConnectionRequest::default()
+        },
+    )
+    .await
+    .unwrap();
+    let _publisher = good.publish(&ep, "ok", synth()).await.expect("publish");
+    let _player = good.play(&ep, "ok").await.expect("play");
+    let text = metrics(&server).await;
+    assert_eq!(
+        metric(
+            &text,
+            "relaycast_requests_refused_total",
+            &["kind=\"restricted_access\""]
+        ),
+        3.0
+    );
+    assert!(server.log_text().contains("connection refused: restricted access"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Limits
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn frame_and_body_limits() {
+    let server = Server::with_config(
+        "[limits]\nmax_frame_bytes = 2048\nmax_body_bytes = 512\n",
+        &[],
+    );
+    let s = session(&server).await;
+    s.send_raw(format!(
+        r#"{{"message":"ping","data":["{}"]}}"#,
+        "x".repeat(4096)
+    ))
+    .unwrap();
+    let reason = tokio::time::timeout(Duration::from_secs(5), s.wait_closed())
+        .await
+        .expect("an oversized frame closes the session");
+    assert!(reason.contains("1009") || reason.contains("too large"), "{reason}");
+
+    let body = format!(r#"{{"name":"{}"}}"#, "n".repeat(1024));
+    let (code, reply) = server.rest("/rest-api/stream/find", &body).await;
+    assert_eq!(code, 413, "{reply}");
+    assert!(reply["error"].as_str().unwrap().contains("512"), "{reply}");
+    let text = metrics(&server).await;
+    assert_eq!(
+        metric(
+            &text,
+            "relaycast_signalling_errors_total",
+            &["kind=\"oversized_frame\""]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn message_rate_limit() {
+    let server = Server::with_config("[limits]\nmax_messages_per_sec = 5\n", &[]);
+    let s = session(&server).await;
+    for _ in 0..8 {
+        s.send_raw(r#"{"message":"ping","data":[]}"#.into()).unwrap();
+    }
+    let dropped = eventually(Duration::from_secs(5), || async {
+        let text = metrics(&server).await;
+        let n = metric(
+            &text,
+            "relaycast_signalling_errors_total",
+            &["kind=\"rate_limited\""],
+        );
+        (n > 0.0).then_some(n)
+    })
+    .await
+    .expect("messages beyond the rate are dropped and counted");
+    assert!(dropped <= 8.0);
+    assert!(s.closed_reason().is_none(), "a short burst does not close the session");
+    // A session that keeps flooding is closed.
+    for _ in 0..100 {
+        if s.send_raw(r#"{"message":"ping","data":[]}"#.into()).is_err() {
+            break;
+        }
+    }
+    let reason = tokio::time::timeout(Duration::from_secs(5), s.wait_closed())
+        .await
+        .expect("a flooding session is closed");
+    assert!(reason.contains("1008") || reason.contains("rate"), "{reason}");
+    assert!(server.log_text().contains("messages per second limit"));
+}
+
+#[tokio::test]
+async fn sessions_per_ip_limit() {
+    let server = Server::with_config("[limits]\nmax_sessions_per_ip = 2\n", &[]);
+    let url = server.ws_url();
+    let a = session(&server).await;
+    let _b = session(&server).await;
+    let e = connect(&url, ConnectionRequest::default()).await.err().unwrap();
+    assert_eq!(
+        e,
+        ClientError::Fail("Too many sessions from 127.0.0.1 (limit 2)".into())
+    );
+    a.close();
+    let c = eventually(Duration::from_secs(5), || async {
+        connect(&url, ConnectionRequest::default()).await.ok()
+    })
+    .await;
+    assert!(c.is_some(), "a freed slot can be used again");
+    assert!(server.log_text().contains("sessions per IP address limit"));
+}
+
+#[tokio::test]
+async fn streams_players_and_peers_limits() {
+    let server = Server::with_config(
+        "[limits]\nmax_streams_per_session = 1\nmax_players_per_stream = 1\n",
+        &[],
+    );
+    let ep = endpoint();
+    let s = session(&server).await;
+    let _publisher = s.publish(&ep, "one", synth()).await.unwrap();
+    let e = s.publish(&ep, "two", synth()).await.err().unwrap();
+    assert_eq!(
+        e,
+        ClientError::Stream {
+            status: StreamStatus::Failed,
+            info: "Too many streams in this session (limit 1)".into()
+        }
+    );
+    let p1 = session(&server).await;
+    let _player = p1.play(&ep, "one").await.expect("first player");
+    let p2 = session(&server).await;
+    let e = p2.play(&ep, "one").await.err().unwrap();
+    assert_eq!(
+        e,
+        ClientError::Stream {
+            status: StreamStatus::Failed,
+            info: "Too many players of this stream (limit 1)".into()
+        }
+    );
+
+    let full = Server::with_config("[limits]\nmax_peers_per_core = 1\n", &["--cores", "1"]);
+    let s = session(&full).await;
+    let _publisher = s.publish(&ep, "x", synth()).await.unwrap();
+    let viewer = session(&full).await;
+    let e = viewer.play(&ep, "x").await.err().unwrap();
+    assert_eq!(
+        e,
+        ClientError::Stream {
+            status: StreamStatus::Failed,
+            info: "Server is full (limit 1 peers per core)".into()
+        }
+    );
+    let text = metrics(&full).await;
+    assert_eq!(
+        metric(
+            &text,
+            "relaycast_requests_refused_total",
+            &["kind=\"peers_per_core\""]
+        ),
+        1.0
+    );
+    assert!(full.log_text().contains("every core is full"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configuration errors
+// ---------------------------------------------------------------------------------------------
+
+/// Runs `relaycast --config <toml> --print-config`: exit code, stdout, stderr.
+fn print_config(toml: &str) -> (i32, String, String) {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("relaycast-print-{}-{n}.toml", std::process::id()));
+    std::fs::write(&path, toml).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_relaycast"))
+        .arg("--config")
+        .arg(&path)
+        .arg("--print-config")
+        .output()
+        .expect("run relaycast");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn config_errors_name_the_key() {
+    let cert = TestCert::generate();
+    let garbage = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate").unwrap();
+    let cases: Vec<(String, &str)> = vec![
+        ("[tls]\ncert = \"x\"\n".into(), "cert"),
+        (
+            format!("[tls]\ncert_file = {:?}\n", cert.cert_file.display().to_string()),
+            "tls.key_file",
+        ),
+        (
+            "[tls]\ncert_file = \"/nonexistent/c.pem\"\nkey_file = \"/nonexistent/k.pem\"\n"
+                .into(),
+            "/nonexistent/c.pem",
+        ),
+        (
+            format!(
+                "[tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+                garbage.display().to_string(),
+                cert.key_file.display().to_string()
+            ),
+            "tls.cert_file",
+        ),
+        ("[auth]\nrest_user = \"admin\"\n".into(), "auth.rest_password"),
+        ("[auth]\nmetrics = true\n".into(), "auth.metrics"),
+        ("[auth]\nrest_user = \"a:b\"\nrest_password = \"p\"\n".into(), "auth.rest_user"),
+        ("[limits]\nmax_streams_per_session = 0\n".into(), "limits.max_streams_per_session"),
+        ("[limits]\nmax_sessions_per_ip = -1\n".into(), "max_sessions_per_ip"),
+        ("[relay]\ntls_ca_file = \"/nonexistent/ca.pem\"\n".into(), "relay.tls_ca_file"),
+        (
+            "[relay]\ntls_insecure = true\ntls_ca_file = \"/x\"\n".into(),
+            "relay.tls_insecure",
+        ),
+    ];
+    for (toml, key) in cases {
+        let (code, _, stderr) = print_config(&toml);
+        assert_eq!(code, 2, "{toml:?} must be refused: {stderr}");
+        assert!(stderr.contains(key), "{toml:?}: {stderr:?} should name {key}");
+    }
+    let (code, stdout, stderr) = print_config(&format!(
+        "{}[auth]\nrest_token = \"t\"\n[limits]\nmax_players_per_stream = 7\n",
+        cert.toml()
+    ));
+    assert_eq!(code, 0, "{stderr}");
+    for key in [
+        "[tls]",
+        "wss_port = 0",
+        "[auth]",
+        "rest_token = \"t\"",
+        "max_players_per_stream = 7",
+        "max_messages_per_sec",
+        "tls_insecure = false",
+    ] {
+        assert!(stdout.contains(key), "{key} missing from:\n{stdout}");
+    }
+}
+
+#[test]
+fn the_example_config_is_valid_and_complete() {
+    let example = include_str!("../examples/relaycast.toml");
+    let (code, stdout, stderr) = print_config(example);
+    assert_eq!(code, 0, "examples/relaycast.toml: {stderr}");
+    // Every key printed by --print-config is documented (set or commented) in the example.
+    for line in stdout.lines() {
+        let Some((key, _)) = line.split_once(" = ") else {
+            continue;
+        };
+        assert!(
+            example.contains(&format!("{key} =")),
+            "examples/relaycast.toml does not mention {key}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metrics and health
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn metrics_move_with_traffic() {
+    let server = Server::start(&[]);
+    let before = metrics(&server).await;
+    assert_eq!(metric(&before, "relaycast_streams", &[]), 0.0);
+    assert_eq!(
+        metric(&before, "relaycast_core_packets_total", &["direction=\"in\""]),
+        0.0
+    );
+    assert!(before.contains("relaycast_core_peers{core=\"1\"}"), "{before}");
+    assert_eq!(request(server.rest, "GET", "/health", "").await.0, 200);
+    assert_eq!(request(server.rest, "GET", "/health/live", "").await.0, 200);
+
+    let ep = endpoint();
+    let s = session(&server).await;
+    let _publisher = s.publish(&ep, "m", synth()).await.unwrap();
+    let v = session(&server).await;
+    let _player = v.play(&ep, "m").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during = metrics(&server).await;
+    assert_eq!(metric(&during, "relaycast_streams", &[]), 1.0);
+    assert_eq!(metric(&during, "relaycast_sessions", &[]), 2.0);
+    assert_eq!(metric(&during, "relaycast_signalling_connections", &[]), 2.0);
+    assert_eq!(
+        metric(&during, "relaycast_media_sessions", &["kind=\"player\""]),
+        1.0
+    );
+    assert_eq!(metric(&during, "relaycast_core_peers", &[]), 2.0);
+    assert_eq!(metric(&during, "relaycast_streams_published_total", &[]), 1.0);
+    assert_eq!(metric(&during, "relaycast_streams_played_total", &[]), 1.0);
+    let rx = metric(&during, "relaycast_core_packets_total", &["direction=\"in\""]);
+    let tx = metric(&during, "relaycast_core_packets_total", &["direction=\"out\""]);
+    let bytes = metric(&during, "relaycast_core_bytes_total", &["direction=\"in\""]);
+    let forwarded = metric(&during, "relaycast_core_forwarded_packets_total", &[]);
+    assert!(rx > 100.0 && tx > 100.0, "rx {rx} tx {tx}");
+    assert!(bytes > rx * 100.0, "bytes in {bytes}");
+    assert!(forwarded > 100.0, "forwarded {forwarded}");
+    assert!(
+        metric(&during, "relaycast_core_keyframe_requests_total", &[]) >= 0.0
+            && during.contains("relaycast_core_dropped_packets_total{core=\"0\",reason=\"ring_full\"}")
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let later = metrics(&server).await;
+    assert!(metric(&later, "relaycast_core_packets_total", &["direction=\"in\""]) > rx);
+
+    drop(_player);
+    v.close();
+    let ended = eventually(Duration::from_secs(5), || async {
+        let text = metrics(&server).await;
+        (metric(&text, "relaycast_media_sessions", &["kind=\"player\""]) == 0.0).then_some(text)
+    })
+    .await
+    .expect("the player's end shows");
+    assert_eq!(
+        metric(
+            &ended,
+            "relaycast_stream_ends_total",
+            &["status=\"STOPPED\""]
+        ),
+        1.0
+    );
+    let (code, _) = server.rest("/rest-api/stream/nope", "").await;
+    assert_eq!(code, 404);
+    let text = metrics(&server).await;
+    assert!(metric(&text, "relaycast_rest_requests_total", &["status=\"404\""]) >= 1.0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Garbage on the media ports
+// ---------------------------------------------------------------------------------------------
+
+/// A small deterministic generator (xorshift), so a failing spray can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+fn stun_binding(rng: &mut Rng, username: &[u8], declared_extra: u16) -> Vec<u8> {
+    let mut attrs = Vec::new();
+    attrs.extend_from_slice(&0x0006u16.to_be_bytes());
+    attrs.extend_from_slice(&(username.len() as u16).to_be_bytes());
+    attrs.extend_from_slice(username);
+    while attrs.len() % 4 != 0 {
+        attrs.push(0);
+    }
+    // A MESSAGE-INTEGRITY that cannot be right.
+    attrs.extend_from_slice(&0x0008u16.to_be_bytes());
+    attrs.extend_from_slice(&20u16.to_be_bytes());
+    attrs.extend_from_slice(&rng.bytes(20));
+    let mut m = Vec::new();
+    m.extend_from_slice(&0x0001u16.to_be_bytes());
+    m.extend_from_slice(&(attrs.len() as u16 + declared_extra).to_be_bytes());
+    m.extend_from_slice(&0x2112_A442u32.to_be_bytes());
+    m.extend_from_slice(&rng.bytes(12));
+    m.extend_from_slice(&attrs);
+    m
+}
+
+/// One hostile datagram: garbage, truncated or forged STUN, DTLS, RTP or RTCP.
+fn hostile(rng: &mut Rng, ufrags: &[String]) -> Vec<u8> {
+    match rng.below(10) {
+        0 => {
+            let n = rng.below(1500);
+            rng.bytes(n)
+        }
+        1 => Vec::new(),
+        2 => {
+            // A binding request naming a real server ufrag, with a forged integrity.
+            let ufrag = &ufrags[rng.below(ufrags.len())];
+            stun_binding(rng, format!("{ufrag}:evil").as_bytes(), 0)
+        }
+        3 => {
+            let mut m = stun_binding(rng, b"nobody:evil", 0);
+            let cut = rng.below(m.len());
+            m.truncate(cut);
+            m
+        }
+        4 => {
+            let extra = 4 + rng.below(400) as u16;
+            let len = rng.below(600);
+            let user = rng.bytes(len);
+            stun_binding(rng, &user, extra)
+        }
+        5 => {
+            // DTLS records: handshake, alert, application data; lengths that lie.
+            let mut m = vec![[20u8, 21, 22, 23][rng.below(4)], 0xfe, 0xfd];
+            m.extend_from_slice(&rng.bytes(8));
+            m.extend_from_slice(&(rng.below(20_000) as u16).to_be_bytes());
+            let n = rng.below(300);
+            m.extend_from_slice(&rng.bytes(n));
+            m
+        }
+        6 => {
+            // A DTLS ClientHello header, truncated anywhere.
+            let mut m = vec![22, 0xfe, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 60, 1, 0, 0, 48];
+            m.extend_from_slice(&rng.bytes(60));
+            let cut = rng.below(m.len());
+            m.truncate(cut);
+            m
+        }
+        7 => {
+            // RTP with the stream's likely payload types and random SSRCs.
+            let pt = [96u8, 97, 100, 102, 111, 0x80 | 96][rng.below(6)];
+            let mut m = vec![0x80 | (rng.next() as u8 & 0x3f), pt];
+            let n = 10 + rng.below(1200);
+            m.extend_from_slice(&rng.bytes(n));
+            m
+        }
+        8 => {
+            // RTCP SR/RR/SDES/BYE/RTPFB/PSFB with lengths that lie.
+            let mut m = vec![0x80 | (rng.next() as u8 & 0x1f), 200 + rng.below(7) as u8];
+            m.extend_from_slice(&(rng.below(1000) as u16).to_be_bytes());
+            let n = rng.below(100);
+            m.extend_from_slice(&rng.bytes(n));
+            m
+        }
+        _ => {
+            // Short headers of every class.
+            let first = [0u8, 1, 20, 23, 64, 127, 128, 191, 255][rng.below(9)];
+            let n = rng.below(12);
+            let mut m = vec![first];
+            m.extend_from_slice(&rng.bytes(n));
+            m
+        }
+    }
+}
+
+/// The ICE ufrags in an answer SDP's `a=ice-ufrag:` lines.
+fn ufrags_in(sdp: &str) -> Vec<String> {
+    sdp.lines()
+        .filter_map(|l| l.trim().strip_prefix("a=ice-ufrag:"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn media_ports_survive_a_spray_of_broken_and_forged_datagrams() {
+    let server = Server::start(&[]);
+    let ep = endpoint();
+    let s = session(&server).await;
+    let publisher = s.publish(&ep, "target", synth()).await.unwrap();
+    let v = session(&server).await;
+    let player = v.play(&ep, "target").await.unwrap();
+    // A server ufrag to forge STUN with: a separate play whose answer we read.
+    let probe_session = session(&server).await;
+    let (_handle, answer) = probe_session
+        .negotiate("target", &fake_offer(), false, Value::Null)
+        .await
+        .map_or_else(|_| (None, String::new()), |(h, a)| (Some(h), a));
+    let mut ufrags = ufrags_in(&answer);
+    if ufrags.is_empty() {
+        ufrags.push("abcd".into());
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (media_before, _) = figures(&player).await;
+
+    // Bounded: at most 4000 datagrams per port, at most 4 s, loopback only.
+    let mut rng = Rng(0x5eed_1234_abcd_ef01);
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let started = Instant::now();
+    let mut sent = 0usize;
+    'spray: for round in 0..4000 {
+        for port in &server.media {
+            assert!(port.ip().is_loopback());
+            let datagram = hostile(&mut rng, &ufrags);
+            let _ = socket.send_to(&datagram, port).await;
+            sent += 1;
+        }
+        if round % 100 == 99 {
+            // About 20 000 datagrams a second: hostile, not a flood the kernel would drop.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if started.elapsed() > Duration::from_secs(4) {
+            break 'spray;
+        }
+    }
+    eprintln!("sprayed {sent} datagrams in {:?}", started.elapsed());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let (code, _) = server.rest("/rest-api/server/info", "").await;
+    assert_eq!(code, 200, "the server still answers");
+    assert_eq!(publisher.handle.status(), StreamStatus::Publishing);
+    assert_eq!(player.handle.status(), StreamStatus::Playing);
+    let (media_after, loss) = figures(&player).await;
+    eprintln!("player: {media_before} -> {media_after} packets, loss {loss:.3}%");
+    assert!(
+        media_after > media_before + 100,
+        "media kept flowing: {media_before} -> {media_after}"
+    );
+    assert!(loss < 1.0, "the player lost {loss:.3}% during the spray");
+    let text = metrics(&server).await;
+    let dropped = metric(&text, "relaycast_core_dropped_packets_total", &[]);
+    assert!(dropped > 0.0, "the spray shows as dropped datagrams");
+    // A new player still works after the spray.
+    let late = session(&server).await;
+    let late_player = late.play(&ep, "target").await.expect("play after the spray");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(figures(&late_player).await.0 > 20);
+}
+
+/// A minimal browser-like recvonly offer (its DTLS fingerprint is never used).
+fn fake_offer() -> String {
+    let fp = "00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF";
+    format!(
+        "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n\
+         m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=ice-ufrag:spry\r\n\
+         a=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=fingerprint:sha-256 {fp}\r\n\
+         a=setup:actpass\r\na=mid:0\r\na=recvonly\r\na=rtcp-mux\r\na=rtpmap:96 VP8/90000\r\n"
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Graceful stop with relays
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn sigterm_ends_relays_on_the_remote_side_within_5_seconds() {
+    let mut origin = Server::start(&[]);
+    let edge = Server::start(&[]);
+    let ep = endpoint();
+    let s = session(&origin).await;
+    let mut publisher = s.publish(&ep, "cam", synth()).await.unwrap();
+    let body = json!({"uri": edge.ws_url(), "localStreamName": "cam", "remoteStreamName": "cam-pushed"});
+    let (code, reply) = origin.rest("/rest-api/pull/push", &body.to_string()).await;
+    assert_eq!(code, 200, "{reply}");
+    let viewers = session(&edge).await;
+    let mut player = viewers.play(&ep, "cam-pushed").await.expect("play the pushed stream");
+
+    let started = Instant::now();
+    let stopped = tokio::task::spawn_blocking(move || {
+        let status = origin.terminate(Duration::from_secs(5));
+        (status, origin)
+    });
+    let p = publisher
+        .handle
+        .wait_for(&[StreamStatus::Unpublished], Duration::from_secs(5))
+        .await
+        .expect("the publisher gets UNPUBLISHED");
+    assert_eq!(p.status, StreamStatus::Unpublished);
+    let e = player
+        .handle
+        .wait_for(
+            &[StreamStatus::Stopped, StreamStatus::Failed],
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("the remote player of the pushed stream is stopped");
+    assert_eq!(e.info.as_deref(), Some("Stopped by publisher stop"), "{e:?}");
+    let (status, _origin) = stopped.await.unwrap();
+    let status = status.expect("exits within 5 s");
+    assert!(status.success(), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The edge no longer lists the pushed stream.
+    let (code, _) = edge
+        .rest("/rest-api/stream/find", r#"{"name":"cam-pushed"}"#)
+        .await;
+    assert_eq!(code, 404);
+}
