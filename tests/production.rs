@@ -12,7 +12,9 @@ use common::{
     Server, TestCert, endpoint, eventually, metric, metrics, request, request_with, session,
     tls_addrs,
 };
-use relaycast_controlplane::client::{ClientError, ClientStream, ClientTimeouts, ClientTls, Session};
+use relaycast_controlplane::client::{
+    ClientError, ClientStream, ClientTimeouts, ClientTls, Session,
+};
 use relaycast_controlplane::protocol::{AppKey, ConnectionRequest, StreamStatus};
 use relaycast_dataplane::synth::{SynthConfig, VideoCodec};
 use serde_json::{Value, json};
@@ -69,10 +71,16 @@ async fn wss_publish_and_play_and_https_rest() {
     let player_session = Session::connect_with(&wss_url(wss), &request, timeouts, &trust)
         .await
         .unwrap();
-    let player = player_session.play(&ep, "secure").await.expect("play over wss");
+    let player = player_session
+        .play(&ep, "secure")
+        .await
+        .expect("play over wss");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (media, loss) = figures(&player).await;
-    assert!(media > 50, "player received {media} packets over a wss session");
+    assert!(
+        media > 50,
+        "player received {media} packets over a wss session"
+    );
     assert!(loss < 1.0, "loss {loss}%");
 
     // The system roots do not know a self-signed certificate; the explicit opt-in skips it.
@@ -86,9 +94,14 @@ async fn wss_publish_and_play_and_https_rest() {
         .expect("insecure opt-in connects");
 
     // REST over TLS, and plain REST still works beside it.
-    let (code, body) =
-        common::https_request(https, &cert.cert_pem, "POST", "/rest-api/stream/find_all", "")
-            .await;
+    let (code, body) = common::https_request(
+        https,
+        &cert.cert_pem,
+        "POST",
+        "/rest-api/stream/find_all",
+        "",
+    )
+    .await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body.as_array().map(Vec::len), Some(2), "{body}");
     let (code, _) = server.rest("/rest-api/stream/find_all", "").await;
@@ -111,14 +124,20 @@ async fn relay_pulls_over_wss_verifying_the_configured_ca() {
     let strict = Server::with_config("[relay]\nmax_attempts = 1\nreconnect = false\n", &[]);
     let ep = endpoint();
     let publisher_session = session(&origin).await;
-    let _publisher = publisher_session.publish(&ep, "cam", synth()).await.unwrap();
+    let _publisher = publisher_session
+        .publish(&ep, "cam", synth())
+        .await
+        .unwrap();
 
     let body = json!({"uri": wss_url(wss), "remoteStreamName": "cam", "localStreamName": "cam-e"});
     let (code, reply) = edge.rest("/rest-api/pull/pull", &body.to_string()).await;
     assert_eq!(code, 200, "{reply}");
     assert_eq!(reply["status"], json!("PLAYING"), "{reply}");
     let viewers = session(&edge).await;
-    let player = viewers.play(&ep, "cam-e").await.expect("play the wss relay");
+    let player = viewers
+        .play(&ep, "cam-e")
+        .await
+        .expect("play the wss relay");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (media, loss) = figures(&player).await;
     assert!(media > 50, "relay over wss delivered {media} packets");
@@ -161,9 +180,15 @@ async fn rest_auth_basic_and_bearer() {
             .starts_with("Basic")
     );
     let wrong = [("authorization", "Basic YWRtaW46bm9wZQ==")]; // admin:nope
-    assert_eq!(request_with(server.rest, "POST", path, "", &wrong).await.0, 401);
+    assert_eq!(
+        request_with(server.rest, "POST", path, "", &wrong).await.0,
+        401
+    );
     let wrong = [("authorization", "Bearer t0ke")];
-    assert_eq!(request_with(server.rest, "POST", path, "", &wrong).await.0, 401);
+    assert_eq!(
+        request_with(server.rest, "POST", path, "", &wrong).await.0,
+        401
+    );
     let basic = [("authorization", "Basic YWRtaW46cGE1NQ==")]; // admin:pa55
     let (code, body, _) = request_with(server.rest, "POST", path, "", &basic).await;
     assert_eq!(code, 404, "accepted: no streams yet, {body}");
@@ -176,7 +201,10 @@ async fn rest_auth_basic_and_bearer() {
     // Health, metrics and the web apps stay open (metrics unless auth.metrics).
     assert_eq!(request(server.rest, "GET", "/health", "").await.0, 200);
     let text = metrics(&server).await;
-    assert_eq!(metric(&text, "relaycast_rest_auth_failures_total", &[]), 4.0);
+    assert_eq!(
+        metric(&text, "relaycast_rest_auth_failures_total", &[]),
+        4.0
+    );
     assert_eq!(request(server.rest, "GET", "/", "").await.0, 200);
     assert!(server.log_text().contains("REST request refused: 401"));
 
@@ -193,14 +221,14 @@ async fn rest_auth_basic_and_bearer() {
 
 #[tokio::test]
 async fn signalling_app_keys_and_token() {
-    let server = Server::with_config(
-        "[auth]\napp_keys = [\"live\"]\ntoken = \"s3cret\"\n",
-        &[],
-    );
+    let server = Server::with_config("[auth]\napp_keys = [\"live\"]\ntoken = \"s3cret\"\n", &[]);
     let ep = endpoint();
     let url = server.ws_url();
     // The SDK's default appKey is not allowed.
-    let e = connect(&url, ConnectionRequest::default()).await.err().unwrap();
+    let e = connect(&url, ConnectionRequest::default())
+        .await
+        .err()
+        .unwrap();
     assert_eq!(e, ClientError::Fail("Restricted access".into()));
     // A wrong token in connection is refused at once.
     let e = connect(
@@ -264,7 +292,11 @@ async fn signalling_app_keys_and_token() {
         ),
         3.0
     );
-    assert!(server.log_text().contains("connection refused: restricted access"));
+    assert!(
+        server
+            .log_text()
+            .contains("connection refused: restricted access")
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -286,7 +318,10 @@ async fn frame_and_body_limits() {
     let reason = tokio::time::timeout(Duration::from_secs(5), s.wait_closed())
         .await
         .expect("an oversized frame closes the session");
-    assert!(reason.contains("1009") || reason.contains("too large"), "{reason}");
+    assert!(
+        reason.contains("1009") || reason.contains("too large"),
+        "{reason}"
+    );
 
     let body = format!(r#"{{"name":"{}"}}"#, "n".repeat(1024));
     let (code, reply) = server.rest("/rest-api/stream/find", &body).await;
@@ -308,7 +343,8 @@ async fn message_rate_limit() {
     let server = Server::with_config("[limits]\nmax_messages_per_sec = 5\n", &[]);
     let s = session(&server).await;
     for _ in 0..8 {
-        s.send_raw(r#"{"message":"ping","data":[]}"#.into()).unwrap();
+        s.send_raw(r#"{"message":"ping","data":[]}"#.into())
+            .unwrap();
     }
     let dropped = eventually(Duration::from_secs(5), || async {
         let text = metrics(&server).await;
@@ -322,17 +358,25 @@ async fn message_rate_limit() {
     .await
     .expect("messages beyond the rate are dropped and counted");
     assert!(dropped <= 8.0);
-    assert!(s.closed_reason().is_none(), "a short burst does not close the session");
+    assert!(
+        s.closed_reason().is_none(),
+        "a short burst does not close the session"
+    );
     // A session that keeps flooding is closed.
     for _ in 0..100 {
-        if s.send_raw(r#"{"message":"ping","data":[]}"#.into()).is_err() {
+        if s.send_raw(r#"{"message":"ping","data":[]}"#.into())
+            .is_err()
+        {
             break;
         }
     }
     let reason = tokio::time::timeout(Duration::from_secs(5), s.wait_closed())
         .await
         .expect("a flooding session is closed");
-    assert!(reason.contains("1008") || reason.contains("rate"), "{reason}");
+    assert!(
+        reason.contains("1008") || reason.contains("rate"),
+        "{reason}"
+    );
     assert!(server.log_text().contains("messages per second limit"));
 }
 
@@ -342,7 +386,10 @@ async fn sessions_per_ip_limit() {
     let url = server.ws_url();
     let a = session(&server).await;
     let _b = session(&server).await;
-    let e = connect(&url, ConnectionRequest::default()).await.err().unwrap();
+    let e = connect(&url, ConnectionRequest::default())
+        .await
+        .err()
+        .unwrap();
     assert_eq!(
         e,
         ClientError::Fail("Too many sessions from 127.0.0.1 (limit 2)".into())
@@ -441,12 +488,14 @@ fn config_errors_name_the_key() {
     let cases: Vec<(String, &str)> = vec![
         ("[tls]\ncert = \"x\"\n".into(), "cert"),
         (
-            format!("[tls]\ncert_file = {:?}\n", cert.cert_file.display().to_string()),
+            format!(
+                "[tls]\ncert_file = {:?}\n",
+                cert.cert_file.display().to_string()
+            ),
             "tls.key_file",
         ),
         (
-            "[tls]\ncert_file = \"/nonexistent/c.pem\"\nkey_file = \"/nonexistent/k.pem\"\n"
-                .into(),
+            "[tls]\ncert_file = \"/nonexistent/c.pem\"\nkey_file = \"/nonexistent/k.pem\"\n".into(),
             "/nonexistent/c.pem",
         ),
         (
@@ -457,12 +506,27 @@ fn config_errors_name_the_key() {
             ),
             "tls.cert_file",
         ),
-        ("[auth]\nrest_user = \"admin\"\n".into(), "auth.rest_password"),
+        (
+            "[auth]\nrest_user = \"admin\"\n".into(),
+            "auth.rest_password",
+        ),
         ("[auth]\nmetrics = true\n".into(), "auth.metrics"),
-        ("[auth]\nrest_user = \"a:b\"\nrest_password = \"p\"\n".into(), "auth.rest_user"),
-        ("[limits]\nmax_streams_per_session = 0\n".into(), "limits.max_streams_per_session"),
-        ("[limits]\nmax_sessions_per_ip = -1\n".into(), "max_sessions_per_ip"),
-        ("[relay]\ntls_ca_file = \"/nonexistent/ca.pem\"\n".into(), "relay.tls_ca_file"),
+        (
+            "[auth]\nrest_user = \"a:b\"\nrest_password = \"p\"\n".into(),
+            "auth.rest_user",
+        ),
+        (
+            "[limits]\nmax_streams_per_session = 0\n".into(),
+            "limits.max_streams_per_session",
+        ),
+        (
+            "[limits]\nmax_sessions_per_ip = -1\n".into(),
+            "max_sessions_per_ip",
+        ),
+        (
+            "[relay]\ntls_ca_file = \"/nonexistent/ca.pem\"\n".into(),
+            "relay.tls_ca_file",
+        ),
         (
             "[relay]\ntls_insecure = true\ntls_ca_file = \"/x\"\n".into(),
             "relay.tls_insecure",
@@ -471,7 +535,10 @@ fn config_errors_name_the_key() {
     for (toml, key) in cases {
         let (code, _, stderr) = print_config(&toml);
         assert_eq!(code, 2, "{toml:?} must be refused: {stderr}");
-        assert!(stderr.contains(key), "{toml:?}: {stderr:?} should name {key}");
+        assert!(
+            stderr.contains(key),
+            "{toml:?}: {stderr:?} should name {key}"
+        );
     }
     let (code, stdout, stderr) = print_config(&format!(
         "{}[auth]\nrest_token = \"t\"\n[limits]\nmax_players_per_stream = 7\n",
@@ -518,10 +585,17 @@ async fn metrics_move_with_traffic() {
     let before = metrics(&server).await;
     assert_eq!(metric(&before, "relaycast_streams", &[]), 0.0);
     assert_eq!(
-        metric(&before, "relaycast_core_packets_total", &["direction=\"in\""]),
+        metric(
+            &before,
+            "relaycast_core_packets_total",
+            &["direction=\"in\""]
+        ),
         0.0
     );
-    assert!(before.contains("relaycast_core_peers{core=\"1\"}"), "{before}");
+    assert!(
+        before.contains("relaycast_core_peers{core=\"1\"}"),
+        "{before}"
+    );
     assert_eq!(request(server.rest, "GET", "/health", "").await.0, 200);
     assert_eq!(request(server.rest, "GET", "/health/live", "").await.0, 200);
 
@@ -534,16 +608,30 @@ async fn metrics_move_with_traffic() {
     let during = metrics(&server).await;
     assert_eq!(metric(&during, "relaycast_streams", &[]), 1.0);
     assert_eq!(metric(&during, "relaycast_sessions", &[]), 2.0);
-    assert_eq!(metric(&during, "relaycast_signalling_connections", &[]), 2.0);
+    assert_eq!(
+        metric(&during, "relaycast_signalling_connections", &[]),
+        2.0
+    );
     assert_eq!(
         metric(&during, "relaycast_media_sessions", &["kind=\"player\""]),
         1.0
     );
     assert_eq!(metric(&during, "relaycast_core_peers", &[]), 2.0);
-    assert_eq!(metric(&during, "relaycast_streams_published_total", &[]), 1.0);
+    assert_eq!(
+        metric(&during, "relaycast_streams_published_total", &[]),
+        1.0
+    );
     assert_eq!(metric(&during, "relaycast_streams_played_total", &[]), 1.0);
-    let rx = metric(&during, "relaycast_core_packets_total", &["direction=\"in\""]);
-    let tx = metric(&during, "relaycast_core_packets_total", &["direction=\"out\""]);
+    let rx = metric(
+        &during,
+        "relaycast_core_packets_total",
+        &["direction=\"in\""],
+    );
+    let tx = metric(
+        &during,
+        "relaycast_core_packets_total",
+        &["direction=\"out\""],
+    );
     let bytes = metric(&during, "relaycast_core_bytes_total", &["direction=\"in\""]);
     let forwarded = metric(&during, "relaycast_core_forwarded_packets_total", &[]);
     assert!(rx > 100.0 && tx > 100.0, "rx {rx} tx {tx}");
@@ -551,11 +639,18 @@ async fn metrics_move_with_traffic() {
     assert!(forwarded > 100.0, "forwarded {forwarded}");
     assert!(
         metric(&during, "relaycast_core_keyframe_requests_total", &[]) >= 0.0
-            && during.contains("relaycast_core_dropped_packets_total{core=\"0\",reason=\"ring_full\"}")
+            && during
+                .contains("relaycast_core_dropped_packets_total{core=\"0\",reason=\"ring_full\"}")
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let later = metrics(&server).await;
-    assert!(metric(&later, "relaycast_core_packets_total", &["direction=\"in\""]) > rx);
+    assert!(
+        metric(
+            &later,
+            "relaycast_core_packets_total",
+            &["direction=\"in\""]
+        ) > rx
+    );
 
     drop(_player);
     v.close();
@@ -761,7 +856,10 @@ async fn media_ports_survive_a_spray_of_broken_and_forged_datagrams() {
     assert!(dropped > 0.0, "the spray shows as dropped datagrams");
     // A new player still works after the spray.
     let late = session(&server).await;
-    let late_player = late.play(&ep, "target").await.expect("play after the spray");
+    let late_player = late
+        .play(&ep, "target")
+        .await
+        .expect("play after the spray");
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(figures(&late_player).await.0 > 20);
 }
@@ -788,11 +886,15 @@ async fn sigterm_ends_relays_on_the_remote_side_within_5_seconds() {
     let ep = endpoint();
     let s = session(&origin).await;
     let mut publisher = s.publish(&ep, "cam", synth()).await.unwrap();
-    let body = json!({"uri": edge.ws_url(), "localStreamName": "cam", "remoteStreamName": "cam-pushed"});
+    let body =
+        json!({"uri": edge.ws_url(), "localStreamName": "cam", "remoteStreamName": "cam-pushed"});
     let (code, reply) = origin.rest("/rest-api/pull/push", &body.to_string()).await;
     assert_eq!(code, 200, "{reply}");
     let viewers = session(&edge).await;
-    let mut player = viewers.play(&ep, "cam-pushed").await.expect("play the pushed stream");
+    let mut player = viewers
+        .play(&ep, "cam-pushed")
+        .await
+        .expect("play the pushed stream");
 
     let started = Instant::now();
     let stopped = tokio::task::spawn_blocking(move || {
@@ -813,7 +915,11 @@ async fn sigterm_ends_relays_on_the_remote_side_within_5_seconds() {
         )
         .await
         .expect("the remote player of the pushed stream is stopped");
-    assert_eq!(e.info.as_deref(), Some("Stopped by publisher stop"), "{e:?}");
+    assert_eq!(
+        e.info.as_deref(),
+        Some("Stopped by publisher stop"),
+        "{e:?}"
+    );
     let (status, _origin) = stopped.await.unwrap();
     let status = status.expect("exits within 5 s");
     assert!(status.success(), "{status:?}");

@@ -286,7 +286,11 @@ impl TestCert {
 pub async fn tls_addrs(server: &Server) -> (SocketAddr, SocketAddr) {
     let (code, info) = server.rest("/rest-api/server/info", "").await;
     assert_eq!(code, 200, "{info}");
-    let port = |key: &str| info[key].as_u64().unwrap_or_else(|| panic!("{key} in {info}")) as u16;
+    let port = |key: &str| {
+        info[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{key} in {info}")) as u16
+    };
     (
         SocketAddr::from(([127, 0, 0, 1], port("wssPort"))),
         SocketAddr::from(([127, 0, 0, 1], port("httpsPort"))),
@@ -305,7 +309,15 @@ pub async fn request_with(
     let stream = tokio::net::TcpStream::connect(addr)
         .await
         .expect("connect REST");
-    send_http(hyper_util::rt::TokioIo::new(stream), addr, method, path, body, headers).await
+    send_http(
+        hyper_util::rt::TokioIo::new(stream),
+        addr,
+        method,
+        path,
+        body,
+        headers,
+    )
+    .await
 }
 
 /// A request over TLS, trusting only `ca_pem`.
@@ -332,8 +344,15 @@ pub async fn https_request(
         .expect("connect HTTPS");
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let tls = connector.connect(name, tcp).await.expect("TLS handshake");
-    let (status, value, _) =
-        send_http(hyper_util::rt::TokioIo::new(tls), addr, method, path, body, &[]).await;
+    let (status, value, _) = send_http(
+        hyper_util::rt::TokioIo::new(tls),
+        addr,
+        method,
+        path,
+        body,
+        &[],
+    )
+    .await;
     (status, value)
 }
 
