@@ -85,6 +85,10 @@ async fn fanout(codec: VideoCodec, players: usize) {
     assert_eq!(code, 200, "{body}");
     let list = body.as_array().expect("find answers a list");
     assert!(list.iter().any(|s| s["published"] == json!(true)), "{body}");
+    // The picture size read from the keyframes is reported (the SDK's resize event too).
+    let publisher_info = list.iter().find(|s| s["published"] == json!(true)).unwrap();
+    assert!(publisher_info["width"].as_u64().unwrap_or(0) > 0, "{body}");
+    assert!(publisher_info["height"].as_u64().unwrap_or(0) > 0, "{body}");
 }
 
 #[tokio::test]

@@ -696,6 +696,7 @@ impl Endpoint {
             | Event::Negotiated { peer, .. }
             | Event::Connected { peer }
             | Event::Failed { peer, .. }
+            | Event::Resolution { peer, .. }
             | Event::Closed { peer, .. } => *peer,
         };
         let mut routes = self.routes.lock().unwrap();

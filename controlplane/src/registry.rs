@@ -198,6 +198,8 @@ pub struct Stream {
     pub continuity: Continuity,
     /// The servers the stream's media came through before this one (relay loop detection).
     pub via: Vec<String>,
+    /// The video picture size its source's last keyframe announced.
+    pub resolution: Option<(u32, u32)>,
 }
 
 struct MediaSession {
@@ -396,6 +398,11 @@ impl Registry {
                     status = %ms.status, "stream live");
                 let event = status_event(ms);
                 send(out, ms.conn, protocol::stream_status(&event));
+                if !ms.published
+                    && let Some((w, h)) = self.streams.get(&ms.name).and_then(|s| s.resolution)
+                {
+                    send(out, ms.conn, resize_event(&id, w, h));
+                }
             }
             Event::Failed {
                 peer,
@@ -414,6 +421,11 @@ impl Registry {
                 tracing::info!(media_session = %id, %peer, %reason, "peer failed");
                 self.end_media(&id, StreamStatus::Failed, failure_info(&reason), out);
             }
+            Event::Resolution {
+                peer,
+                width,
+                height,
+            } => self.resolution(peer, width, height, out),
             Event::Negotiated { .. } | Event::Closed { .. } => {}
         }
     }
@@ -514,6 +526,35 @@ impl Registry {
         }
     }
 
+    /// A source's picture size changed: the stream records it, and its publisher and players
+    /// get `notifyStreamEvent` `resize` (the SDK's `videoResolution()` reads it).
+    fn resolution(&mut self, peer: PeerId, width: u32, height: u32, out: &mut Vec<Effect>) {
+        let id = match self.peers.get(&peer) {
+            Some(id) => id.clone(),
+            // A pull relay's ingest peer is not in `peers`: its media session names it.
+            None => match self.media.values().find(|m| m.published && m.peer == peer) {
+                Some(m) => m.id.clone(),
+                None => return,
+            },
+        };
+        let Some(ms) = self.media.get(&id).filter(|m| m.published) else {
+            return;
+        };
+        let Some(stream) = self.streams.get_mut(&ms.name) else {
+            return;
+        };
+        stream.resolution = Some((width, height));
+        tracing::info!(stream = %ms.name, media_session = %id, width, height, "stream resolution");
+        if ms.conn != RELAY_CONN {
+            send(out, ms.conn, resize_event(&id, width, height));
+        }
+        for player in &stream.players {
+            if let Some(p) = self.media.get(player) {
+                send(out, p.conn, resize_event(player, width, height));
+            }
+        }
+    }
+
     /// A pull relay becomes the source of local stream `name`: the stream exists (players get
     /// `Stream not found` until [`Registry::relay_source_media`]) and is listed with the
     /// relay's local media session id. Returns the stream's id and home core, or `None` when
@@ -542,6 +583,7 @@ impl Registry {
                 players: Vec::new(),
                 continuity: Continuity::default(),
                 via,
+                resolution: None,
             },
         );
         self.add_media(RELAY_CONN, id, name, true, PeerId(0), core, now_ms);
@@ -684,6 +726,7 @@ impl Registry {
                 players: Vec::new(),
                 continuity: Continuity::default(),
                 via,
+                resolution: None,
             },
         );
         self.add_media(conn, &id, &name, true, peer, core, now_ms);
@@ -982,6 +1025,7 @@ impl Registry {
     }
 
     fn info(&self, m: &MediaSession) -> StreamInfo {
+        let resolution = self.streams.get(&m.name).and_then(|s| s.resolution);
         let session = self.sessions.get(&m.conn);
         StreamInfo {
             app_key: session.map(|s| s.app_key.clone()).unwrap_or_default(),
@@ -995,8 +1039,8 @@ impl Registry {
             info: m.info.clone(),
             audio_codec: m.media.audio_codec().map(str::to_string),
             video_codec: m.media.video_codec().map(str::to_string),
-            width: 0,
-            height: 0,
+            width: resolution.map_or(0, |r| r.0),
+            height: resolution.map_or(0, |r| r.1),
             bitrate: 0,
             create_date: m.created_ms,
             media_provider: MEDIA_PROVIDER,
@@ -1065,6 +1109,15 @@ fn fail_status(
         video_codec: None,
     };
     send(out, conn, protocol::stream_status(&event));
+}
+
+/// `notifyStreamEvent` `resize` with the SDK's payload fields.
+fn resize_event(id: &MediaSessionId, width: u32, height: u32) -> String {
+    protocol::stream_event(
+        id,
+        "resize",
+        json!({ "streamerVideoWidth": width, "streamerVideoHeight": height }),
+    )
 }
 
 /// The `info` of a publish or play refused because the stream would loop between servers.

@@ -169,6 +169,8 @@ impl Relays {
             | Event::Connected { peer }
             | Event::Failed { peer, .. }
             | Event::Closed { peer, .. } => *peer,
+            // A pull relay's picture size is the local stream's: the registry takes it.
+            Event::Resolution { .. } => return Some(event),
         };
         let mut routes = self.routes.borrow_mut();
         let Some(tx) = routes.get(&peer) else {

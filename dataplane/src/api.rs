@@ -130,6 +130,13 @@ pub enum Event {
         reason: PeerFailure,
         continuity: Option<Continuity>,
     },
+    /// An ingest peer's video picture size, read from a keyframe: sent first and whenever
+    /// it changes.
+    Resolution {
+        peer: PeerId,
+        width: u32,
+        height: u32,
+    },
     /// The peer was closed on request. For an ingest peer, where its stream left off.
     Closed {
         peer: PeerId,

@@ -576,6 +576,13 @@ impl Core {
                         self.forward(stream, packet, true, now);
                     }
                 }
+                PeerEvent::Resolution { width, height } => {
+                    self.sink.emit(Event::Resolution {
+                        peer,
+                        width,
+                        height,
+                    });
+                }
                 PeerEvent::KeyframeRequest(_) => {
                     self.counters
                         .player_keyframe_requests

@@ -336,3 +336,113 @@ a=rtpmap:98 VP9/90000\r\n";
         assert_eq!(t, (u32::MAX - 10).wrapping_add(960));
     }
 }
+
+/// The picture size a video keyframe announces: VP8 from its keyframe header (RFC 6386
+/// 9.1, behind the RFC 7741 payload descriptor), H264 from a sequence parameter set sent
+/// alone or in a STAP-A (RFC 6184). `None` for other packets and codecs.
+pub fn video_resolution(codec: Codec, payload: &[u8]) -> Option<(u32, u32)> {
+    match codec {
+        Codec::Vp8 => vp8_resolution(payload),
+        Codec::H264 => h264_resolution(payload),
+        _ => None,
+    }
+}
+
+fn vp8_resolution(p: &[u8]) -> Option<(u32, u32)> {
+    let first = *p.first()?;
+    // Only the first packet of a partition-0 frame (S=1, PID=0) carries the frame header.
+    if first & 0x10 == 0 || first & 0x07 != 0 {
+        return None;
+    }
+    let mut at = 1;
+    if first & 0x80 != 0 {
+        let ext = *p.get(1)?;
+        at = 2;
+        if ext & 0x80 != 0 {
+            at += if *p.get(at)? & 0x80 != 0 { 2 } else { 1 };
+        }
+        if ext & 0x40 != 0 {
+            at += 1;
+        }
+        if ext & 0x30 != 0 {
+            at += 1;
+        }
+    }
+    let frame = p.get(at..at + 10)?;
+    // Frame tag bit 0 clear: keyframe; then the start code 9d 01 2a.
+    if frame[0] & 0x01 != 0 || frame[3..6] != [0x9d, 0x01, 0x2a] {
+        return None;
+    }
+    let width = u32::from(u16::from_le_bytes([frame[6], frame[7]]) & 0x3fff);
+    let height = u32::from(u16::from_le_bytes([frame[8], frame[9]]) & 0x3fff);
+    (width > 0 && height > 0).then_some((width, height))
+}
+
+fn h264_resolution(p: &[u8]) -> Option<(u32, u32)> {
+    let nal_type = p.first()? & 0x1f;
+    match nal_type {
+        7 => sps_resolution(p),
+        // STAP-A: 16-bit sizes, each followed by a NAL unit.
+        24 => {
+            let mut rest = &p[1..];
+            while rest.len() > 2 {
+                let size = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+                let nal = rest.get(2..2 + size)?;
+                if nal.first().is_some_and(|b| b & 0x1f == 7) {
+                    return sps_resolution(nal);
+                }
+                rest = &rest[2 + size..];
+            }
+            None
+        }
+        _ => None,
+    }
+}
+
+fn sps_resolution(nal: &[u8]) -> Option<(u32, u32)> {
+    use h264_reader::nal::sps::SeqParameterSet;
+    use h264_reader::rbsp::{BitReader, decode_nal};
+    let rbsp = decode_nal(nal).ok()?;
+    let sps = SeqParameterSet::from_bits(BitReader::new(&*rbsp)).ok()?;
+    sps.pixel_dimensions().ok()
+}
+
+#[cfg(test)]
+mod resolution_tests {
+    use super::*;
+
+    #[test]
+    fn vp8_keyframe_header_gives_the_size() {
+        // Descriptor with X, I (15-bit picture id), then a keyframe tag and 640x480.
+        let payload = [
+            0x90, 0x80, 0x80, 0x01, // X+S, I, picture id
+            0x50, 0x42, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0xe0, 0x01, 0x00,
+        ];
+        assert_eq!(video_resolution(Codec::Vp8, &payload), Some((640, 480)));
+        // A delta frame (tag bit 0 set) and a continuation packet (S=0) say nothing.
+        let mut delta = payload;
+        delta[4] |= 1;
+        assert_eq!(video_resolution(Codec::Vp8, &delta), None);
+        let mut cont = payload;
+        cont[0] &= !0x10;
+        assert_eq!(video_resolution(Codec::Vp8, &cont), None);
+        assert_eq!(video_resolution(Codec::Vp8, &[0x10, 0x00]), None);
+    }
+
+    #[test]
+    fn h264_sps_gives_the_size_alone_and_in_stap_a() {
+        // A Constrained Baseline 640x480 SPS (level 3.0) as browsers send it.
+        let sps = [
+            0x67, 0x42, 0xc0, 0x1e, 0xd9, 0x00, 0xa0, 0x3d, 0xa1, 0x00, 0x00, 0x03, 0x00, 0x01,
+            0x00, 0x00, 0x03, 0x00, 0x3c, 0x8f, 0x16, 0x2e, 0x48,
+        ];
+        assert_eq!(video_resolution(Codec::H264, &sps), Some((640, 480)));
+        let mut stap = vec![24u8, 0, 4, 0x09, 0x10, 0x00, 0x00];
+        stap.extend_from_slice(&(sps.len() as u16).to_be_bytes());
+        stap.extend_from_slice(&sps);
+        assert_eq!(video_resolution(Codec::H264, &stap), Some((640, 480)));
+        assert_eq!(video_resolution(Codec::H264, &[0x65, 0x88]), None);
+        assert_eq!(video_resolution(Codec::H264, &[24, 0, 200, 1]), None);
+        assert_eq!(video_resolution(Codec::Opus, &sps), None);
+    }
+}

@@ -19,7 +19,7 @@ use crate::api::{DataPlaneConfig, PeerFailure, PeerReport, Role};
 use crate::ids::{CoreId, PeerId, StreamId};
 use crate::media::{
     Continuity, MediaExt, MediaPacket, StreamMedia, TrackRewriter, choose_ingest_codecs,
-    offered_kinds,
+    offered_kinds, video_resolution,
 };
 use crate::synth::{Generator, Probe, SynthConfig, SynthPacket, VideoCodec, unix_micros};
 use crate::udp::SendBatch;
@@ -33,6 +33,8 @@ pub enum PeerEvent {
     Media(MediaPacket),
     /// The remote (a player) asked for a keyframe.
     KeyframeRequest(KeyframeRequestKind),
+    /// The ingested video's picture size changed (read from a keyframe).
+    Resolution { width: u32, height: u32 },
 }
 
 /// Everything a new peer needs from its core.
@@ -90,7 +92,10 @@ struct IngestTrack {
     mid: Mid,
     kind: MediaKind,
     pt: Pt,
+    codec: Codec,
     rewriter: TrackRewriter,
+    /// The last picture size a keyframe announced (video).
+    resolution: Option<(u32, u32)>,
 }
 
 struct Egress {
@@ -575,7 +580,9 @@ impl Peer {
                         mid,
                         kind,
                         pt,
+                        codec: params.spec().codec,
                         rewriter: TrackRewriter::new(clock, previous),
+                        resolution: None,
                     });
                 }
                 PeerKind::Egress(egress) => {
@@ -678,6 +685,16 @@ impl Peer {
                     track
                         .rewriter
                         .rewrite(ssrc, *packet.seq_no, packet.header.timestamp, now);
+                if track.kind == MediaKind::Video
+                    && let Some(size) = video_resolution(track.codec, &packet.payload)
+                    && track.resolution != Some(size)
+                {
+                    track.resolution = Some(size);
+                    events.push(PeerEvent::Resolution {
+                        width: size.0,
+                        height: size.1,
+                    });
+                }
                 events.push(PeerEvent::Media(MediaPacket {
                     kind: track.kind,
                     seq,
