@@ -154,7 +154,8 @@
             status.setAttribute('data-status', s.status || '');
             cell(tr, 'codecs', [s.videoCodec, s.audioCodec].filter(Boolean).join(' / '));
             cell(tr, 'resolution', s.width && s.height ? s.width + 'x' + s.height : '');
-            cell(tr, 'bitrate', s.bitrate);
+            // 0 is what a server that does not measure it reports: show nothing rather than 0.
+            cell(tr, 'bitrate', s.bitrate ? s.bitrate : '');
             cell(tr, 'mediaSessionId mono', s.mediaSessionId);
             var actions = cell(tr, 'actions', '');
             if (s.published) {
