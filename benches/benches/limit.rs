@@ -1,0 +1,61 @@
+//! The machine's physical limit for forwarding, per 1200-byte packet on one core: `sendto`,
+//! `sendmmsg` (32 per call), UDP GSO (32 segments per call) over loopback, and one SRTP seal
+//! (AEAD-AES-128-GCM, AEAD-AES-256-GCM, AES-CM + HMAC-SHA1-80, and AES-CM with the key set
+//! up per packet as str0m's aws-lc-rs backend does).
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use relaycast_benches::limit::{BATCH, CmSealer, GcmSealer, Gso, Loopback, Mmsg};
+
+fn send(c: &mut Criterion) {
+    let lo = Loopback::new().expect("loopback sockets");
+    let payload = vec![0x5au8; relaycast_benches::limit::DATAGRAM];
+    let mut group = c.benchmark_group("limit_send_1200B");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("sendto", |b| b.iter(|| lo.sendto(black_box(&payload))));
+    group.throughput(Throughput::Elements(BATCH as u64));
+    let mut mmsg = Mmsg::new(&lo);
+    group.bench_function("sendmmsg_x32", |b| b.iter(|| mmsg.send(&lo)));
+    let mut gso = Gso::new();
+    gso.send(&lo).expect("UDP GSO is supported on this kernel");
+    group.bench_function("gso_x32", |b| b.iter(|| gso.send(&lo)));
+    group.finish();
+}
+
+fn seal(c: &mut Criterion) {
+    let mut group = c.benchmark_group("limit_seal_1200B");
+    group.throughput(Throughput::Elements(1));
+    let mut n = 0u64;
+    let mut g128 = GcmSealer::aes128();
+    group.bench_function("aead_aes_128_gcm", |b| {
+        b.iter(|| {
+            n += 1;
+            g128.seal(n)
+        })
+    });
+    let mut g256 = GcmSealer::aes256();
+    group.bench_function("aead_aes_256_gcm", |b| {
+        b.iter(|| {
+            n += 1;
+            g256.seal(n)
+        })
+    });
+    let mut cm = CmSealer::new();
+    group.bench_function("aes_cm_hmac_sha1_80", |b| {
+        b.iter(|| {
+            n += 1;
+            cm.seal(n)
+        })
+    });
+    group.bench_function("aes_cm_hmac_sha1_80_key_setup_per_packet", |b| {
+        b.iter(|| {
+            n += 1;
+            cm.seal_with_key_setup(n)
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, send, seal);
+criterion_main!(benches);

@@ -1,0 +1,482 @@
+//! The machine's physical limit for forwarding: what the cheapest possible forward of one
+//! 1200-byte SRTP packet costs on one core (one seal per subscriber plus one send), and how
+//! long a bare datagram takes across loopback. The criterion bench (`benches/limit.rs`) and
+//! the fan-out driver both measure with these functions, so the server's figures can be
+//! given as ratios of numbers taken on the same machine in the same run.
+//!
+//! Sends go to a bound receiver socket that is never read: once its buffer is full the kernel
+//! drops at the receiving end, after doing all of the sender's work (copy, route, loopback
+//! delivery), which is the cost a forwarding server pays per datagram.
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use aws_lc_rs::aead::{AES_128_GCM, AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+use aws_lc_rs::cipher::{AES_128, EncryptingKey, EncryptionContext, UnboundCipherKey};
+use aws_lc_rs::hmac;
+use aws_lc_rs::iv::FixedLength;
+
+/// Size of every datagram: a typical full video packet after SRTP.
+pub const DATAGRAM: usize = 1200;
+/// RTP header of the sealed packets (no extensions).
+pub const RTP_HEADER: usize = 12;
+/// Datagrams per `sendmmsg` call and segments per GSO send.
+pub const BATCH: usize = 32;
+
+/// A sending socket and an unread receiver on loopback.
+pub struct Loopback {
+    pub sender: UdpSocket,
+    _receiver: UdpSocket,
+    pub destination: SocketAddr,
+    dest_raw: libc::sockaddr_in,
+}
+
+impl Loopback {
+    pub fn new() -> io::Result<Loopback> {
+        let receiver = UdpSocket::bind("127.0.0.1:0")?;
+        let sender = UdpSocket::bind("127.0.0.1:0")?;
+        sender.set_nonblocking(true)?;
+        let destination = receiver.local_addr()?;
+        let SocketAddr::V4(v4) = destination else {
+            return Err(io::Error::other("loopback bound to a non-IPv4 address"));
+        };
+        Ok(Loopback {
+            sender,
+            _receiver: receiver,
+            destination,
+            dest_raw: sockaddr_in(v4),
+        })
+    }
+
+    /// One `sendto` of one datagram.
+    pub fn sendto(&self, payload: &[u8]) -> io::Result<usize> {
+        // SAFETY: the buffer and the address are valid for the duration of the call.
+        let n = unsafe {
+            libc::sendto(
+                self.sender.as_raw_fd(),
+                payload.as_ptr().cast(),
+                payload.len(),
+                libc::MSG_DONTWAIT,
+                (&self.dest_raw as *const libc::sockaddr_in).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+}
+
+/// `sendmmsg` of [`BATCH`] datagrams per call, each with its own destination address (as a
+/// server sending to many subscribers does), reusing its headers.
+pub struct Mmsg {
+    buffers: Vec<Vec<u8>>,
+    iovecs: Vec<libc::iovec>,
+    names: Vec<libc::sockaddr_in>,
+    headers: Vec<libc::mmsghdr>,
+}
+
+impl Mmsg {
+    pub fn new(lo: &Loopback) -> Mmsg {
+        let buffers = vec![vec![0x5au8; DATAGRAM]; BATCH];
+        let names = vec![lo.dest_raw; BATCH];
+        // SAFETY: iovec and mmsghdr are plain C structs; all-zero is a valid value.
+        let iovecs = vec![unsafe { zeroed::<libc::iovec>() }; BATCH];
+        let headers = vec![unsafe { zeroed::<libc::mmsghdr>() }; BATCH];
+        Mmsg {
+            buffers,
+            iovecs,
+            names,
+            headers,
+        }
+    }
+
+    /// Sends one batch; returns the datagrams the kernel took.
+    pub fn send(&mut self, lo: &Loopback) -> io::Result<usize> {
+        for i in 0..BATCH {
+            self.iovecs[i] = libc::iovec {
+                iov_base: self.buffers[i].as_mut_ptr().cast(),
+                iov_len: DATAGRAM,
+            };
+            let h = &mut self.headers[i].msg_hdr;
+            h.msg_name = (&mut self.names[i] as *mut libc::sockaddr_in).cast();
+            h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            h.msg_iov = &mut self.iovecs[i];
+            h.msg_iovlen = 1;
+        }
+        // SAFETY: every header points into buffers owned by `self` for the call's duration.
+        let n = unsafe {
+            libc::sendmmsg(
+                lo.sender.as_raw_fd(),
+                self.headers.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+}
+
+/// UDP GSO: [`BATCH`] segments of [`DATAGRAM`] bytes in one `sendmsg` with `UDP_SEGMENT`. Only
+/// possible when every segment goes to the same destination, so a fan-out to many
+/// subscribers cannot use it; it is the floor of the send cost, not a reachable target.
+pub struct Gso {
+    buffer: Vec<u8>,
+    control: Vec<u8>,
+}
+
+impl Gso {
+    pub fn new() -> Gso {
+        // SAFETY: CMSG_SPACE is a pure size computation.
+        let space = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
+        Gso {
+            buffer: vec![0x5au8; DATAGRAM * BATCH],
+            control: vec![0u8; space],
+        }
+    }
+
+    /// Sends one super-datagram of [`BATCH`] segments; returns the segments sent.
+    pub fn send(&mut self, lo: &Loopback) -> io::Result<usize> {
+        let mut iov = libc::iovec {
+            iov_base: self.buffer.as_mut_ptr().cast(),
+            iov_len: self.buffer.len(),
+        };
+        let mut name = lo.dest_raw;
+        // SAFETY: msghdr is a plain C struct; all-zero is valid, and every pointer set below
+        // points into storage that outlives the call. The control buffer has CMSG_SPACE room
+        // for one u16 control message.
+        let n = unsafe {
+            let mut msg: libc::msghdr = zeroed();
+            msg.msg_name = (&mut name as *mut libc::sockaddr_in).cast();
+            msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = self.control.as_mut_ptr().cast();
+            msg.msg_controllen = self.control.len() as _;
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_UDP;
+            (*cmsg).cmsg_type = libc::UDP_SEGMENT;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), DATAGRAM as u16);
+            libc::sendmsg(lo.sender.as_raw_fd(), &msg, libc::MSG_DONTWAIT)
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize / DATAGRAM)
+        }
+    }
+}
+
+impl Default for Gso {
+    fn default() -> Self {
+        Gso::new()
+    }
+}
+
+/// Seals RTP packets with SRTP's AEAD-AES-GCM (RFC 7714): a 12-byte IV from the salt, SSRC
+/// and packet index, the header as associated data, a 16-byte tag. The key is set up once.
+pub struct GcmSealer {
+    key: LessSafeKey,
+    salt: [u8; 12],
+    packet: Vec<u8>,
+}
+
+impl GcmSealer {
+    pub fn aes128() -> GcmSealer {
+        GcmSealer::with(&AES_128_GCM, &[7u8; 16])
+    }
+
+    pub fn aes256() -> GcmSealer {
+        GcmSealer::with(&AES_256_GCM, &[7u8; 32])
+    }
+
+    fn with(alg: &'static aws_lc_rs::aead::Algorithm, key: &[u8]) -> GcmSealer {
+        let key = LessSafeKey::new(UnboundKey::new(alg, key).expect("a valid AES key length"));
+        let mut packet = vec![0x5au8; DATAGRAM];
+        packet[0] = 0x80;
+        GcmSealer {
+            key,
+            salt: [3u8; 12],
+            packet,
+        }
+    }
+
+    /// Seals packet number `index` in place (payload and tag fill [`DATAGRAM`] bytes).
+    pub fn seal(&mut self, index: u64) -> u8 {
+        let mut iv = self.salt;
+        for (i, b) in index.to_be_bytes()[2..].iter().enumerate() {
+            iv[6 + i] ^= b;
+        }
+        let nonce = Nonce::assume_unique_for_key(iv);
+        let (header, rest) = self.packet.split_at_mut(RTP_HEADER);
+        let body = DATAGRAM - RTP_HEADER - 16;
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(nonce, Aad::from(&header[..]), &mut rest[..body])
+            .expect("sealing a bounded buffer cannot fail");
+        rest[body..].copy_from_slice(tag.as_ref());
+        rest[body]
+    }
+}
+
+/// Seals RTP packets with SRTP_AES128_CM_HMAC_SHA1_80 (RFC 3711): AES-128 in counter mode
+/// over the payload, HMAC-SHA1 over header, payload and ROC, 10 bytes of tag.
+pub struct CmSealer {
+    key: [u8; 16],
+    cipher: EncryptingKey,
+    auth: hmac::Key,
+    salt: [u8; 16],
+    packet: Vec<u8>,
+}
+
+impl CmSealer {
+    pub fn new() -> CmSealer {
+        let key = [9u8; 16];
+        let cipher = EncryptingKey::ctr(UnboundCipherKey::new(&AES_128, &key).expect("16 bytes"))
+            .expect("AES-128-CTR is supported");
+        let auth = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, &[5u8; 20]);
+        let mut packet = vec![0x5au8; DATAGRAM];
+        packet[0] = 0x80;
+        CmSealer {
+            key,
+            cipher,
+            auth,
+            salt: [1u8; 16],
+            packet,
+        }
+    }
+
+    /// Seals packet number `index` with a cipher key set up once.
+    pub fn seal(&mut self, index: u64) -> u8 {
+        let iv = self.iv(index);
+        self.seal_with(iv, None)
+    }
+
+    /// Seals packet number `index` setting the AES key up again for this packet, as str0m's
+    /// aws-lc-rs backend does for AES-CM: the extra cost of per-packet key setup.
+    pub fn seal_with_key_setup(&mut self, index: u64) -> u8 {
+        let iv = self.iv(index);
+        let cipher =
+            EncryptingKey::ctr(UnboundCipherKey::new(&AES_128, &self.key).expect("16 bytes"))
+                .expect("AES-128-CTR is supported");
+        self.seal_with(iv, Some(cipher))
+    }
+
+    fn iv(&self, index: u64) -> [u8; 16] {
+        let mut iv = self.salt;
+        for (i, b) in index.to_be_bytes()[2..].iter().enumerate() {
+            iv[8 + i] ^= b;
+        }
+        iv[14] = 0;
+        iv[15] = 0;
+        iv
+    }
+
+    fn seal_with(&mut self, iv: [u8; 16], cipher: Option<EncryptingKey>) -> u8 {
+        let body = DATAGRAM - RTP_HEADER - 10;
+        let context = EncryptionContext::Iv128(FixedLength::from(iv));
+        let cipher = cipher.as_ref().unwrap_or(&self.cipher);
+        cipher
+            .less_safe_encrypt(&mut self.packet[RTP_HEADER..RTP_HEADER + body], context)
+            .expect("AES-CTR over a bounded buffer cannot fail");
+        let mut ctx = hmac::Context::with_key(&self.auth);
+        ctx.update(&self.packet[..RTP_HEADER + body]);
+        ctx.update(&0u32.to_be_bytes());
+        let tag = ctx.sign();
+        self.packet[RTP_HEADER + body..].copy_from_slice(&tag.as_ref()[..10]);
+        self.packet[RTP_HEADER]
+    }
+}
+
+impl Default for CmSealer {
+    fn default() -> Self {
+        CmSealer::new()
+    }
+}
+
+/// Every physical-limit figure, measured for about `budget` each (the median of 5 rounds).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Limits {
+    pub sendto_ns: f64,
+    pub sendmmsg_ns: f64,
+    pub gso_ns: f64,
+    pub gcm128_ns: f64,
+    pub gcm256_ns: f64,
+    pub cm_sha1_ns: f64,
+    pub cm_sha1_key_setup_ns: f64,
+    /// One-way loopback latency of a bare datagram between two threads (p50, p99), in us.
+    pub loopback_p50_us: f64,
+    pub loopback_p99_us: f64,
+}
+
+impl Limits {
+    /// The cheapest possible forward of one packet to one subscriber: one AEAD-AES-128-GCM
+    /// seal plus one datagram of a `sendmmsg` batch (GSO cannot batch datagrams to different
+    /// subscribers). The decrypt of the publisher's packet is shared by every subscriber.
+    pub fn cheapest_forward_ns(&self) -> f64 {
+        self.gcm128_ns + self.sendmmsg_ns
+    }
+
+    /// Measures everything; `budget` is the time spent on each figure.
+    pub fn measure(budget: Duration) -> io::Result<Limits> {
+        let lo = Loopback::new()?;
+        let payload = vec![0x5au8; DATAGRAM];
+        let sendto_ns = per_packet(budget, 1, || {
+            let _ = lo.sendto(&payload);
+        });
+        let mut mmsg = Mmsg::new(&lo);
+        let sendmmsg_ns = per_packet(budget, BATCH, || {
+            let _ = mmsg.send(&lo);
+        });
+        let mut gso = Gso::new();
+        gso.send(&lo)?;
+        let gso_ns = per_packet(budget, BATCH, || {
+            let _ = gso.send(&lo);
+        });
+        let mut n = 0u64;
+        let mut g128 = GcmSealer::aes128();
+        let gcm128_ns = per_packet(budget, 1, || {
+            n += 1;
+            std::hint::black_box(g128.seal(n));
+        });
+        let mut g256 = GcmSealer::aes256();
+        let gcm256_ns = per_packet(budget, 1, || {
+            n += 1;
+            std::hint::black_box(g256.seal(n));
+        });
+        let mut cm = CmSealer::new();
+        let cm_sha1_ns = per_packet(budget, 1, || {
+            n += 1;
+            std::hint::black_box(cm.seal(n));
+        });
+        let cm_sha1_key_setup_ns = per_packet(budget, 1, || {
+            n += 1;
+            std::hint::black_box(cm.seal_with_key_setup(n));
+        });
+        let (loopback_p50_us, loopback_p99_us) = loopback_latency(2_000)?;
+        Ok(Limits {
+            sendto_ns,
+            sendmmsg_ns,
+            gso_ns,
+            gcm128_ns,
+            gcm256_ns,
+            cm_sha1_ns,
+            cm_sha1_key_setup_ns,
+            loopback_p50_us,
+            loopback_p99_us,
+        })
+    }
+}
+
+/// Median over 5 rounds of the time per packet of `f`, which handles `per_call` packets.
+fn per_packet(budget: Duration, per_call: usize, mut f: impl FnMut()) -> f64 {
+    // Warm up, and size a round to about a fifth of the budget.
+    let start = Instant::now();
+    let mut calls = 0u64;
+    while start.elapsed() < budget / 20 {
+        f();
+        calls += 1;
+    }
+    let per_call_ns = start.elapsed().as_nanos() as f64 / calls.max(1) as f64;
+    let round = ((budget.as_nanos() as f64 / 5.0) / per_call_ns).max(10.0) as u64;
+    let mut rounds: Vec<f64> = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..round {
+                f();
+            }
+            t.elapsed().as_nanos() as f64 / (round as f64 * per_call as f64)
+        })
+        .collect();
+    rounds.sort_by(f64::total_cmp);
+    rounds[2]
+}
+
+/// One-way latency of a datagram across loopback: a thread blocked in `recv` stamps each
+/// arrival against the send time carried in the datagram. Returns (p50, p99) in us.
+pub fn loopback_latency(samples: usize) -> io::Result<(f64, f64)> {
+    let receiver = UdpSocket::bind("127.0.0.1:0")?;
+    let sender = UdpSocket::bind("127.0.0.1:0")?;
+    sender.connect(receiver.local_addr()?)?;
+    receiver.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let origin = Instant::now();
+    let reader = std::thread::spawn(move || {
+        let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 10_000_000, 3)
+            .expect("constant bounds");
+        let mut buf = vec![0u8; DATAGRAM];
+        for _ in 0..samples {
+            let Ok(n) = receiver.recv(&mut buf) else {
+                break;
+            };
+            if n < 8 {
+                continue;
+            }
+            let sent = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes"));
+            let now = origin.elapsed().as_nanos() as u64;
+            let _ = hist.record(now.saturating_sub(sent).max(1));
+        }
+        hist
+    });
+    let mut buf = vec![0u8; DATAGRAM];
+    for _ in 0..samples {
+        let now = origin.elapsed().as_nanos() as u64;
+        buf[..8].copy_from_slice(&now.to_le_bytes());
+        sender.send(&buf)?;
+        // Paced like a stream, so each datagram finds the reader waiting.
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let hist = reader
+        .join()
+        .map_err(|_| io::Error::other("latency reader panicked"))?;
+    Ok((
+        hist.value_at_quantile(0.5) as f64 / 1000.0,
+        hist.value_at_quantile(0.99) as f64 / 1000.0,
+    ))
+}
+
+fn sockaddr_in(addr: SocketAddrV4) -> libc::sockaddr_in {
+    // SAFETY: sockaddr_in is a plain C struct; all-zero is valid.
+    let mut raw: libc::sockaddr_in = unsafe { zeroed() };
+    raw.sin_family = libc::AF_INET as libc::sa_family_t;
+    raw.sin_port = addr.port().to_be();
+    raw.sin_addr = libc::in_addr {
+        s_addr: u32::from(*addr.ip()).to_be(),
+    };
+    raw
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_send_path_sends() {
+        let lo = Loopback::new().unwrap();
+        assert_eq!(lo.sendto(&[0u8; DATAGRAM]).unwrap(), DATAGRAM);
+        assert_eq!(Mmsg::new(&lo).send(&lo).unwrap(), BATCH);
+        assert_eq!(Gso::new().send(&lo).unwrap(), BATCH);
+    }
+
+    #[test]
+    fn seals_change_the_packet() {
+        let mut g = GcmSealer::aes128();
+        let a = g.packet.clone();
+        g.seal(1);
+        assert_ne!(a, g.packet);
+        let mut c = CmSealer::new();
+        let b = c.packet.clone();
+        c.seal(1);
+        assert_ne!(b, c.packet);
+        c.seal_with_key_setup(2);
+    }
+}

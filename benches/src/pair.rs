@@ -1,0 +1,238 @@
+//! N subscribers of one stream, wired in memory: for each, a server-side egress peer (what a
+//! core holds for a player) connected over ICE + DTLS to a client-side probe peer, by handing
+//! datagrams between them with a virtual clock. The forwarding bench then drives the data
+//! plane's own per-packet path: [`Peer::write_media`] on every egress peer (RTP write), the
+//! peer's timeout that str0m needs to release the packet (SRTP seal, transmit), then the
+//! core's batched send.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use relaycast_dataplane::media::MediaPacket;
+use relaycast_dataplane::peer::{Peer, PeerEvent, PeerSetup};
+use relaycast_dataplane::synth::SynthConfig;
+use relaycast_dataplane::udp::{FlushOutcome, SendBatch};
+use relaycast_dataplane::{CoreId, DataPlaneConfig, PeerId, Role, StreamId};
+use str0m::config::DtlsCert;
+use str0m::media::MediaKind;
+
+/// Payload of the forwarded video packet (a full packet of a 1.5 Mbps stream).
+pub const PAYLOAD: usize = 1100;
+
+/// One stream's subscribers on one core.
+pub struct Subscribers {
+    egress: Vec<Peer>,
+    /// The client ends, kept alive (never read after the handshake).
+    _probes: Vec<Peer>,
+    /// The core's socket, and one real socket per subscriber address to absorb the sends.
+    socket: UdpSocket,
+    _sinks: Vec<UdpSocket>,
+    tx: SendBatch,
+    events: Vec<PeerEvent>,
+    seq: u64,
+    payload: Arc<[u8]>,
+}
+
+impl Subscribers {
+    /// Builds and connects `n` subscriber pairs.
+    pub fn connect(n: usize) -> Result<Subscribers, String> {
+        let config = DataPlaneConfig::default();
+        let cert = certificate();
+        let socket = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        socket.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let server_addr = socket.local_addr().map_err(|e| e.to_string())?;
+        let now = Instant::now();
+        let server_candidates = [server_addr];
+        let server_setup = PeerSetup {
+            core: CoreId(0),
+            now,
+            config: &config,
+            cert: &cert,
+            candidates: &server_candidates,
+        };
+        // The stream's codecs, as a synthetic publisher offers them.
+        let (_, _, media) = Peer::offer(
+            PeerId(u64::MAX),
+            Role::Generate(SynthConfig::default()),
+            &server_setup,
+        )
+        .map_err(|e| e.to_string())?;
+
+        let mut egress = Vec::with_capacity(n);
+        let mut probes = Vec::with_capacity(n);
+        let mut sinks = Vec::with_capacity(n);
+        for i in 0..n {
+            let sink = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+            let client_addr = sink.local_addr().map_err(|e| e.to_string())?;
+            let client_candidates = [client_addr];
+            let client_setup = PeerSetup {
+                candidates: &client_candidates,
+                ..server_setup
+            };
+            let (mut probe, offer, _) =
+                Peer::offer(PeerId(2 * i as u64 + 1), Role::Probe, &client_setup)
+                    .map_err(|e| e.to_string())?;
+            let role = Role::Egress {
+                stream: StreamId(1),
+                home: CoreId(0),
+                media,
+            };
+            let (server, answer, _) =
+                Peer::accept(PeerId(2 * i as u64 + 2), &offer, role, &server_setup)
+                    .map_err(|e| e.to_string())?;
+            probe.apply_answer(&answer).map_err(|e| e.to_string())?;
+            let (server, probe) = handshake(server, server_addr, probe, client_addr, now)?;
+            egress.push(server);
+            probes.push(probe);
+            sinks.push(sink);
+        }
+        Ok(Subscribers {
+            egress,
+            _probes: probes,
+            socket,
+            _sinks: sinks,
+            tx: SendBatch::new(256),
+            events: Vec::new(),
+            seq: 0,
+            payload: vec![0x42u8; PAYLOAD].into(),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.egress.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.egress.is_empty()
+    }
+
+    /// Writes the next video packet of the stream to every subscriber (RTP + SRTP), leaving
+    /// the sealed datagrams queued; returns how many are queued.
+    pub fn forward(&mut self, now: Instant) -> usize {
+        self.seq += 1;
+        let packet = MediaPacket {
+            kind: MediaKind::Video,
+            seq: self.seq,
+            ts: (self.seq * 3000) as u32,
+            marker: true,
+            ext: Default::default(),
+            payload: Arc::clone(&self.payload),
+            arrival: now,
+        };
+        for peer in &mut self.egress {
+            let _ = peer.write_media(&packet, now, &mut self.tx, &mut self.events);
+            // str0m releases written RTP on its next timeout (its "send stream" deadline);
+            // the core's timer fires it, so the bench does too.
+            if peer.deadline() <= now {
+                let _ = peer.on_timeout(now, &mut self.tx, &mut self.events);
+            }
+        }
+        self.events.clear();
+        self.tx.len()
+    }
+
+    /// Drops the queued datagrams (the forward without the send).
+    pub fn discard(&mut self) -> usize {
+        let mut n = 0;
+        while self.tx.pop_front().is_some() {
+            n += 1;
+        }
+        n
+    }
+
+    /// Sends the queued datagrams as the core does (`sendmmsg` batches).
+    pub fn flush(&mut self) -> FlushOutcome {
+        let outcome = self.tx.flush(self.socket.as_raw_fd());
+        // A full socket buffer leaves datagrams queued; drop them so every round is alike.
+        self.discard();
+        outcome
+    }
+}
+
+/// Moves datagrams between the two ends, advancing a virtual clock, until both say
+/// Connected.
+fn handshake(
+    mut server: Peer,
+    server_addr: SocketAddr,
+    mut client: Peer,
+    client_addr: SocketAddr,
+    start: Instant,
+) -> Result<(Peer, Peer), String> {
+    let (mut ctx, mut stx) = (SendBatch::new(16), SendBatch::new(16));
+    let (mut cev, mut sev) = (Vec::new(), Vec::new());
+    let (mut client_up, mut server_up) = (false, false);
+    let mut now = start;
+    for _ in 0..5_000 {
+        if now >= client.deadline() {
+            client
+                .on_timeout(now, &mut ctx, &mut cev)
+                .map_err(|e| format!("client: {e}"))?;
+        }
+        if now >= server.deadline() {
+            server
+                .on_timeout(now, &mut stx, &mut sev)
+                .map_err(|e| format!("server: {e}"))?;
+        }
+        loop {
+            let mut moved = false;
+            while let Some((dst, data)) = ctx.pop_front() {
+                moved = true;
+                if dst == server_addr {
+                    server
+                        .receive(now, client_addr, dst, &data)
+                        .map_err(|e| format!("server: {e}"))?;
+                    server
+                        .drive(now, &mut stx, &mut sev)
+                        .map_err(|e| format!("server: {e}"))?;
+                }
+            }
+            while let Some((dst, data)) = stx.pop_front() {
+                moved = true;
+                if dst == client_addr {
+                    client
+                        .receive(now, server_addr, dst, &data)
+                        .map_err(|e| format!("client: {e}"))?;
+                    client
+                        .drive(now, &mut ctx, &mut cev)
+                        .map_err(|e| format!("client: {e}"))?;
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+        client_up |= cev.iter().any(|e| matches!(e, PeerEvent::Connected));
+        server_up |= sev.iter().any(|e| matches!(e, PeerEvent::Connected));
+        cev.clear();
+        sev.clear();
+        if client_up && server_up {
+            return Ok((server, client));
+        }
+        now += Duration::from_millis(5);
+    }
+    Err(format!(
+        "in-memory handshake did not complete (client {client_up}, server {server_up})"
+    ))
+}
+
+fn certificate() -> DtlsCert {
+    str0m::crypto::from_feature_flags()
+        .dtls_provider
+        .generate_certificate()
+        .expect("the crypto backend generates a DTLS certificate")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscribers_connect_and_forward_one_datagram_each() {
+        let mut subs = Subscribers::connect(3).unwrap();
+        let queued = subs.forward(Instant::now());
+        assert_eq!(queued, 3, "one sealed datagram per subscriber");
+        assert_eq!(subs.flush().sent(), 3);
+    }
+}
