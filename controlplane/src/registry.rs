@@ -731,7 +731,8 @@ impl Registry {
         );
         self.add_media(conn, &id, &name, true, peer, core, now_ms);
         self.stats.published += 1;
-        tracing::info!(media_session = %id, stream = %name, %peer, %core, "publish requested");
+        tracing::info!(media_session = %id, stream = %name, %peer, %core,
+            session = %self.session_id(conn), "publish requested");
         out.push(Effect::Data {
             core,
             command: Command::Accept {
@@ -785,7 +786,8 @@ impl Registry {
         }
         self.add_media(conn, &id, &name, false, peer, core, now_ms);
         self.stats.played += 1;
-        tracing::info!(media_session = %id, stream = %name, %peer, %core, "play requested");
+        tracing::info!(media_session = %id, stream = %name, %peer, %core,
+            session = %self.session_id(conn), "play requested");
         out.push(Effect::Data {
             core,
             command: Command::Accept {
@@ -1016,6 +1018,11 @@ impl Registry {
             .min_by_key(|(i, load)| (**load, *i))
             .unwrap_or((0, &0));
         CoreId(index as u16)
+    }
+
+    /// The `sessionId` of a connection (empty for relays and unknown connections), for logs.
+    fn session_id(&self, conn: ConnId) -> &str {
+        self.sessions.get(&conn).map_or("", |s| s.id.as_str())
     }
 
     fn new_peer(&mut self) -> PeerId {
