@@ -92,9 +92,9 @@ async fn accept_loop(
                     {
                         Ok(Ok(stream)) => serve_connection(hub, stream, remote, config).await,
                         Ok(Err(e)) => {
-                            tracing::info!(%remote, error = %e, "TLS handshake failed (https)");
+                            tracing::debug!(%remote, error = %e, "TLS handshake failed (https)");
                         }
-                        Err(_) => tracing::info!(%remote, "TLS handshake timed out (https)"),
+                        Err(_) => tracing::debug!(%remote, "TLS handshake timed out (https)"),
                     }
                 }
             }

@@ -117,12 +117,12 @@ async fn accept_loop(
                     let stream = match tls_stream {
                         Ok(Ok(stream)) => stream,
                         Ok(Err(e)) => {
-                            tracing::info!(%remote, error = %e, "TLS handshake failed (wss)");
+                            tracing::debug!(%remote, error = %e, "TLS handshake failed (wss)");
                             hub.metrics().signalling_error("tls_handshake");
                             return;
                         }
                         Err(_) => {
-                            tracing::info!(%remote, "TLS handshake timed out (wss)");
+                            tracing::debug!(%remote, "TLS handshake timed out (wss)");
                             hub.metrics().signalling_error("tls_handshake");
                             return;
                         }
