@@ -930,3 +930,54 @@ async fn sigterm_ends_relays_on_the_remote_side_within_5_seconds() {
         .await;
     assert_eq!(code, 404);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Logs
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn json_logs_carry_one_line_per_lifecycle_event_with_ids() {
+    let server = Server::start(&["--log-format", "json"]);
+    let ep = endpoint();
+    let s = session(&server).await;
+    let publisher = s.publish(&ep, "logged", synth()).await.unwrap();
+    let id = publisher.handle.media_session_id().to_owned();
+    publisher
+        .stop(Duration::from_secs(5))
+        .await
+        .expect("unpublish");
+    let lines = eventually(Duration::from_secs(5), || async {
+        let lines: Vec<Value> = server
+            .log_text()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["fields"]["media_session"] == json!(id))
+            .collect();
+        (lines.len() >= 3).then_some(lines)
+    })
+    .await
+    .expect("lifecycle lines for the media session");
+    let messages: Vec<&str> = lines
+        .iter()
+        .filter_map(|v| v["fields"]["message"].as_str())
+        .collect();
+    for want in ["publish requested", "stream live", "stream ended"] {
+        assert!(messages.contains(&want), "{want} missing from {messages:?}");
+    }
+    let ended = lines
+        .iter()
+        .find(|v| v["fields"]["message"] == json!("stream ended"))
+        .unwrap();
+    assert_eq!(ended["fields"]["stream"], json!("logged"));
+    assert_eq!(ended["fields"]["status"], json!("UNPUBLISHED"));
+    assert_eq!(ended["fields"]["info"], json!("Stopped by user"));
+    let requested = lines
+        .iter()
+        .find(|v| v["fields"]["message"] == json!("publish requested"))
+        .unwrap();
+    assert!(
+        requested["fields"]["session"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty())
+    );
+}
