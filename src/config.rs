@@ -597,6 +597,53 @@ mod tests {
     }
 
     #[test]
+    fn production_keys_reach_the_server_config() {
+        let c = load_text(
+            "[auth]\nrest_user = \"u\"\nrest_password = \"p\"\nrest_token = \"t\"\n\
+             metrics = true\napp_keys = [\"live\"]\ntoken = \"s\"\n\
+             [limits]\nmax_messages_per_sec = 7\nmax_sessions_per_ip = 8\n\
+             max_streams_per_session = 9\nmax_players_per_stream = 10\nmax_peers_per_core = 11\n\
+             [relay]\ntls_insecure = true\ntoken = \"r\"\n",
+        )
+        .unwrap();
+        let s = c.server_config().unwrap();
+        assert_eq!(s.rest_config.auth.basic, Some(("u".into(), "p".into())));
+        assert_eq!(s.rest_config.auth.bearer.as_deref(), Some("t"));
+        assert!(s.rest_config.metrics_auth);
+        assert_eq!(s.access.app_keys, ["live"]);
+        assert_eq!(s.access.token.as_deref(), Some("s"));
+        assert_eq!(
+            (
+                s.signalling.max_messages_per_sec,
+                s.signalling.max_sessions_per_ip
+            ),
+            (7, 8)
+        );
+        assert_eq!(
+            (
+                s.limits.streams_per_session,
+                s.limits.players_per_stream,
+                s.limits.peers_per_core
+            ),
+            (9, 10, 11)
+        );
+        assert_eq!(s.data.max_peers_per_core, 11);
+        assert!(s.relay.tls.insecure);
+        assert_eq!(s.relay.token.as_deref(), Some("r"));
+        assert!(s.tls.is_none(), "no certificate, no TLS listeners");
+    }
+
+    #[test]
+    fn defaults_are_open_and_limited() {
+        let s = Config::default().server_config().unwrap();
+        assert!(!s.rest_config.auth.is_enabled());
+        assert!(s.access.app_keys.is_empty() && s.access.token.is_none());
+        assert!(!s.relay.tls.insecure && s.relay.tls.ca.is_empty());
+        assert!(s.signalling.max_messages_per_sec > 0 && s.signalling.max_sessions_per_ip > 0);
+        assert!(s.tls.is_none());
+    }
+
+    #[test]
     fn candidates_follow_public_ip_then_bind() {
         let mut c = Config {
             bind: "127.0.0.1".parse().unwrap(),

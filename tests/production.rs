@@ -299,6 +299,52 @@ async fn signalling_app_keys_and_token() {
     );
 }
 
+#[tokio::test]
+async fn relays_carry_the_token_of_a_protected_origin() {
+    let origin = Server::with_config("[auth]\ntoken = \"s3cret\"\n", &[]);
+    let edge = Server::with_config("[relay]\ntoken = \"s3cret\"\n", &[]);
+    let tokenless = Server::with_config("[relay]\nreconnect = false\nmax_attempts = 1\n", &[]);
+    let ep = endpoint();
+    let publisher_session = connect(
+        &origin.ws_url(),
+        ConnectionRequest {
+            custom: json!({"token": "s3cret"}),
+            ..ConnectionRequest::default()
+        },
+    )
+    .await
+    .unwrap();
+    let _publisher = publisher_session
+        .publish(&ep, "cam", synth())
+        .await
+        .unwrap();
+    let body =
+        json!({"uri": origin.ws_url(), "remoteStreamName": "cam", "localStreamName": "cam-e"});
+    let (code, reply) = edge.rest("/rest-api/pull/pull", &body.to_string()).await;
+    assert_eq!(code, 200, "{reply}");
+    assert_eq!(reply["status"], json!("PLAYING"), "{reply}");
+    let viewers = session(&edge).await;
+    let player = viewers
+        .play(&ep, "cam-e")
+        .await
+        .expect("play the relayed stream");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(figures(&player).await.0 > 20);
+
+    let (_, reply) = tokenless
+        .rest("/rest-api/pull/pull", &body.to_string())
+        .await;
+    assert_ne!(reply["status"], json!("PLAYING"), "{reply}");
+    let failed = eventually(Duration::from_secs(10), || async {
+        let (_, list) = tokenless.rest("/rest-api/pull/find_all", "").await;
+        let relay = list.get(0)?.clone();
+        (relay["status"] == json!("FAILED")).then_some(relay)
+    })
+    .await
+    .expect("a relay without the token fails");
+    assert!(failed.to_string().contains("Restricted access"), "{failed}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Limits
 // ---------------------------------------------------------------------------------------------
