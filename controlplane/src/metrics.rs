@@ -173,6 +173,7 @@ pub fn render(hub: &Hub) -> String {
     let dropped = Family::<Labels, Counter>::default();
     let keyframes = Family::<Labels, Counter>::default();
     let player_keyframes = Family::<Labels, Counter>::default();
+    let nacks = Family::<Labels, Counter>::default();
     for (n, c) in hub.data().counters().iter().enumerate() {
         let core = n.to_string();
         let with = |k: &'static str, v: &str| vec![("core", core.clone()), (k, v.to_owned())];
@@ -211,6 +212,12 @@ pub fn render(hub: &Hub) -> String {
         player_keyframes
             .get_or_create(&vec![("core", core.clone())])
             .inc_by(load(&c.player_keyframe_requests));
+        nacks
+            .get_or_create(&with("direction", "in"))
+            .inc_by(load(&c.nacks_received));
+        nacks
+            .get_or_create(&with("direction", "out"))
+            .inc_by(load(&c.nacks_sent));
     }
     r.register("core_peers", "Peer connections on each core", peers);
     r.register(
@@ -242,6 +249,11 @@ pub fn render(hub: &Hub) -> String {
         "core_player_keyframe_requests",
         "Keyframe requests (PLI/FIR) received from players on each core",
         player_keyframes,
+    );
+    r.register(
+        "core_nacks",
+        "Packets NACKed: by players to this core (in), by this core to publishers (out)",
+        nacks,
     );
     r.register(
         "stopping",

@@ -62,6 +62,11 @@ pub struct CoreCounters {
     pub keyframe_requests: AtomicU64,
     /// PLI/FIR received from players.
     pub player_keyframe_requests: AtomicU64,
+    /// Packets NACKed by remotes (players asking for retransmissions), as str0m reports them
+    /// every few seconds.
+    pub nacks_received: AtomicU64,
+    /// Packets this core's peers NACKed towards their remotes (publishers).
+    pub nacks_sent: AtomicU64,
 }
 
 /// Why a data plane did not start.
@@ -582,6 +587,12 @@ impl Core {
                         width,
                         height,
                     });
+                }
+                PeerEvent::Nacks { received, sent } => {
+                    self.counters
+                        .nacks_received
+                        .fetch_add(received, Ordering::Relaxed);
+                    self.counters.nacks_sent.fetch_add(sent, Ordering::Relaxed);
                 }
                 PeerEvent::KeyframeRequest(_) => {
                     self.counters

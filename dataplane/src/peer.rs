@@ -33,6 +33,9 @@ pub enum PeerEvent {
     Media(MediaPacket),
     /// The remote (a player) asked for a keyframe.
     KeyframeRequest(KeyframeRequestKind),
+    /// NACKed packets since the last report: `received` from the remote (a player asking for
+    /// retransmissions), `sent` to it (this peer asking a publisher).
+    Nacks { received: u64, sent: u64 },
     /// The ingested video's picture size changed (read from a keyframe).
     Resolution { width: u32, height: u32 },
 }
@@ -66,7 +69,12 @@ pub struct Peer {
     mids: Vec<(Mid, MediaKind)>,
     limits: Limits,
     local: Option<SocketAddr>,
+    /// NACK totals str0m last reported, per (mid, egress), to turn them into increments.
+    nack_totals: Vec<(Mid, bool, u64)>,
 }
+
+/// How often str0m reports a peer's statistics (NACK counts for the metrics).
+const STATS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Clone, Copy)]
 struct Limits {
@@ -518,6 +526,7 @@ impl Peer {
     ) -> Peer {
         let mut rtc = config
             .set_rtp_mode(true)
+            .set_stats_interval(Some(STATS_INTERVAL))
             .set_dtls_cert(setup.cert.clone())
             .build(setup.now);
         for addr in setup.candidates {
@@ -548,6 +557,7 @@ impl Peer {
                 ice_grace: setup.config.ice_disconnect_grace,
             },
             local: None,
+            nack_totals: Vec::new(),
         }
     }
 
@@ -665,7 +675,34 @@ impl Peer {
             RtcEvent::Closed => {
                 self.remote_closed_at.get_or_insert(now);
             }
+            RtcEvent::MediaEgressStats(stats) => {
+                self.count_nacks(stats.mid, true, stats.nacks, events);
+            }
+            RtcEvent::MediaIngressStats(stats) => {
+                self.count_nacks(stats.mid, false, stats.nacks, events);
+            }
             _ => {}
+        }
+    }
+
+    /// Turns str0m's running NACK total of one media line into an increment.
+    fn count_nacks(&mut self, mid: Mid, egress: bool, total: u64, events: &mut Vec<PeerEvent>) {
+        let last = match self
+            .nack_totals
+            .iter_mut()
+            .find(|(m, e, _)| *m == mid && *e == egress)
+        {
+            Some((_, _, last)) => last,
+            None => {
+                self.nack_totals.push((mid, egress, 0));
+                &mut self.nack_totals.last_mut().expect("just pushed").2
+            }
+        };
+        let delta = total.saturating_sub(*last);
+        *last = total.max(*last);
+        if delta > 0 {
+            let (received, sent) = if egress { (delta, 0) } else { (0, delta) };
+            events.push(PeerEvent::Nacks { received, sent });
         }
     }
 
