@@ -304,7 +304,7 @@ pub fn markdown(run: &Run, plots: &[String]) -> String {
     if !run.relay.is_empty() {
         let _ = writeln!(
             md,
-            "### Relay chain (publish on A, relay to B, play on both)\n\n\
+            "### Relay chain (publish on A, relay to B, as many players on each)\n\n\
              | mode | hop | players | loss % | latency p50 ms | p99 ms | added p50 ms | added p99 ms |\n\
              |---|---|---:|---:|---:|---:|---:|---:|"
         );

@@ -63,7 +63,7 @@ struct Args {
     /// Skip the relay-chain runs.
     #[arg(long)]
     skip_relay: bool,
-    /// Players on the relayed server in the relay-chain runs.
+    /// Players on each server (origin and relayed) in the relay-chain runs.
     #[arg(long, default_value_t = 100)]
     relay_players: usize,
     /// The markdown file to write (its generated block is replaced).
@@ -72,6 +72,9 @@ struct Args {
     /// Where the plots and the raw JSON go (relative to the workspace root).
     #[arg(long, default_value = "benches/results")]
     results: PathBuf,
+    /// Measure nothing: redraw the plots and the markdown from a saved run (its fanout.json).
+    #[arg(long)]
+    from_json: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {
@@ -80,6 +83,14 @@ fn main() -> Result<()> {
     std::env::set_current_dir(&root).context("entering the workspace root")?;
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    if let Some(saved) = &args.from_json {
+        let text = std::fs::read_to_string(saved)
+            .with_context(|| format!("reading {}", saved.display()))?;
+        let run: Run = serde_json::from_str(&text).context("parsing the saved run")?;
+        let results = root.join(&args.results);
+        std::fs::create_dir_all(&results)?;
+        return write_report(&run, &root, &results, &args.out);
+    }
     let server_bin = target.join("release/relaycast");
     let loadgen_bin = target.join("release/relaycast-loadgen");
     let mut commands = Vec::new();
@@ -157,6 +168,8 @@ fn main() -> Result<()> {
             "fanout".to_owned(),
             "--server".to_owned(),
             server.ws_url(),
+            "--rest".to_owned(),
+            server.rest_url(),
             "--players".to_owned(),
             players.to_string(),
             "--ramp".to_owned(),
@@ -238,28 +251,35 @@ fn main() -> Result<()> {
     let json_path = results.join("fanout.json");
     std::fs::write(&json_path, serde_json::to_string_pretty(&run)?)
         .with_context(|| format!("writing {}", json_path.display()))?;
-    let plot_files = match report::plots(&run, &results) {
+    write_report(&run, &root, &results, &args.out)
+}
+
+/// Draws the plots into `results` and replaces the generated block of `out`.
+fn write_report(run: &Run, root: &Path, results: &Path, out: &Path) -> Result<()> {
+    let plot_files = match report::plots(run, results) {
         Ok(files) => files,
         Err(e) => {
             eprintln!("fanout: no plots: {e}");
             Vec::new()
         }
     };
-    let out = root.join(&args.out);
-    let out_dir = out.parent().map_or_else(|| root.clone(), Path::to_path_buf);
+    let out = root.join(out);
+    let out_dir = out
+        .parent()
+        .map_or_else(|| root.to_path_buf(), Path::to_path_buf);
     let relative: Vec<String> = plot_files
         .iter()
         .map(|p| p.strip_prefix(&out_dir).unwrap_or(p).display().to_string())
         .collect();
-    let generated = report::markdown(&run, &relative);
+    let generated = report::markdown(run, &relative);
     let existing = std::fs::read_to_string(&out).unwrap_or_default();
     std::fs::write(&out, report::splice(&existing, &generated))
         .with_context(|| format!("writing {}", out.display()))?;
     eprintln!(
-        "fanout: wrote {}, {} and {} plot(s)",
+        "fanout: wrote {} and {} plot(s) in {}",
         out.display(),
-        json_path.display(),
-        plot_files.len()
+        plot_files.len(),
+        results.display()
     );
     Ok(())
 }
@@ -433,6 +453,8 @@ fn idle_check(bins: &Bins, commands: &mut Vec<String>) -> Result<Idle> {
         "fanout",
         "--server",
         &server.ws_url(),
+        "--rest",
+        &server.rest_url(),
         "--players",
         "100",
         "--ramp",
@@ -487,7 +509,7 @@ fn relay_chain(bins: &Bins, mode: &str, args: &Args, commands: &mut Vec<String>)
             "--players".to_owned(),
             args.relay_players.to_string(),
             "--hop-players".to_owned(),
-            "10".to_owned(),
+            args.relay_players.to_string(),
             "--bitrate".to_owned(),
             args.bitrate.clone(),
             "--duration".to_owned(),
