@@ -22,7 +22,19 @@ fn main() -> std::process::ExitCode {
         }
     };
     if cli.print_config {
-        match toml::to_string_pretty(&config) {
+        let mut shown = config.clone();
+        // The effective configuration, without its secrets (they are set or not).
+        for secret in [
+            &mut shown.auth.rest_password,
+            &mut shown.auth.rest_token,
+            &mut shown.auth.token,
+            &mut shown.relay.token,
+        ] {
+            if secret.is_some() {
+                *secret = Some("<redacted>".into());
+            }
+        }
+        match toml::to_string_pretty(&shown) {
             Ok(text) => print!("{text}"),
             Err(e) => {
                 eprintln!("relaycast: could not print the configuration: {e}");

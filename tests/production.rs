@@ -601,13 +601,15 @@ fn config_errors_name_the_key() {
         "[tls]",
         "wss_port = 0",
         "[auth]",
-        "rest_token = \"t\"",
+        "rest_token = \"<redacted>\"",
         "max_players_per_stream = 7",
         "max_messages_per_sec",
         "tls_insecure = false",
     ] {
         assert!(stdout.contains(key), "{key} missing from:\n{stdout}");
     }
+    // Secrets are never printed.
+    assert!(!stdout.contains("rest_token = \"t\""), "{stdout}");
 }
 
 #[test]
