@@ -803,14 +803,13 @@ impl Core {
                 let io = SocketIo::new(Rc::clone(&socket), Some(stop_tx));
                 self.dedicated.insert(id, io);
                 self.insert_peer(peer, attach);
-                glommio::spawn_local(socket_reader(
+                spawn_later(socket_reader(
                     self.this.clone(),
                     SocketKey::Dedicated(id),
                     socket,
                     local,
                     Some(stop_rx),
-                ))
-                .detach();
+                ));
                 self.sink.emit(Event::Sdp {
                     peer: id,
                     sdp,
@@ -975,7 +974,7 @@ impl Core {
     /// datagram, then flush the rest, in order.
     fn spawn_unblock(&self, key: SocketKey) {
         let weak = self.this.clone();
-        glommio::spawn_local(async move {
+        spawn_later(async move {
             loop {
                 let (socket, head) = {
                     let Some(core) = weak.upgrade() else { return };
@@ -996,8 +995,7 @@ impl Core {
                     return;
                 }
             }
-        })
-        .detach();
+        });
     }
 }
 
@@ -1043,6 +1041,17 @@ fn flatten<T>(r: std::thread::Result<Result<T, PeerFailure>>) -> Result<T, PeerF
 
 /// Reads one socket: waits for readability (a one-byte peek through io_uring), then drains
 /// it with batched `recvmmsg` so every datagram's destination address is known.
+/// Spawns a task on this core that first runs at the next scheduling point. glommio's
+/// `spawn_local` polls a new task at once, inside the caller; a task that borrows the core
+/// must not start while the caller (a method of the borrowed core) still holds it.
+fn spawn_later(task: impl std::future::Future<Output = ()> + 'static) {
+    glommio::spawn_local(async move {
+        futures_lite::future::yield_now().await;
+        task.await;
+    })
+    .detach();
+}
+
 async fn socket_reader(
     core: Weak<RefCell<Core>>,
     key: SocketKey,
@@ -1162,4 +1171,39 @@ fn into_glommio(socket: socket2::Socket) -> UdpSocket {
     // SAFETY: `into_raw_fd` gives up ownership of an open, bound UDP socket descriptor;
     // the glommio socket becomes its only owner.
     unsafe { UdpSocket::from_raw_fd(socket.into_raw_fd()) }
+}
+
+#[cfg(test)]
+mod spawn_tests {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use glommio::LocalExecutorBuilder;
+
+    use super::spawn_later;
+
+    /// A task spawned while the core is borrowed (as in `Core::offer`, or when a send
+    /// buffer fills) and that borrows it at once must wait for the borrow to end.
+    #[test]
+    fn a_task_spawned_under_a_borrow_starts_after_it() {
+        LocalExecutorBuilder::default()
+            .spawn(|| async {
+                let state = Rc::new(RefCell::new(0));
+                {
+                    let mut held = state.borrow_mut();
+                    let inner = Rc::clone(&state);
+                    spawn_later(async move {
+                        *inner.borrow_mut() += 1;
+                    });
+                    *held += 10;
+                }
+                glommio::yield_if_needed().await;
+                futures_lite::future::yield_now().await;
+                futures_lite::future::yield_now().await;
+                assert_eq!(*state.borrow(), 11);
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
 }
