@@ -5,8 +5,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Server, endpoint, eventually, session};
-use relaycast_controlplane::client::{ClientError, ClientStream};
+use common::{Server, endpoint, eventually, player_figures, session};
+use relaycast_controlplane::client::ClientError;
 use relaycast_controlplane::protocol::StreamStatus;
 use relaycast_dataplane::synth::{SynthConfig, VideoCodec};
 use serde_json::{Value, json};
@@ -17,19 +17,6 @@ fn synth(codec: VideoCodec) -> SynthConfig {
         video_bitrate_bps: 1_500_000,
         ..SynthConfig::default()
     }
-}
-
-/// Loss (percent) and latency figures of a player so far.
-async fn player_figures(player: &ClientStream) -> (u64, f64, u64, u64) {
-    let report = player.report().await.expect("player report");
-    let probe = report.probe.expect("probe stats");
-    let media = probe.audio_packets + probe.video_packets;
-    let loss = if media + probe.lost == 0 {
-        100.0
-    } else {
-        probe.lost as f64 * 100.0 / (media + probe.lost) as f64
-    };
-    (media, loss, probe.latency_us.p50, probe.latency_us.p99)
 }
 
 async fn fanout(codec: VideoCodec, players: usize) {

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Server, endpoint, eventually, session};
+use common::{Server, endpoint, eventually, player_figures, session};
 use relaycast_controlplane::client::ClientStream;
 use relaycast_controlplane::protocol::StreamStatus;
 use relaycast_dataplane::synth::{SynthConfig, VideoCodec};
@@ -18,18 +18,6 @@ fn synth() -> SynthConfig {
         video_bitrate_bps: 1_500_000,
         ..SynthConfig::default()
     }
-}
-
-/// Media packets received, loss in percent, latency p50 and p99 (us).
-async fn figures(player: &ClientStream) -> (u64, f64, u64, u64) {
-    let probe = player.report().await.expect("report").probe.expect("probe");
-    let media = probe.audio_packets + probe.video_packets;
-    let loss = if media + probe.lost == 0 {
-        100.0
-    } else {
-        probe.lost as f64 * 100.0 / (media + probe.lost) as f64
-    };
-    (media, loss, probe.latency_us.p50, probe.latency_us.p99)
 }
 
 async fn relay(server: &Server, kind: &str, body: Value) -> (u16, Value) {
@@ -59,7 +47,7 @@ async fn check_players(label: &str, players: &[ClientStream]) {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let mut p99 = Vec::new();
     for (i, player) in players.iter().enumerate() {
-        let (media, loss, p50, p) = figures(player).await;
+        let (media, loss, p50, p) = player_figures(player).await;
         eprintln!("{label} player {i}: {media} packets, loss {loss:.3}%, p50 {p50} us, p99 {p} us");
         assert!(media > 100, "{label} player {i} received {media} packets");
         assert!(loss < 1.0, "{label} player {i} lost {loss:.3}%");
@@ -419,7 +407,7 @@ async fn pull_heals_when_the_origin_restarts_and_players_keep_their_peers() {
     let viewers = session(&b).await;
     let player = viewers.play(&ep, "live").await.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (before, _, _, _) = figures(&player).await;
+    let (before, _, _, _) = player_figures(&player).await;
     assert!(before > 0);
 
     // The origin dies without a goodbye and comes back on the same port.
@@ -433,9 +421,9 @@ async fn pull_heals_when_the_origin_restarts_and_players_keep_their_peers() {
     let _publisher = pub_session.publish(&ep, "live", synth()).await.unwrap();
 
     // B's player, untouched, receives media again.
-    let (stalled, _, _, _) = figures(&player).await;
+    let (stalled, _, _, _) = player_figures(&player).await;
     let resumed = eventually(Duration::from_secs(10), || async {
-        let (now, _, _, _) = figures(&player).await;
+        let (now, _, _, _) = player_figures(&player).await;
         (now > stalled + 100).then_some(now)
     })
     .await;
@@ -488,7 +476,7 @@ async fn push_heals_when_the_remote_restarts() {
     .await
     .expect("the stream is pushed again to the restarted remote");
     let got = eventually(Duration::from_secs(10), || async {
-        let (media, _, _, _) = figures(&player).await;
+        let (media, _, _, _) = player_figures(&player).await;
         (media > 50).then_some(())
     })
     .await;

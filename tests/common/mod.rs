@@ -412,3 +412,22 @@ pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
         })
         .sum()
 }
+
+/// A player's media packets received, loss in percent, and latency p50 and p99 (us) so far.
+pub async fn player_figures(
+    player: &relaycast_controlplane::client::ClientStream,
+) -> (u64, f64, u64, u64) {
+    let probe = player
+        .report()
+        .await
+        .expect("player report")
+        .probe
+        .expect("probe stats");
+    let media = probe.audio_packets + probe.video_packets;
+    let loss = if media + probe.lost == 0 {
+        100.0
+    } else {
+        probe.lost as f64 * 100.0 / (media + probe.lost) as f64
+    };
+    (media, loss, probe.latency_us.p50, probe.latency_us.p99)
+}
