@@ -33,6 +33,19 @@ async fn relay(server: &Server, kind: &str, body: Value) -> (u16, Value) {
     reply
 }
 
+/// Pushes local stream `name` of `from` to `to` under the same name; the relay must be up.
+async fn push(from: &Server, to: &Server, name: &str) -> Value {
+    let (code, body) = relay(
+        from,
+        "push",
+        json!({"uri": to.ws_url(), "localStreamName": name}),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["status"], json!("PUBLISHING"), "{body}");
+    body
+}
+
 async fn relay_status(server: &Server) -> Vec<Value> {
     let (code, body) = server.rest("/rest-api/pull/find_all", "").await;
     if code == 404 {
@@ -248,20 +261,8 @@ async fn chains_push_push_and_push_pull() {
     let pub_session = session(&a).await;
     let _publisher = pub_session.publish(&ep, "chain", synth()).await.unwrap();
 
-    let (code, body) = relay(
-        &a,
-        "push",
-        json!({"uri": b.ws_url(), "localStreamName": "chain"}),
-    )
-    .await;
-    assert_eq!(code, 200, "{body}");
-    let (code, body) = relay(
-        &b,
-        "push",
-        json!({"uri": c.ws_url(), "localStreamName": "chain"}),
-    )
-    .await;
-    assert_eq!(code, 200, "{body}");
+    push(&a, &b, "chain").await;
+    push(&b, &c, "chain").await;
     let (code, body) = relay(
         &c,
         "pull",
@@ -457,13 +458,7 @@ async fn push_heals_when_the_remote_restarts() {
     let ep = endpoint();
     let pub_session = session(&a).await;
     let _publisher = pub_session.publish(&ep, "up", synth()).await.unwrap();
-    let (code, body) = relay(
-        &a,
-        "push",
-        json!({"uri": b.ws_url(), "localStreamName": "up"}),
-    )
-    .await;
-    assert_eq!(code, 200, "{body}");
+    push(&a, &b, "up").await;
 
     b.kill();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -498,13 +493,7 @@ async fn push_terminated_from_either_end() {
     let _publisher = pub_session.publish(&ep, "t", synth()).await.unwrap();
 
     // From the pushing end: B sees an ordinary unpublish and its player stops.
-    let (code, body) = relay(
-        &a,
-        "push",
-        json!({"uri": b.ws_url(), "localStreamName": "t"}),
-    )
-    .await;
-    assert_eq!(code, 200, "{body}");
+    let body = push(&a, &b, "t").await;
     let viewers = session(&b).await;
     let mut player = viewers.play(&ep, "t").await.unwrap();
     let id = body["localMediaSessionId"].as_str().unwrap().to_owned();
@@ -529,13 +518,7 @@ async fn push_terminated_from_either_end() {
     assert!(relay_status(&a).await.is_empty());
 
     // From the receiving end: B's operator terminates the stream; A's relay ends for good.
-    let (code, body) = relay(
-        &a,
-        "push",
-        json!({"uri": b.ws_url(), "localStreamName": "t"}),
-    )
-    .await;
-    assert_eq!(code, 200, "{body}");
+    push(&a, &b, "t").await;
     let (code, reply) = b
         .rest("/rest-api/stream/terminate", r#"{"name":"t"}"#)
         .await;
