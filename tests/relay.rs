@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Server, endpoint, eventually, player_figures, session};
+use common::{Server, endpoint, eventually, metric, metrics, player_figures, session};
 use relaycast_controlplane::client::ClientStream;
 use relaycast_controlplane::protocol::StreamStatus;
 use relaycast_dataplane::synth::{SynthConfig, VideoCodec};
@@ -44,6 +44,43 @@ async fn push(from: &Server, to: &Server, name: &str) -> Value {
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["status"], json!("PUBLISHING"), "{body}");
     body
+}
+
+/// Waits for the relay of `server` to report its link, and checks that its media flows in
+/// `direction` (`bitrateOut` for a push, `bitrateIn` for a pull) at about the source's rate,
+/// and that `/metrics` shows the same relay.
+async fn check_link(server: &Server, direction: &str) -> Value {
+    let link = eventually(Duration::from_secs(8), || async {
+        let relays = relay_status(server).await;
+        let link = relays.first()?.get("link")?.clone();
+        (link[direction].as_u64()? > 0).then_some(link)
+    })
+    .await;
+    let Some(link) = link else {
+        panic!(
+            "no {direction} on the relay link: {:?}",
+            relay_status(server).await
+        );
+    };
+    eprintln!("relay link: {link}");
+    let bits = link[direction].as_u64().unwrap();
+    assert!(
+        (500_000..5_000_000).contains(&bits),
+        "a 1.5 Mbit/s source relayed at {bits} bit/s: {link}"
+    );
+    let way = if direction == "bitrateOut" {
+        "out"
+    } else {
+        "in"
+    };
+    let text = metrics(server).await;
+    let label = format!("direction=\"{way}\"");
+    let value = metric(&text, "relaycast_relay_bitrate_bits_per_second", &[&label]);
+    assert!(
+        value > 100_000.0,
+        "relay bitrate {way} in /metrics: {value}\n{text}"
+    );
+    link
 }
 
 async fn relay_status(server: &Server) -> Vec<Value> {
@@ -121,6 +158,15 @@ async fn push_a_to_b_with_ten_players_on_b() {
     }
     check_players("push A->B", &players).await;
 
+    // A's relay reports its link: the stream going out, and B's receiver reports giving the
+    // round-trip time and loss.
+    let link = check_link(&a, "bitrateOut").await;
+    assert!(
+        link["rttMs"].as_f64().is_some_and(|ms| ms < 100.0),
+        "{link}"
+    );
+    assert!(link["lossPct"].as_f64().is_some_and(|l| l < 1.0), "{link}");
+
     // A duplicate push is refused.
     let (code, body) = relay(
         &a,
@@ -191,6 +237,8 @@ async fn pull_a_to_b_with_ten_players_then_terminate_and_remote_end() {
         );
     }
     check_players("pull A->B", &players).await;
+    let link = check_link(&b, "bitrateIn").await;
+    assert!(link["lossPct"].as_f64().is_some_and(|l| l < 1.0), "{link}");
 
     // Local name in use: 409.
     let (code, body) = relay(

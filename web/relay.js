@@ -123,6 +123,7 @@
             cell(tr, 'info', relay.info);
             cell(tr, 'attempts', relay.attempts);
             cell(tr, 'lastError', relay.lastError);
+            cell(tr, 'link', linkText(relay.link));
             var actions = cell(tr, 'actions', '');
             if (relay.localMediaSessionId) {
                 actions.appendChild(button('Terminate', 'relay', relay.localMediaSessionId, 'terminateBtn'));
@@ -179,6 +180,22 @@
     }
 
     // --------------------------------------------------------------- helpers
+
+    /** A relay's link (relaycast's `link` object), e.g. "1.6 Mbit/s out, rtt 0.7 ms, loss 0%". */
+    function linkText(link) {
+        if (!link) return '';
+        var parts = [];
+        var push = (link.bitrateOut || 0) >= (link.bitrateIn || 0);
+        parts.push(rate(push ? link.bitrateOut : link.bitrateIn) + (push ? ' out' : ' in'));
+        if (typeof link.rttMs === 'number') parts.push('rtt ' + link.rttMs.toFixed(1) + ' ms');
+        if (typeof link.lossPct === 'number') parts.push('loss ' + link.lossPct + '%');
+        return parts.join(', ');
+    }
+
+    function rate(bits) {
+        if (bits >= 1e6) return (bits / 1e6).toFixed(1) + ' Mbit/s';
+        return Math.round((bits || 0) / 1e3) + ' kbit/s';
+    }
 
     function cell(tr, className, value) {
         var td = document.createElement('td');

@@ -3,7 +3,7 @@
 //! rest is read at scrape time: the registry's counts and stats, the relays' states, and each
 //! data-plane core's counters (relaxed atomics written only by their core).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -164,6 +164,46 @@ pub fn render(hub: &Hub) -> String {
         "relay_attempts",
         "Connection attempts of each relay so far",
         attempts,
+    );
+    // The link of each relay that is up: RTT, loss and bitrate, as its peer last measured.
+    let rtt = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    let loss = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    let bitrate = Family::<Labels, Gauge>::default();
+    for relay in &relays {
+        let Some(link) = relay.link else { continue };
+        let labels = vec![
+            ("relay", relay.local_media_session_id.clone()),
+            ("uri", relay.uri.clone()),
+            ("stream", relay.local_stream_name.clone()),
+        ];
+        if let Some(ms) = link.rtt_ms {
+            rtt.get_or_create(&labels).set(ms / 1e3);
+        }
+        if let Some(pct) = link.loss_pct {
+            loss.get_or_create(&labels).set(pct / 1e2);
+        }
+        for (direction, bits) in [("in", link.bitrate_in), ("out", link.bitrate_out)] {
+            let mut labels = labels.clone();
+            labels.push(("direction", direction.to_owned()));
+            bitrate
+                .get_or_create(&labels)
+                .set(i64::try_from(bits).unwrap_or(i64::MAX));
+        }
+    }
+    r.register(
+        "relay_rtt_seconds",
+        "Round-trip time to the remote server of each relay that is up (RTCP)",
+        rtt,
+    );
+    r.register(
+        "relay_loss_ratio",
+        "Fraction of packets lost on each relay's link (RTCP receiver reports)",
+        loss,
+    );
+    r.register(
+        "relay_bitrate_bits_per_second",
+        "Bits per second on each relay's link, received (in) and sent (out)",
+        bitrate,
     );
 
     let peers = Family::<Labels, Gauge>::default();

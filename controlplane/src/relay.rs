@@ -15,7 +15,9 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-use relaycast_dataplane::{Command, Continuity, CoreId, Event, PeerId, Role, StreamId};
+use relaycast_dataplane::{
+    Command, Continuity, CoreId, Event, LinkStats, PeerId, PeerReport, Role, StreamId,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
@@ -100,7 +102,38 @@ pub struct RelayInfo {
     /// Why the last attempt failed.
     pub last_error: Option<String>,
     pub create_date: u64,
+    /// The link to the remote server while the relay is up (null otherwise).
+    pub link: Option<RelayLink>,
 }
+
+/// What the relay's peer measures of its link to the remote server, refreshed every
+/// [`LINK_INTERVAL`] while the relay is up.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RelayLink {
+    /// Round-trip time from RTCP, when the remote's reports carry one.
+    pub rtt_ms: Option<f64>,
+    /// Packets lost in percent, from RTCP receiver reports (the worse direction).
+    pub loss_pct: Option<f64>,
+    /// Bits per second received from and sent to the remote, all bytes on the wire.
+    pub bitrate_in: u64,
+    pub bitrate_out: u64,
+}
+
+impl RelayLink {
+    fn from_stats(link: &LinkStats) -> Option<RelayLink> {
+        link.at?;
+        Some(RelayLink {
+            rtt_ms: link.rtt.map(|d| (d.as_secs_f64() * 1e6).round() / 1e3),
+            loss_pct: link.loss.map(|l| (f64::from(l) * 1e4).round() / 1e2),
+            bitrate_in: link.bitrate_in,
+            bitrate_out: link.bitrate_out,
+        })
+    }
+}
+
+/// How often a relay that is up reads its peer's link figures.
+const LINK_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Why a relay is being stopped from outside its task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -373,6 +406,7 @@ async fn start(hub: &Rc<Hub>, direction: Direction, body: RelayBody) -> RestRepl
             attempts: 0,
             last_error: None,
             create_date: now_ms(),
+            link: None,
         }),
         stop,
         changed,
@@ -554,6 +588,19 @@ impl RelayPeer {
             .map_err(|_| "the answer was not applied in time".to_owned())?
     }
 
+    /// The data plane's report on the peer (its link figures).
+    async fn report(&self) -> Option<PeerReport> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.hub.send_command(
+            self.core,
+            Command::Query {
+                peer: self.peer,
+                reply,
+            },
+        );
+        rx.await.ok().flatten()
+    }
+
     /// Closes the peer and waits briefly for its last event (an ingest peer's continuity).
     async fn close(&mut self) {
         if self.closed {
@@ -617,6 +664,7 @@ async fn run(
             &mut established,
         )
         .await;
+        relay.info.borrow_mut().link = None;
         if established {
             established_once = true;
             failures = 0;
@@ -894,8 +942,15 @@ async fn attempt(
     });
 
     // Established: run until something ends it.
+    let mut link = tokio::time::interval(LINK_INTERVAL);
+    link.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = link.tick() => {
+                if let Some(report) = peer.report().await {
+                    relay.info.borrow_mut().link = RelayLink::from_stats(&report.link);
+                }
+            }
             event = peer.events.recv() => match event {
                 Some(Event::Failed { reason, continuity: c, .. }) => {
                     peer.closed = true;

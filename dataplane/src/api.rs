@@ -184,4 +184,23 @@ pub struct PeerReport {
     /// The probe's latency histogram (microseconds), to merge across peers.
     pub latency: Option<hdrhistogram::Histogram<u64>>,
     pub generator: Option<GeneratorStats>,
+    /// What RTCP and str0m's statistics say about the peer's link (relay metrics).
+    pub link: LinkStats,
+}
+
+/// A peer's link as str0m last measured it (refreshed every 2 s once media flows).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LinkStats {
+    /// Round-trip time from the last RTCP report that carried one (receiver reports for
+    /// what this peer sends, XR DLRR or TWCC feedback for what it receives).
+    pub rtt: Option<Duration>,
+    /// Fraction of packets lost (0..1): what the remote reported losing of this peer's media
+    /// and what this peer saw lost of the remote's, whichever is worse.
+    pub loss: Option<f32>,
+    /// Bits per second received and sent over the last statistics interval, every byte on
+    /// the wire (RTP, RTCP, STUN, DTLS).
+    pub bitrate_in: u64,
+    pub bitrate_out: u64,
+    /// When these figures were last refreshed.
+    pub at: Option<Instant>,
 }

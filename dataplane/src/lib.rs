@@ -27,7 +27,7 @@ pub mod synth;
 pub mod timers;
 pub mod udp;
 
-pub use api::{Command, DataPlaneConfig, Event, PeerFailure, PeerReport, Role};
+pub use api::{Command, DataPlaneConfig, Event, LinkStats, PeerFailure, PeerReport, Role};
 pub use core::{CoreCounters, CoreStopped, DataPlane, StartError};
 pub use ids::{CoreId, PeerId, StreamId};
 pub use media::{Continuity, StreamMedia};

@@ -15,7 +15,7 @@ use str0m::rtp::{RtpPacket, RtpWrite, Ssrc};
 use str0m::{Candidate, Event as RtcEvent, IceConnectionState, Input, Output, Rtc, RtcConfig};
 use str0m::{RtcError, error::SdpError};
 
-use crate::api::{DataPlaneConfig, PeerFailure, PeerReport, Role};
+use crate::api::{DataPlaneConfig, LinkStats, PeerFailure, PeerReport, Role};
 use crate::ids::{CoreId, PeerId, StreamId};
 use crate::media::{
     Continuity, MediaExt, MediaPacket, StreamMedia, TrackRewriter, choose_ingest_codecs,
@@ -71,6 +71,9 @@ pub struct Peer {
     local: Option<SocketAddr>,
     /// NACK totals str0m last reported, per (mid, egress), to turn them into increments.
     nack_totals: Vec<(Mid, bool, u64)>,
+    /// The link figures of the last statistics, and the byte totals they were computed from.
+    link: LinkStats,
+    link_bytes: Option<(Instant, u64, u64)>,
 }
 
 /// How often str0m reports a peer's statistics (NACK counts for the metrics).
@@ -507,6 +510,7 @@ impl Peer {
             probe,
             latency,
             generator,
+            link: self.link,
         }
     }
 
@@ -558,6 +562,8 @@ impl Peer {
             },
             local: None,
             nack_totals: Vec::new(),
+            link: LinkStats::default(),
+            link_bytes: None,
         }
     }
 
@@ -677,11 +683,48 @@ impl Peer {
             }
             RtcEvent::MediaEgressStats(stats) => {
                 self.count_nacks(stats.mid, true, stats.nacks, events);
+                self.link_media(stats.rtt, stats.loss);
             }
             RtcEvent::MediaIngressStats(stats) => {
                 self.count_nacks(stats.mid, false, stats.nacks, events);
+                self.link_media(stats.rtt, stats.loss);
+            }
+            RtcEvent::PeerStats(stats) => {
+                let (rx, tx) = (stats.peer_bytes_rx, stats.peer_bytes_tx);
+                if let Some((at, last_rx, last_tx)) = self.link_bytes {
+                    let secs = stats.timestamp.saturating_duration_since(at).as_secs_f64();
+                    if secs > 0.0 {
+                        let rate = |now: u64, last: u64| {
+                            (now.saturating_sub(last) as f64 * 8.0 / secs).round() as u64
+                        };
+                        self.link.bitrate_in = rate(rx, last_rx);
+                        self.link.bitrate_out = rate(tx, last_tx);
+                        // Reported from the second statistics on, when a rate exists.
+                        self.link.at = Some(stats.timestamp);
+                    }
+                }
+                self.link_bytes = Some((stats.timestamp, rx, tx));
+                // str0m reports the peer first, then each media line: start the interval
+                // from the peer's own (TWCC) figures, and let the media lines refine them.
+                self.link.rtt = stats.rtt.or(self.link.rtt);
+                self.link.loss = None;
+                self.link_media(None, stats.egress_loss_fraction);
+                self.link_media(None, stats.ingress_loss_fraction);
             }
             _ => {}
+        }
+    }
+
+    /// Folds one media line's statistics into the link figures. str0m reports each media
+    /// line in turn, every interval, after the peer as a whole: the worst loss and the
+    /// latest round-trip time win.
+    fn link_media(&mut self, rtt: Option<std::time::Duration>, loss: Option<f32>) {
+        if rtt.is_some() {
+            self.link.rtt = rtt;
+        }
+        if let Some(loss) = loss.filter(|l| l.is_finite()) {
+            let loss = loss.clamp(0.0, 1.0);
+            self.link.loss = Some(self.link.loss.map_or(loss, |l| l.max(loss)));
         }
     }
 

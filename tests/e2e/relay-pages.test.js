@@ -98,6 +98,14 @@ test('two-way on A, relay console push to B, player on B; the console terminates
                 await player.click('#playBtn');
                 await expectText(player, '#sessionStatus', 'ESTABLISHED');
                 await expectText(player, '#status', 'PLAYING');
+                if (label === 'player-b') {
+                    // The console shows the relay's link once media crosses it.
+                    await relayConsole.waitForFunction((n) => [...document.querySelectorAll('#relayRows tr.relay-row')]
+                        .some((r) => r.querySelector('.localStreamName').textContent === n
+                            && /[1-9][0-9.]* (M|k)bit\/s out, rtt [0-9.]+ ms/.test(r.querySelector('.link').textContent)),
+                    name, { timeout: 10000 });
+                    t.diagnostic(`console link: ${(await relayRow(relayConsole, name)).link}`);
+                }
                 const played = await expectVideoPlaying(player, '#display');
                 await expectText(player, '#resolution', `${played.width}x${played.height}`, 5000);
                 t.diagnostic(`${label} (${sdk || 'relaycast.js'}): Start click -> picture through the relay ` +

@@ -396,6 +396,7 @@ mod tests {
             }),
             latency: Some(h),
             generator: None,
+            link: Default::default(),
         }
     }
 
