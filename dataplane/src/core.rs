@@ -352,6 +352,7 @@ async fn core_main(start: CoreStart) {
         demux: Demux::new(),
         router: Router::new(),
         timers: Timers::new(),
+        epoch: Instant::now(),
         shared: SocketIo::new(Rc::clone(&shared), None),
         candidates,
         dedicated: HashMap::new(),
@@ -361,6 +362,7 @@ async fn core_main(start: CoreStart) {
         counters,
         queue: VecDeque::new(),
         scratch: Vec::new(),
+        due_now: Vec::new(),
         fanout: Vec::new(),
         mirrors: Vec::new(),
         timer_signal: timer_tx,
@@ -471,6 +473,11 @@ struct Core {
     /// Peer events waiting to be acted on (processed after the peer that raised them).
     queue: VecDeque<(PeerId, PeerEvent)>,
     scratch: Vec<PeerEvent>,
+    /// The origin of the timer grid that far peer deadlines are rounded to.
+    epoch: Instant,
+    /// Peers whose WebRTC stack wants to be driven again at once (str0m hands out the RTP
+    /// written to it on its next timeout): driven at the end of the batch.
+    due_now: Vec<PeerId>,
     fanout: Vec<PeerId>,
     mirrors: Vec<CoreId>,
     timer_signal: LocalSender<()>,
@@ -543,8 +550,12 @@ impl Core {
         self.scratch = events;
         match result {
             Ok(Ok(r)) => {
+                if deadline <= now {
+                    self.due_now.push(id);
+                }
                 let floor = now + Duration::from_micros(500);
-                self.arm(TimerKey::Peer(id), deadline.max(floor));
+                let at = coalesce(deadline.max(floor), now, self.epoch);
+                self.arm(TimerKey::Peer(id), at);
                 Some(r)
             }
             Ok(Err(failure)) => {
@@ -561,8 +572,29 @@ impl Core {
         }
     }
 
-    /// Acts on queued peer events, then sends what is queued on every socket.
+    /// Acts on queued peer events, drives once more the peers that are due at once (so the
+    /// packets written in this batch leave with it instead of after the timer floor), then
+    /// sends what is queued on every socket.
     fn finish(&mut self, now: Instant) {
+        self.act_on_events(now);
+        if !self.due_now.is_empty() {
+            let mut due = std::mem::take(&mut self.due_now);
+            for &id in &due {
+                // Listed once per write: the first visit moves its deadline on.
+                if self.peers.get(&id).is_some_and(|p| p.deadline() <= now) {
+                    self.with_peer(id, now, |p, tx, events| p.on_timeout(now, tx, events));
+                }
+            }
+            // Still due after that: the timer's floor takes them, no busy loop.
+            due.clear();
+            self.due_now = due;
+            self.act_on_events(now);
+            self.due_now.clear();
+        }
+        self.flush_all();
+    }
+
+    fn act_on_events(&mut self, now: Instant) {
         while let Some((peer, event)) = self.queue.pop_front() {
             match event {
                 PeerEvent::Connected => {
@@ -604,7 +636,6 @@ impl Core {
                 }
             }
         }
-        self.flush_all();
     }
 
     /// Sends a stream packet to this core's subscribers and, from the home core, to the
@@ -916,7 +947,7 @@ impl Core {
                     };
                     let due = peer.deadline();
                     if due > now {
-                        self.arm(key, due);
+                        self.arm(key, coalesce(due, now, self.epoch));
                         continue;
                     }
                     self.with_peer(id, now, |p, tx, events| p.on_timeout(now, tx, events));
@@ -997,6 +1028,25 @@ impl Core {
             }
         });
     }
+}
+
+/// Peer deadlines at least this far away are rounded up to the timer grid.
+const TIMER_SLACK_FROM: Duration = Duration::from_millis(100);
+/// The grid those deadlines are rounded to: the periodic work of many peers (RTCP reports
+/// every second, statistics every 2 s) then shares one wake-up per grid step instead of
+/// one each, at the price of at most this much delay for work that is not urgent.
+const TIMER_GRID: Duration = Duration::from_millis(25);
+
+/// Rounds a far deadline up to the core's timer grid; near ones stay exact. Never earlier
+/// than `at`.
+fn coalesce(at: Instant, now: Instant, epoch: Instant) -> Instant {
+    if at.saturating_duration_since(now) < TIMER_SLACK_FROM {
+        return at;
+    }
+    let grid = TIMER_GRID.as_micros();
+    let offset = at.saturating_duration_since(epoch).as_micros();
+    let rounded = offset.div_ceil(grid) * grid;
+    epoch + Duration::from_micros(u64::try_from(rounded).unwrap_or(u64::MAX))
 }
 
 /// Flushes one socket's queue; true if the kernel buffer filled up.
@@ -1180,10 +1230,38 @@ mod spawn_tests {
 
     use glommio::LocalExecutorBuilder;
 
-    use super::spawn_later;
+    use std::time::{Duration, Instant};
+
+    use super::{TIMER_GRID, coalesce, spawn_later};
 
     /// A task spawned while the core is borrowed (as in `Core::offer`, or when a send
     /// buffer fills) and that borrows it at once must wait for the borrow to end.
+    #[test]
+    fn far_deadlines_share_grid_steps_and_are_never_earlier() {
+        let epoch = Instant::now();
+        let now = epoch + Duration::from_millis(7);
+        // Near deadlines (a packet to release, a NACK) stay exact.
+        for near in [
+            now,
+            now + Duration::from_millis(30),
+            now + Duration::from_millis(99),
+        ] {
+            assert_eq!(coalesce(near, now, epoch), near);
+        }
+        // Many peers' RTCP deadlines spread over one grid step wake up together.
+        let base = epoch + Duration::from_millis(1_000);
+        let woken: std::collections::BTreeSet<Instant> = (1..25)
+            .map(|ms| coalesce(base + Duration::from_millis(ms), now, epoch))
+            .collect();
+        assert_eq!(woken.len(), 1);
+        assert_eq!(woken.first(), Some(&(epoch + Duration::from_millis(1_025))));
+        for us in [100_001u64, 512_345, 999_999, 1_000_000, 7_654_321] {
+            let at = now + Duration::from_micros(us);
+            let c = coalesce(at, now, epoch);
+            assert!(c >= at && c - at < TIMER_GRID, "{us}: {c:?} vs {at:?}");
+        }
+    }
+
     #[test]
     fn a_task_spawned_under_a_borrow_starts_after_it() {
         LocalExecutorBuilder::default()
