@@ -27,6 +27,9 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use crate::hub::{Hub, Outgoing};
 use crate::protocol;
 
+/// Initial read buffer of one signalling WebSocket (tungstenite's default is 128 KiB).
+const SESSION_READ_BUFFER: usize = 4096;
+
 /// How the signalling server treats its connections.
 #[derive(Clone, Debug)]
 pub struct SignallingConfig {
@@ -181,7 +184,12 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     remote: SocketAddr,
     config: &SignallingConfig,
 ) -> Option<WebSocketStream<S>> {
+    // Signalling frames are small (an SDP is a few KiB) and a server holds thousands of
+    // sessions: tungstenite's 128 KiB default read buffer per session would be most of a
+    // player's memory. The buffer still grows for a larger frame, up to `max_frame`.
     let ws_config = WebSocketConfig::default()
+        .read_buffer_size(SESSION_READ_BUFFER)
+        .write_buffer_size(0)
         .max_frame_size(Some(config.max_frame))
         .max_message_size(Some(config.max_frame));
     let accepted = tokio::time::timeout(
