@@ -122,9 +122,13 @@ impl Session {
                 reason: "the scheme must be ws or wss".into(),
             });
         }
-        let mut config = WebSocketConfig::default();
-        config.max_message_size = Some(1 << 20);
-        config.max_frame_size = Some(1 << 20);
+        // Small buffers: the load generator holds one session per player (thousands), and
+        // signalling frames are a few KiB; the read buffer grows for a larger one.
+        let config = WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .write_buffer_size(0)
+            .max_message_size(Some(1 << 20))
+            .max_frame_size(Some(1 << 20));
         let connector = if parsed.scheme() == "wss" {
             let client_config = tls.client_config().map_err(|e| ClientError::Connect {
                 url: url.to_owned(),
