@@ -322,7 +322,13 @@ fn relay_chain_measures_each_hop() {
         assert_eq!(hops.len(), 2, "{mode}: {s:#}");
         assert_eq!(hops[0]["connected"], 2);
         for hop in hops {
-            assert!(f(hop, &["loss_pct"]) < 1.0, "{mode}: {s:#}");
+            // Every player of the hop received media in the window: one that received
+            // nothing shows as at least 33% loss (a third of a 3-player hop). The bound is
+            // not tighter because a busy CI machine can stall a process for a fraction of
+            // this 3 s window; delivery quality through a hop is checked in tests/relay.rs.
+            let loss = f(hop, &["loss_pct"]);
+            assert!(loss < 25.0, "{mode}: {loss}% loss: {s:#}");
+            assert!(f(hop, &["packets_received"]) > 0.0, "{mode}: {s:#}");
             assert!(f(hop, &["latency_ms", "p50"]) > 0.0, "{mode}: {s:#}");
         }
         assert!(hops[1]["added_ms"]["p99"].is_number(), "{mode}: {s:#}");
