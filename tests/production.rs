@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::{
-    Server, TestCert, endpoint, eventually, metric, metrics, request, request_with, session,
-    tls_addrs,
+    Server, TestCert, endpoint, eventually, metric, metrics, player_figures, request, request_with,
+    session, tls_addrs,
 };
 use relaycast_controlplane::client::{
     ClientError, ClientStream, ClientTimeouts, ClientTls, Session,
@@ -29,14 +29,43 @@ fn synth() -> SynthConfig {
 
 /// Media packets received and loss in percent.
 async fn figures(player: &ClientStream) -> (u64, f64) {
-    let probe = player.report().await.expect("report").probe.expect("probe");
-    let media = probe.audio_packets + probe.video_packets;
-    let loss = if media + probe.lost == 0 {
-        100.0
-    } else {
-        probe.lost as f64 * 100.0 / (media + probe.lost) as f64
-    };
+    let (media, loss, _, _) = player_figures(player).await;
     (media, loss)
+}
+
+/// Pulls `remote` from `uri` onto `edge` as `local`, checks the relay plays, and plays the
+/// pulled stream there. Returns the relay request body (to replay it elsewhere) and the
+/// player.
+async fn pull_and_play(
+    edge: &Server,
+    uri: &str,
+    remote: &str,
+    local: &str,
+) -> (Value, Session, ClientStream) {
+    let body = json!({"uri": uri, "remoteStreamName": remote, "localStreamName": local});
+    let (code, reply) = edge.rest("/rest-api/pull/pull", &body.to_string()).await;
+    assert_eq!(code, 200, "{reply}");
+    assert_eq!(reply["status"], json!("PLAYING"), "{reply}");
+    let viewers = session(edge).await;
+    let player = viewers
+        .play(&endpoint(), local)
+        .await
+        .unwrap_or_else(|e| panic!("play the stream pulled from {uri}: {e}"));
+    (body, viewers, player)
+}
+
+/// Requests the pull relay `body` on `server`, which must refuse it: the relay never plays
+/// and `find_all` lists it as FAILED. Returns that relay object.
+async fn pull_fails(server: &Server, body: &Value) -> Value {
+    let (_, reply) = server.rest("/rest-api/pull/pull", &body.to_string()).await;
+    assert_ne!(reply["status"], json!("PLAYING"), "{reply}");
+    eventually(Duration::from_secs(10), || async {
+        let (_, list) = server.rest("/rest-api/pull/find_all", "").await;
+        let relay = list.get(0)?.clone();
+        (relay["status"] == json!("FAILED")).then_some(relay)
+    })
+    .await
+    .unwrap_or_else(|| panic!("the refused relay {body} did not fail"))
 }
 
 async fn connect(url: &str, request: ConnectionRequest) -> Result<Session, ClientError> {
@@ -129,30 +158,14 @@ async fn relay_pulls_over_wss_verifying_the_configured_ca() {
         .await
         .unwrap();
 
-    let body = json!({"uri": wss_url(wss), "remoteStreamName": "cam", "localStreamName": "cam-e"});
-    let (code, reply) = edge.rest("/rest-api/pull/pull", &body.to_string()).await;
-    assert_eq!(code, 200, "{reply}");
-    assert_eq!(reply["status"], json!("PLAYING"), "{reply}");
-    let viewers = session(&edge).await;
-    let player = viewers
-        .play(&ep, "cam-e")
-        .await
-        .expect("play the wss relay");
+    let (body, _viewers, player) = pull_and_play(&edge, &wss_url(wss), "cam", "cam-e").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (media, loss) = figures(&player).await;
     assert!(media > 50, "relay over wss delivered {media} packets");
     assert!(loss < 1.0, "loss {loss}%");
 
     // A server trusting only the system roots refuses the self-signed origin.
-    let (_, reply) = strict.rest("/rest-api/pull/pull", &body.to_string()).await;
-    assert_ne!(reply["status"], json!("PLAYING"), "{reply}");
-    let failed = eventually(Duration::from_secs(10), || async {
-        let (_, list) = strict.rest("/rest-api/pull/find_all", "").await;
-        let relay = list.get(0)?.clone();
-        (relay["status"] == json!("FAILED")).then_some(relay)
-    })
-    .await
-    .expect("the unverified relay fails");
+    let failed = pull_fails(&strict, &body).await;
     assert!(
         failed.to_string().to_lowercase().contains("certificate"),
         "{failed}"
@@ -318,30 +331,11 @@ async fn relays_carry_the_token_of_a_protected_origin() {
         .publish(&ep, "cam", synth())
         .await
         .unwrap();
-    let body =
-        json!({"uri": origin.ws_url(), "remoteStreamName": "cam", "localStreamName": "cam-e"});
-    let (code, reply) = edge.rest("/rest-api/pull/pull", &body.to_string()).await;
-    assert_eq!(code, 200, "{reply}");
-    assert_eq!(reply["status"], json!("PLAYING"), "{reply}");
-    let viewers = session(&edge).await;
-    let player = viewers
-        .play(&ep, "cam-e")
-        .await
-        .expect("play the relayed stream");
+    let (body, _viewers, player) = pull_and_play(&edge, &origin.ws_url(), "cam", "cam-e").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(figures(&player).await.0 > 20);
 
-    let (_, reply) = tokenless
-        .rest("/rest-api/pull/pull", &body.to_string())
-        .await;
-    assert_ne!(reply["status"], json!("PLAYING"), "{reply}");
-    let failed = eventually(Duration::from_secs(10), || async {
-        let (_, list) = tokenless.rest("/rest-api/pull/find_all", "").await;
-        let relay = list.get(0)?.clone();
-        (relay["status"] == json!("FAILED")).then_some(relay)
-    })
-    .await
-    .expect("a relay without the token fails");
+    let failed = pull_fails(&tokenless, &body).await;
     assert!(failed.to_string().contains("Restricted access"), "{failed}");
 }
 
