@@ -164,26 +164,26 @@ fn main() -> Result<()> {
     let mut steps = Vec::new();
     for &players in &args.steps {
         let server = bins.start_server("step")?;
-        let loadgen_args = vec![
-            "fanout".to_owned(),
-            "--server".to_owned(),
-            server.ws_url(),
-            "--rest".to_owned(),
-            server.rest_url(),
-            "--players".to_owned(),
-            players.to_string(),
-            "--ramp".to_owned(),
-            args.ramp.clone(),
-            "--bitrate".to_owned(),
-            args.bitrate.clone(),
-            "--duration".to_owned(),
-            args.duration.clone(),
-            "--cores".to_owned(),
-            bins.loadgen_cores.to_string(),
-            "--server-pid".to_owned(),
-            server.pid().to_string(),
-            "--json".to_owned(),
-        ];
+        let loadgen_args = owned(&[
+            "fanout",
+            "--server",
+            &server.ws_url(),
+            "--rest",
+            &server.rest_url(),
+            "--players",
+            &players.to_string(),
+            "--ramp",
+            &args.ramp,
+            "--bitrate",
+            &args.bitrate,
+            "--duration",
+            &args.duration,
+            "--cores",
+            &bins.loadgen_cores.to_string(),
+            "--server-pid",
+            &server.pid().to_string(),
+            "--json",
+        ]);
         let command = bins.describe_loadgen(&loadgen_args);
         commands.push(command.clone());
         eprintln!("fanout: {players} players");
@@ -297,7 +297,7 @@ struct Bins {
 
 impl Bins {
     fn server_args(&self) -> Vec<String> {
-        [
+        owned(&[
             "--ws-port",
             "0",
             "--rest-port",
@@ -307,11 +307,8 @@ impl Bins {
             "--bind",
             "127.0.0.1",
             "--cores",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([self.server_cores.to_string()])
-        .collect()
+            &self.server_cores.to_string(),
+        ])
     }
 
     fn start_server(&self, label: &str) -> Result<ServerProc> {
@@ -449,7 +446,7 @@ fn idle_check(bins: &Bins, commands: &mut Vec<String>) -> Result<Idle> {
     std::thread::sleep(Duration::from_secs(10));
     let b = relaycast_loadgen::procfs::sample(Some(server.pid()))?;
     let (_, empty_cpu_pct) = relaycast_loadgen::procfs::cpu_between(&a, &b);
-    let args: Vec<String> = [
+    let args = owned(&[
         "fanout",
         "--server",
         &server.ws_url(),
@@ -471,10 +468,7 @@ fn idle_check(bins: &Bins, commands: &mut Vec<String>) -> Result<Idle> {
         "--server-pid",
         &server.pid().to_string(),
         "--json",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ]);
     let command = bins.describe_loadgen(&args);
     commands.push(command.clone());
     let result = bins.loadgen(&args, Duration::from_secs(120), "idle");
@@ -494,30 +488,31 @@ fn relay_chain(bins: &Bins, mode: &str, args: &Args, commands: &mut Vec<String>)
     let mut run = || -> Result<(String, Summary)> {
         let a = bins.start_server(&format!("relay-{mode}-a"))?;
         let b = bins.start_server(&format!("relay-{mode}-b"))?;
-        let loadgen_args: Vec<String> = vec![
-            "relay-chain".to_owned(),
-            "--server".to_owned(),
-            a.ws_url(),
-            "--rest".to_owned(),
-            a.rest_url(),
-            "--hop".to_owned(),
-            b.ws_url(),
-            "--hop-rest".to_owned(),
-            b.rest_url(),
-            "--mode".to_owned(),
-            mode.to_owned(),
-            "--players".to_owned(),
-            args.relay_players.to_string(),
-            "--hop-players".to_owned(),
-            args.relay_players.to_string(),
-            "--bitrate".to_owned(),
-            args.bitrate.clone(),
-            "--duration".to_owned(),
-            args.duration.clone(),
-            "--cores".to_owned(),
-            bins.loadgen_cores.to_string(),
-            "--json".to_owned(),
-        ];
+        let n = args.relay_players.to_string();
+        let loadgen_args = owned(&[
+            "relay-chain",
+            "--server",
+            &a.ws_url(),
+            "--rest",
+            &a.rest_url(),
+            "--hop",
+            &b.ws_url(),
+            "--hop-rest",
+            &b.rest_url(),
+            "--mode",
+            mode,
+            "--players",
+            &n,
+            "--hop-players",
+            &n,
+            "--bitrate",
+            &args.bitrate,
+            "--duration",
+            &args.duration,
+            "--cores",
+            &bins.loadgen_cores.to_string(),
+            "--json",
+        ]);
         let command = bins.describe_loadgen(&loadgen_args);
         commands.push(command.clone());
         let summary = bins.loadgen(
@@ -652,4 +647,9 @@ fn machine() -> Machine {
         commit: output("git", &["rev-parse", "--short", "HEAD"]),
         date: output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
     }
+}
+
+/// A command line from borrowed parts.
+fn owned(parts: &[&str]) -> Vec<String> {
+    parts.iter().map(|s| s.to_string()).collect()
 }
