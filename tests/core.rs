@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Server, endpoint, eventually, player_figures, session};
+use common::{Server, ended, endpoint, eventually, player_figures, session};
 use relaycast_controlplane::client::ClientError;
 use relaycast_controlplane::protocol::StreamStatus;
 use relaycast_dataplane::synth::{SynthConfig, VideoCodec};
@@ -176,14 +176,12 @@ async fn publisher_end_stops_players() {
     let closed_at = Instant::now();
     c.close();
     for player in &mut players {
-        let e = player
-            .handle
-            .wait_for(
-                &[StreamStatus::Stopped, StreamStatus::Failed],
-                Duration::from_secs(2),
-            )
-            .await
-            .expect("STOPPED within 2 s of the publisher's disconnect");
+        let e = ended(
+            &mut player.handle,
+            Duration::from_secs(2),
+            "STOPPED within 2 s of the publisher's disconnect",
+        )
+        .await;
         assert_eq!(e.status, StreamStatus::Stopped);
         assert_eq!(e.info.as_deref(), Some("Stopped by publisher stop"));
     }
@@ -255,14 +253,12 @@ async fn publisher_media_lost_fails_stream_and_stops_players() {
         info == "Failed by RTP activity" || info == "Failed by ICE keep alive",
         "info: {info}"
     );
-    let s = player
-        .handle
-        .wait_for(
-            &[StreamStatus::Stopped, StreamStatus::Failed],
-            Duration::from_secs(2),
-        )
-        .await
-        .expect("the player stops with its publisher");
+    let s = ended(
+        &mut player.handle,
+        Duration::from_secs(2),
+        "the player stops with its publisher",
+    )
+    .await;
     assert_eq!(s.status, StreamStatus::Stopped);
     assert_eq!(s.info.as_deref(), Some("Stopped by publisher stop"));
     eprintln!("media loss detected after {:?}: {info}", halted.elapsed());
@@ -450,14 +446,12 @@ async fn sigterm_sends_final_statuses_and_exits() {
         .await
         .expect("publisher gets a final status");
     assert_eq!(p.status, StreamStatus::Unpublished);
-    let s = player
-        .handle
-        .wait_for(
-            &[StreamStatus::Stopped, StreamStatus::Failed],
-            Duration::from_secs(5),
-        )
-        .await
-        .expect("player gets a final status");
+    let s = ended(
+        &mut player.handle,
+        Duration::from_secs(5),
+        "player gets a final status",
+    )
+    .await;
     assert_eq!(s.status, StreamStatus::Stopped);
     let (status, _server) = status.await.unwrap();
     let status = status.expect("relaycast exits within 5 s of SIGTERM");

@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::{
-    Server, TestCert, endpoint, eventually, metric, metrics, player_figures, request, request_with,
-    session, tls_addrs,
+    Server, TestCert, ended, endpoint, eventually, metric, metrics, player_figures, request,
+    request_with, session, tls_addrs,
 };
 use relaycast_controlplane::client::{
     ClientError, ClientStream, ClientTimeouts, ClientTls, Session,
@@ -956,14 +956,12 @@ async fn sigterm_ends_relays_on_the_remote_side_within_5_seconds() {
         .await
         .expect("the publisher gets UNPUBLISHED");
     assert_eq!(p.status, StreamStatus::Unpublished);
-    let e = player
-        .handle
-        .wait_for(
-            &[StreamStatus::Stopped, StreamStatus::Failed],
-            Duration::from_secs(5),
-        )
-        .await
-        .expect("the remote player of the pushed stream is stopped");
+    let e = ended(
+        &mut player.handle,
+        Duration::from_secs(5),
+        "the remote player of the pushed stream is stopped",
+    )
+    .await;
     assert_eq!(
         e.info.as_deref(),
         Some("Stopped by publisher stop"),

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Server, endpoint, eventually, metric, metrics, player_figures, session};
+use common::{Server, ended, endpoint, eventually, metric, metrics, player_figures, session};
 use relaycast_controlplane::client::ClientStream;
 use relaycast_controlplane::protocol::StreamStatus;
 use relaycast_dataplane::synth::{SynthConfig, VideoCodec};
@@ -179,14 +179,12 @@ async fn push_a_to_b_with_ten_players_on_b() {
     // The source ends: the relay ends, B unpublishes, B's players stop.
     publisher.stop(Duration::from_secs(2)).await.unwrap();
     for player in &mut players {
-        let e = player
-            .handle
-            .wait_for(
-                &[StreamStatus::Stopped, StreamStatus::Failed],
-                Duration::from_secs(5),
-            )
-            .await
-            .expect("B's players stop when A's source ends");
+        let e = ended(
+            &mut player.handle,
+            Duration::from_secs(5),
+            "B's players stop when A's source ends",
+        )
+        .await;
         assert_eq!(e.info.as_deref(), Some("Stopped by publisher stop"));
     }
     let gone = eventually(Duration::from_secs(3), || async {
@@ -255,14 +253,12 @@ async fn pull_a_to_b_with_ten_players_then_terminate_and_remote_end() {
         .await;
     assert_eq!(code, 200, "{body}");
     for player in &mut players {
-        let e = player
-            .handle
-            .wait_for(
-                &[StreamStatus::Stopped, StreamStatus::Failed],
-                Duration::from_secs(5),
-            )
-            .await
-            .expect("players of a terminated pull stop");
+        let e = ended(
+            &mut player.handle,
+            Duration::from_secs(5),
+            "players of a terminated pull stop",
+        )
+        .await;
         assert_eq!(e.status, StreamStatus::Stopped);
     }
     let a_players = eventually(Duration::from_secs(3), || async {
@@ -288,14 +284,12 @@ async fn pull_a_to_b_with_ten_players_then_terminate_and_remote_end() {
     assert_eq!(code, 200, "{body}");
     let mut player = viewers.play(&ep, "cam-b").await.unwrap();
     publisher.stop(Duration::from_secs(2)).await.unwrap();
-    let e = player
-        .handle
-        .wait_for(
-            &[StreamStatus::Stopped, StreamStatus::Failed],
-            Duration::from_secs(5),
-        )
-        .await
-        .expect("B's player stops when A's stream ends");
+    let e = ended(
+        &mut player.handle,
+        Duration::from_secs(5),
+        "B's player stops when A's stream ends",
+    )
+    .await;
     assert_eq!(e.status, StreamStatus::Stopped);
     assert_eq!(e.info.as_deref(), Some("Stopped by publisher stop"));
 }
@@ -552,14 +546,12 @@ async fn push_terminated_from_either_end() {
         )
         .await;
     assert_eq!(code, 200, "{reply}");
-    let e = player
-        .handle
-        .wait_for(
-            &[StreamStatus::Stopped, StreamStatus::Failed],
-            Duration::from_secs(3),
-        )
-        .await
-        .expect("B's player stops");
+    let e = ended(
+        &mut player.handle,
+        Duration::from_secs(3),
+        "B's player stops",
+    )
+    .await;
     assert_eq!(e.info.as_deref(), Some("Stopped by publisher stop"));
     let (code, _) = b.rest("/rest-api/stream/find", r#"{"name":"t"}"#).await;
     assert_eq!(code, 404, "B still lists the stream after terminate");

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use relaycast_controlplane::client::{ClientTimeouts, Endpoint, Session};
-use relaycast_controlplane::protocol::ConnectionRequest;
+use relaycast_controlplane::client::{ClientTimeouts, Endpoint, Session, StreamHandle};
+use relaycast_controlplane::protocol::{ConnectionRequest, StreamStatus, StreamStatusEvent};
 use serde_json::Value;
 
 /// A running server.
@@ -430,4 +430,13 @@ pub async fn player_figures(
         probe.lost as f64 * 100.0 / (media + probe.lost) as f64
     };
     (media, loss, probe.latency_us.p50, probe.latency_us.p99)
+}
+
+/// Waits up to `limit` for a stream to end (STOPPED or FAILED) and returns that status;
+/// panics with `what` if it does not.
+pub async fn ended(handle: &mut StreamHandle, limit: Duration, what: &str) -> StreamStatusEvent {
+    handle
+        .wait_for(&[StreamStatus::Stopped, StreamStatus::Failed], limit)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
 }
