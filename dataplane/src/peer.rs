@@ -51,6 +51,55 @@ pub struct PeerSetup<'a> {
     pub candidates: &'a [SocketAddr],
 }
 
+/// Turns str0m's statistics events into a peer's [`LinkStats`]. Every interval str0m
+/// reports the peer as a whole first, then each media line: the interval starts from the
+/// peer's own figures and the media lines refine them (the worst loss, the latest RTT).
+#[derive(Debug, Default)]
+struct LinkMeter {
+    stats: LinkStats,
+    /// When the last peer statistics came, and the byte totals (received, sent) then.
+    last_bytes: Option<(Instant, u64, u64)>,
+}
+
+impl LinkMeter {
+    fn on_peer(
+        &mut self,
+        at: Instant,
+        (rx, tx): (u64, u64),
+        rtt: Option<std::time::Duration>,
+        losses: [Option<f32>; 2],
+    ) {
+        if let Some((last_at, last_rx, last_tx)) = self.last_bytes {
+            let secs = at.saturating_duration_since(last_at).as_secs_f64();
+            if secs > 0.0 {
+                let rate = |now: u64, last: u64| {
+                    (now.saturating_sub(last) as f64 * 8.0 / secs).round() as u64
+                };
+                self.stats.bitrate_in = rate(rx, last_rx);
+                self.stats.bitrate_out = rate(tx, last_tx);
+                // Reported from the second statistics on, when a rate exists.
+                self.stats.at = Some(at);
+            }
+        }
+        self.last_bytes = Some((at, rx, tx));
+        self.stats.rtt = rtt.or(self.stats.rtt);
+        self.stats.loss = None;
+        for loss in losses {
+            self.on_media(None, loss);
+        }
+    }
+
+    fn on_media(&mut self, rtt: Option<std::time::Duration>, loss: Option<f32>) {
+        if rtt.is_some() {
+            self.stats.rtt = rtt;
+        }
+        if let Some(loss) = loss.filter(|l| l.is_finite()) {
+            let loss = loss.clamp(0.0, 1.0);
+            self.stats.loss = Some(self.stats.loss.map_or(loss, |l| l.max(loss)));
+        }
+    }
+}
+
 pub struct Peer {
     pub id: PeerId,
     rtc: Rtc,
@@ -71,9 +120,7 @@ pub struct Peer {
     local: Option<SocketAddr>,
     /// NACK totals str0m last reported, per (mid, egress), to turn them into increments.
     nack_totals: Vec<(Mid, bool, u64)>,
-    /// The link figures of the last statistics, and the byte totals they were computed from.
-    link: LinkStats,
-    link_bytes: Option<(Instant, u64, u64)>,
+    link: LinkMeter,
 }
 
 /// How often str0m reports a peer's statistics (NACK counts for the metrics).
@@ -510,7 +557,7 @@ impl Peer {
             probe,
             latency,
             generator,
-            link: self.link,
+            link: self.link.stats,
         }
     }
 
@@ -562,8 +609,7 @@ impl Peer {
             },
             local: None,
             nack_totals: Vec::new(),
-            link: LinkStats::default(),
-            link_bytes: None,
+            link: LinkMeter::default(),
         }
     }
 
@@ -683,48 +729,19 @@ impl Peer {
             }
             RtcEvent::MediaEgressStats(stats) => {
                 self.count_nacks(stats.mid, true, stats.nacks, events);
-                self.link_media(stats.rtt, stats.loss);
+                self.link.on_media(stats.rtt, stats.loss);
             }
             RtcEvent::MediaIngressStats(stats) => {
                 self.count_nacks(stats.mid, false, stats.nacks, events);
-                self.link_media(stats.rtt, stats.loss);
+                self.link.on_media(stats.rtt, stats.loss);
             }
-            RtcEvent::PeerStats(stats) => {
-                let (rx, tx) = (stats.peer_bytes_rx, stats.peer_bytes_tx);
-                if let Some((at, last_rx, last_tx)) = self.link_bytes {
-                    let secs = stats.timestamp.saturating_duration_since(at).as_secs_f64();
-                    if secs > 0.0 {
-                        let rate = |now: u64, last: u64| {
-                            (now.saturating_sub(last) as f64 * 8.0 / secs).round() as u64
-                        };
-                        self.link.bitrate_in = rate(rx, last_rx);
-                        self.link.bitrate_out = rate(tx, last_tx);
-                        // Reported from the second statistics on, when a rate exists.
-                        self.link.at = Some(stats.timestamp);
-                    }
-                }
-                self.link_bytes = Some((stats.timestamp, rx, tx));
-                // str0m reports the peer first, then each media line: start the interval
-                // from the peer's own (TWCC) figures, and let the media lines refine them.
-                self.link.rtt = stats.rtt.or(self.link.rtt);
-                self.link.loss = None;
-                self.link_media(None, stats.egress_loss_fraction);
-                self.link_media(None, stats.ingress_loss_fraction);
-            }
+            RtcEvent::PeerStats(stats) => self.link.on_peer(
+                stats.timestamp,
+                (stats.peer_bytes_rx, stats.peer_bytes_tx),
+                stats.rtt,
+                [stats.egress_loss_fraction, stats.ingress_loss_fraction],
+            ),
             _ => {}
-        }
-    }
-
-    /// Folds one media line's statistics into the link figures. str0m reports each media
-    /// line in turn, every interval, after the peer as a whole: the worst loss and the
-    /// latest round-trip time win.
-    fn link_media(&mut self, rtt: Option<std::time::Duration>, loss: Option<f32>) {
-        if rtt.is_some() {
-            self.link.rtt = rtt;
-        }
-        if let Some(loss) = loss.filter(|l| l.is_finite()) {
-            let loss = loss.clamp(0.0, 1.0);
-            self.link.loss = Some(self.link.loss.map_or(loss, |l| l.max(loss)));
         }
     }
 
@@ -1005,6 +1022,38 @@ fn dtls_failure(message: &str) -> PeerFailure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn link_figures_from_str0m_statistics() {
+        use std::time::Duration;
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut m = LinkMeter::default();
+        // The first statistics give no rate yet: nothing is reported.
+        m.on_peer(t0, (1_000, 2_000), None, [None, None]);
+        assert_eq!(m.stats.at, None);
+        // 2 s later: 250 kB in and 500 kB out are 1 and 2 Mbit/s.
+        let t1 = t0 + Duration::from_secs(2);
+        m.on_peer(t1, (251_000, 502_000), None, [Some(0.01), None]);
+        m.on_media(Some(ms(12)), Some(0.05));
+        m.on_media(None, Some(0.02));
+        assert_eq!(m.stats.at, Some(t1));
+        assert_eq!(
+            (m.stats.bitrate_in, m.stats.bitrate_out),
+            (1_000_000, 2_000_000)
+        );
+        assert_eq!(m.stats.rtt, Some(ms(12)));
+        assert_eq!(m.stats.loss, Some(0.05), "the worst line wins");
+        // Next interval: loss starts over, the last RTT stays until a new one, nonsense
+        // fractions are ignored or clamped, and counters that went back give 0, not a wrap.
+        let t2 = t1 + Duration::from_secs(2);
+        m.on_peer(t2, (1, 502_000), None, [Some(f32::NAN), None]);
+        assert_eq!(m.stats.loss, None);
+        assert_eq!(m.stats.rtt, Some(ms(12)));
+        assert_eq!((m.stats.bitrate_in, m.stats.bitrate_out), (0, 0));
+        m.on_media(None, Some(7.0));
+        assert_eq!(m.stats.loss, Some(1.0));
+    }
 
     #[test]
     fn every_track_goes_in_one_media_stream() {
