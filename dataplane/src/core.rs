@@ -577,20 +577,17 @@ impl Core {
     /// sends what is queued on every socket.
     fn finish(&mut self, now: Instant) {
         self.act_on_events(now);
-        if !self.due_now.is_empty() {
-            let mut due = std::mem::take(&mut self.due_now);
-            for &id in &due {
-                // Listed once per write: the first visit moves its deadline on.
-                if self.peers.get(&id).is_some_and(|p| p.deadline() <= now) {
-                    self.with_peer(id, now, |p, tx, events| p.on_timeout(now, tx, events));
-                }
+        let mut due = std::mem::take(&mut self.due_now);
+        for &id in &due {
+            // Listed once per write: the first visit moves its deadline on.
+            if self.peers.get(&id).is_some_and(|p| p.deadline() <= now) {
+                self.with_peer(id, now, |p, tx, events| p.on_timeout(now, tx, events));
             }
-            // Still due after that: the timer's floor takes them, no busy loop.
-            due.clear();
-            self.due_now = due;
-            self.act_on_events(now);
-            self.due_now.clear();
         }
+        self.act_on_events(now);
+        // Whoever was listed during this pass waits for the timer's floor: no busy loop.
+        due.clear();
+        self.due_now = due;
         self.flush_all();
     }
 
