@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::WebSocketStream;
@@ -105,40 +105,69 @@ async fn accept_loop(
         let hub = Rc::clone(&hub);
         let config = config.clone();
         let tls = tls.clone();
-        tokio::task::spawn_local(async move {
-            let over = config.max_sessions_per_ip != 0 && slot.count > config.max_sessions_per_ip;
-            match tls {
-                None => match handshake(stream, remote, &config).await {
-                    Some(ws) if over => refuse_extra_session(&hub, ws, remote, &config).await,
-                    Some(ws) => connection(hub, ws, remote, config).await,
-                    None => {}
-                },
-                Some(acceptor) => {
-                    let tls_stream =
-                        tokio::time::timeout(config.handshake_timeout, acceptor.accept(stream))
-                            .await;
-                    let stream = match tls_stream {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%remote, error = %e, "TLS handshake failed (wss)");
-                            hub.metrics().signalling_error("tls_handshake");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%remote, "TLS handshake timed out (wss)");
-                            hub.metrics().signalling_error("tls_handshake");
-                            return;
-                        }
-                    };
-                    match handshake(stream, remote, &config).await {
-                        Some(ws) if over => refuse_extra_session(&hub, ws, remote, &config).await,
-                        Some(ws) => connection(hub, ws, remote, config).await,
-                        None => {}
+        let over = config.max_sessions_per_ip != 0 && slot.count > config.max_sessions_per_ip;
+        // One task per session, plain or TLS: two separate futures, so a plain session's
+        // task does not carry the size of a TLS stream (a task is as large as the largest
+        // state of its future, and a server holds thousands of them).
+        match tls {
+            None => {
+                tokio::task::spawn_local(async move {
+                    if let Some(ws) = handshake(stream, remote, &config).await {
+                        session(hub, ws, remote, config, over).await;
                     }
-                }
+                    drop(slot);
+                });
             }
-            drop(slot);
-        });
+            Some(acceptor) => {
+                tokio::task::spawn_local(async move {
+                    if let Some(stream) = tls_accept(&hub, &acceptor, stream, remote, &config).await
+                    {
+                        if let Some(ws) = handshake(stream, remote, &config).await {
+                            session(hub, ws, remote, config, over).await;
+                        }
+                    }
+                    drop(slot);
+                });
+            }
+        }
+    }
+}
+
+/// The TLS handshake of a wss:// session, bounded by the handshake timeout.
+async fn tls_accept(
+    hub: &Hub,
+    acceptor: &TlsAcceptor,
+    stream: TcpStream,
+    remote: SocketAddr,
+    config: &SignallingConfig,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    match tokio::time::timeout(config.handshake_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(e)) => {
+            tracing::debug!(%remote, error = %e, "TLS handshake failed (wss)");
+            hub.metrics().signalling_error("tls_handshake");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%remote, "TLS handshake timed out (wss)");
+            hub.metrics().signalling_error("tls_handshake");
+            None
+        }
+    }
+}
+
+/// A session after its WebSocket handshake: served, or refused when its address has too many.
+async fn session<S: AsyncRead + AsyncWrite + Unpin>(
+    hub: Rc<Hub>,
+    ws: WebSocketStream<S>,
+    remote: SocketAddr,
+    config: SignallingConfig,
+    over: bool,
+) {
+    if over {
+        refuse_extra_session(&hub, ws, remote, &config).await;
+    } else {
+        connection(hub, ws, remote, config).await;
     }
 }
 
