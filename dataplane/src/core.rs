@@ -459,7 +459,9 @@ struct Core {
     this: Weak<RefCell<Core>>,
     config: Arc<DataPlaneConfig>,
     cert: DtlsCert,
-    peers: HashMap<PeerId, Peer>,
+    /// Boxed: a `Peer` (its str0m `Rtc`) is about 10 KiB, and a map of them inline would
+    /// keep up to twice that per peer in spare capacity and move them all when it grows.
+    peers: HashMap<PeerId, Box<Peer>>,
     demux: Demux<PeerId>,
     router: Router,
     timers: Timers<TimerKey>,
@@ -868,11 +870,11 @@ impl Core {
             }
             None => {}
         }
-        self.peers.insert(id, peer);
+        self.peers.insert(id, Box::new(peer));
         self.counters.peers.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn remove_peer(&mut self, id: PeerId) -> Option<Peer> {
+    fn remove_peer(&mut self, id: PeerId) -> Option<Box<Peer>> {
         let peer = self.peers.remove(&id)?;
         self.counters.peers.fetch_sub(1, Ordering::Relaxed);
         self.demux.remove_peer(id);
