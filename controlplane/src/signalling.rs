@@ -121,10 +121,9 @@ async fn accept_loop(
             Some(acceptor) => {
                 tokio::task::spawn_local(async move {
                     if let Some(stream) = tls_accept(&hub, &acceptor, stream, remote, &config).await
+                        && let Some(ws) = handshake(stream, remote, &config).await
                     {
-                        if let Some(ws) = handshake(stream, remote, &config).await {
-                            session(hub, ws, remote, config, over).await;
-                        }
+                        session(hub, ws, remote, config, over).await;
                     }
                     drop(slot);
                 });
