@@ -194,8 +194,11 @@ pub struct Media {
     pub rtp_timeout_secs: u64,
     /// A connected peer whose ICE stays disconnected this long fails.
     pub ice_disconnect_grace_secs: u64,
-    /// Keyframe requests to one publisher are coalesced to one per this many milliseconds.
+    /// Keyframe requests to one publisher are coalesced to one per this many milliseconds
+    /// while the last one is not answered by a keyframe.
     pub keyframe_min_interval_ms: u64,
+    /// The same once the last request was answered by a keyframe.
+    pub keyframe_answered_interval_ms: u64,
     /// Kernel socket buffer size (SO_RCVBUF and SO_SNDBUF) of media sockets, bytes.
     pub socket_buffer_bytes: usize,
 }
@@ -258,6 +261,7 @@ impl Default for Media {
             rtp_timeout_secs: d.rtp_timeout.as_secs(),
             ice_disconnect_grace_secs: d.ice_disconnect_grace.as_secs(),
             keyframe_min_interval_ms: d.keyframe_min_interval.as_millis() as u64,
+            keyframe_answered_interval_ms: d.keyframe_answered_interval.as_millis() as u64,
             socket_buffer_bytes: d.socket_buffer,
         }
     }
@@ -332,6 +336,11 @@ impl Config {
         }
         if self.media.connect_timeout_secs == 0 || self.media.rtp_timeout_secs == 0 {
             bail!("media.connect_timeout_secs and media.rtp_timeout_secs: must be at least 1");
+        }
+        if self.media.keyframe_answered_interval_ms > self.media.keyframe_min_interval_ms {
+            bail!(
+                "media.keyframe_answered_interval_ms: must be at most media.keyframe_min_interval_ms"
+            );
         }
         let r = &self.relay;
         if r.rest_timeout_ms < 100 || r.connect_timeout_ms < 100 || r.established_timeout_ms < 100 {
@@ -484,6 +493,9 @@ impl Config {
                 rtp_timeout: Duration::from_secs(self.media.rtp_timeout_secs),
                 ice_disconnect_grace: Duration::from_secs(self.media.ice_disconnect_grace_secs),
                 keyframe_min_interval: Duration::from_millis(self.media.keyframe_min_interval_ms),
+                keyframe_answered_interval: Duration::from_millis(
+                    self.media.keyframe_answered_interval_ms,
+                ),
                 max_peers_per_core: self.limits.max_peers_per_core,
                 socket_buffer: self.media.socket_buffer_bytes,
                 ..DataPlaneConfig::default()

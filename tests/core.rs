@@ -537,3 +537,63 @@ async fn player_without_the_stream_codec_gets_no_common_codecs() {
     let player = b.play(&ep, "vp8only").await.expect("play with VP8");
     assert_eq!(player.handle.status(), StreamStatus::Playing);
 }
+
+/// A player joining soon after another gets its own keyframe once the first one's request
+/// was answered, instead of waiting out the interval for unanswered requests (here set to a
+/// minute, so only the answered interval can let the second request through).
+#[tokio::test]
+async fn a_player_joining_after_an_answered_keyframe_request_gets_its_own_soon() {
+    let server = Server::with_config(
+        "[media]\nkeyframe_min_interval_ms = 60000\nkeyframe_answered_interval_ms = 200\n",
+        &[],
+    );
+    let ep = endpoint();
+    let publisher_session = session(&server).await;
+    // Keyframes only on request.
+    let config = SynthConfig {
+        keyframe_interval: Duration::from_secs(600),
+        ..synth(VideoCodec::Vp8)
+    };
+    let publisher = publisher_session
+        .publish(&ep, "kf", config)
+        .await
+        .expect("publish");
+    let requests = || async {
+        publisher
+            .report()
+            .await
+            .and_then(|r| r.generator)
+            .map_or(0, |g| g.keyframe_requests)
+    };
+
+    let viewers = session(&server).await;
+    let first = viewers.play(&ep, "kf").await.expect("first play");
+    let answered = eventually(Duration::from_secs(5), || async {
+        (keyframes(&first).await > 0).then_some(())
+    })
+    .await;
+    assert!(answered.is_some(), "the first player got no keyframe");
+    let before = requests().await;
+    assert!(before >= 1, "the first player's join asked for no keyframe");
+
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let second = viewers.play(&ep, "kf").await.expect("second play");
+    let got = eventually(Duration::from_secs(5), || async {
+        (keyframes(&second).await > 0).then_some(())
+    })
+    .await;
+    assert!(
+        got.is_some(),
+        "the second player got no keyframe within 5 s (requests to the publisher: {})",
+        requests().await
+    );
+    assert!(
+        requests().await > before,
+        "the second join asked for no keyframe"
+    );
+}
+
+async fn keyframes(player: &relaycast_controlplane::client::ClientStream) -> u64 {
+    let report = player.report().await;
+    report.and_then(|r| r.probe).map_or(0, |p| p.keyframes)
+}

@@ -577,6 +577,10 @@ fn config_errors_name_the_key() {
             "[relay]\ntls_insecure = true\ntls_ca_file = \"/x\"\n".into(),
             "relay.tls_insecure",
         ),
+        (
+            "[media]\nkeyframe_min_interval_ms = 100\nkeyframe_answered_interval_ms = 300\n".into(),
+            "media.keyframe_answered_interval_ms",
+        ),
     ];
     for (toml, key) in cases {
         let (code, _, stderr) = print_config(&toml);

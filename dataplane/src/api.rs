@@ -29,8 +29,13 @@ pub struct DataPlaneConfig {
     pub rtp_timeout: Duration,
     /// A connected peer whose ICE stays disconnected this long fails.
     pub ice_disconnect_grace: Duration,
-    /// Keyframe requests towards one publisher are coalesced to at most one per interval.
+    /// Keyframe requests towards one publisher are coalesced to at most one per interval
+    /// while the last one is not answered by a keyframe.
     pub keyframe_min_interval: Duration,
+    /// The interval once the last request was answered by a keyframe (shorter, so a player
+    /// joining soon after another gets its own keyframe quickly; above the 300 ms within
+    /// which Chrome's encoder ignores a repeated request).
+    pub keyframe_answered_interval: Duration,
     /// New peers beyond this count on one core are refused.
     pub max_peers_per_core: usize,
     /// SO_RCVBUF / SO_SNDBUF of media sockets.
@@ -51,6 +56,7 @@ impl Default for DataPlaneConfig {
             rtp_timeout: Duration::from_secs(10),
             ice_disconnect_grace: Duration::from_secs(5),
             keyframe_min_interval: Duration::from_millis(500),
+            keyframe_answered_interval: Duration::from_millis(350),
             max_peers_per_core: 20_000,
             socket_buffer: 4 << 20,
             ring_capacity: 4096,

@@ -30,7 +30,7 @@ use crate::ids::{CoreId, PeerId, StreamId};
 use crate::media::MediaPacket;
 use crate::mesh::{self, Mesh, MeshEnds, MeshError, MeshMsg};
 use crate::peer::{Peer, PeerEvent, PeerSetup};
-use crate::router::{KeyframeDecision, Router};
+use crate::router::{KeyframeDecision, KeyframePacing, Router};
 use crate::timers::Timers;
 use crate::udp::{self, FlushOutcome, RecvBatch, SendBatch};
 
@@ -612,6 +612,12 @@ impl Core {
                         self.forward(stream, packet, true, now);
                     }
                 }
+                PeerEvent::Keyframe => {
+                    if let Some(stream) = self.peers.get(&peer).and_then(|p| p.stream()) {
+                        tracing::debug!(core = self.id.0, stream = stream.0, "keyframe arrived");
+                        self.router.keyframe_arrived(stream);
+                    }
+                }
                 PeerEvent::Resolution { width, height } => {
                     self.sink.emit(Event::Resolution {
                         peer,
@@ -679,8 +685,18 @@ impl Core {
             return;
         };
         if let Some(source) = route.source {
-            let gap = self.config.keyframe_min_interval;
-            match self.router.keyframe(stream, now, gap) {
+            let pacing = KeyframePacing {
+                unanswered: self.config.keyframe_min_interval,
+                answered: self.config.keyframe_answered_interval,
+            };
+            let decision = self.router.keyframe(stream, now, pacing);
+            tracing::debug!(
+                core = self.id.0,
+                stream = stream.0,
+                ?decision,
+                "keyframe request"
+            );
+            match decision {
                 KeyframeDecision::SendNow => self.send_keyframe_request(source, now),
                 KeyframeDecision::Defer(at) => self.arm(TimerKey::Keyframe(stream), at),
                 KeyframeDecision::Coalesced => {}

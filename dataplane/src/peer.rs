@@ -36,6 +36,8 @@ pub enum PeerEvent {
     /// NACKed packets since the last report: `received` from the remote (a player asking for
     /// retransmissions), `sent` to it (this peer asking a publisher).
     Nacks { received: u64, sent: u64 },
+    /// A keyframe of the ingested video began (VP8 and H264, where its header is read).
+    Keyframe,
     /// The ingested video's picture size changed (read from a keyframe).
     Resolution { width: u32, height: u32 },
 }
@@ -784,13 +786,16 @@ impl Peer {
                         .rewrite(ssrc, *packet.seq_no, packet.header.timestamp, now);
                 if track.kind == MediaKind::Video
                     && let Some(size) = video_resolution(track.codec, &packet.payload)
-                    && track.resolution != Some(size)
                 {
-                    track.resolution = Some(size);
-                    events.push(PeerEvent::Resolution {
-                        width: size.0,
-                        height: size.1,
-                    });
+                    // Only a keyframe's first packet announces the picture size.
+                    events.push(PeerEvent::Keyframe);
+                    if track.resolution != Some(size) {
+                        track.resolution = Some(size);
+                        events.push(PeerEvent::Resolution {
+                            width: size.0,
+                            height: size.1,
+                        });
+                    }
                 }
                 events.push(PeerEvent::Media(MediaPacket {
                     kind: track.kind,

@@ -25,10 +25,26 @@ pub struct Route {
     keyframe: KeyframeGate,
 }
 
+/// Keyframe requests towards one source: at most one per `unanswered` interval while the
+/// last request has not been answered with a keyframe, and one per (shorter) `answered`
+/// interval once it has, so a player joining just after another (or after a relay
+/// attached) does not wait out the full interval for a keyframe the source already sent.
 #[derive(Debug, Default)]
 struct KeyframeGate {
     last_sent: Option<Instant>,
+    /// A request arrived too soon and waits for its timer (or for the keyframe).
     pending: bool,
+    /// A keyframe arrived from the source since the last request was sent.
+    answered: bool,
+}
+
+/// The two intervals of the keyframe gate.
+#[derive(Clone, Copy, Debug)]
+pub struct KeyframePacing {
+    /// Between two requests while the first is not answered by a keyframe.
+    pub unanswered: Duration,
+    /// Between two requests once the first is answered.
+    pub answered: Duration,
 }
 
 /// What to do with a keyframe request.
@@ -40,6 +56,14 @@ pub enum KeyframeDecision {
     Defer(Instant),
     /// A deferred request is already pending: this one is coalesced into it.
     Coalesced,
+}
+
+impl KeyframeGate {
+    fn send(&mut self, now: Instant) {
+        self.last_sent = Some(now);
+        self.pending = false;
+        self.answered = false;
+    }
 }
 
 impl Router {
@@ -95,27 +119,40 @@ impl Router {
         &mut self,
         stream: StreamId,
         now: Instant,
-        min_interval: Duration,
+        pacing: KeyframePacing,
     ) -> KeyframeDecision {
         let gate = &mut self.routes.entry(stream).or_default().keyframe;
-        match gate.last_sent {
-            Some(last) if now < last + min_interval => {
-                if gate.pending {
-                    KeyframeDecision::Coalesced
-                } else {
-                    gate.pending = true;
-                    KeyframeDecision::Defer(last + min_interval)
-                }
-            }
-            _ => {
-                gate.last_sent = Some(now);
-                gate.pending = false;
-                KeyframeDecision::SendNow
-            }
+        let Some(last) = gate.last_sent else {
+            gate.send(now);
+            return KeyframeDecision::SendNow;
+        };
+        let gap = if gate.answered {
+            pacing.answered
+        } else {
+            pacing.unanswered
+        };
+        if now >= last + gap {
+            gate.send(now);
+            KeyframeDecision::SendNow
+        } else if gate.pending {
+            KeyframeDecision::Coalesced
+        } else {
+            gate.pending = true;
+            KeyframeDecision::Defer(last + gap)
         }
     }
 
-    /// A deferred keyframe request came due: true if it must be sent now.
+    /// A keyframe arrived from the stream's source: it answers the last request, and every
+    /// request waiting behind it (their players are subscribed, so it reaches them).
+    pub fn keyframe_arrived(&mut self, stream: StreamId) {
+        if let Some(route) = self.routes.get_mut(&stream) {
+            route.keyframe.answered = true;
+            route.keyframe.pending = false;
+        }
+    }
+
+    /// A deferred keyframe request came due: true if it must be sent now (no keyframe
+    /// answered it meanwhile).
     pub fn keyframe_due(&mut self, stream: StreamId, now: Instant) -> bool {
         let Some(route) = self.routes.get_mut(&stream) else {
             return false;
@@ -124,8 +161,7 @@ impl Router {
         if !gate.pending {
             return false;
         }
-        gate.pending = false;
-        gate.last_sent = Some(now);
+        gate.send(now);
         true
     }
 
@@ -155,25 +191,58 @@ mod tests {
 
     const S: StreamId = StreamId(1);
 
+    const PACING: KeyframePacing = KeyframePacing {
+        unanswered: Duration::from_millis(500),
+        answered: Duration::from_millis(200),
+    };
+
     #[test]
-    fn keyframe_requests_are_coalesced_and_rate_limited() {
+    fn unanswered_keyframe_requests_are_coalesced_and_rate_limited() {
         let mut r = Router::new();
         let t0 = Instant::now();
-        let gap = Duration::from_millis(500);
+        let gap = PACING.unanswered;
         r.set_source(S, PeerId(1));
-        assert_eq!(r.keyframe(S, t0, gap), KeyframeDecision::SendNow);
+        assert_eq!(r.keyframe(S, t0, PACING), KeyframeDecision::SendNow);
         let due = t0 + gap;
         assert_eq!(
-            r.keyframe(S, t0 + gap / 10, gap),
+            r.keyframe(S, t0 + gap / 10, PACING),
             KeyframeDecision::Defer(due)
         );
         assert_eq!(
-            r.keyframe(S, t0 + gap / 5, gap),
+            r.keyframe(S, t0 + gap / 5, PACING),
             KeyframeDecision::Coalesced
         );
-        assert!(r.keyframe_due(S, due));
+        assert!(r.keyframe_due(S, due), "no keyframe came: asked again");
         assert!(!r.keyframe_due(S, due), "one deferred request sends once");
-        assert_eq!(r.keyframe(S, due + gap, gap), KeyframeDecision::SendNow);
+        assert_eq!(r.keyframe(S, due + gap, PACING), KeyframeDecision::SendNow);
+    }
+
+    #[test]
+    fn an_answered_request_lets_the_next_one_through_sooner() {
+        let mut r = Router::new();
+        let t0 = Instant::now();
+        r.set_source(S, PeerId(1));
+        assert_eq!(r.keyframe(S, t0, PACING), KeyframeDecision::SendNow);
+        let arrived = t0 + Duration::from_millis(40);
+        r.keyframe_arrived(S);
+        // A player joining 250 ms later: answered, so past the shorter interval.
+        let joined = arrived + Duration::from_millis(210);
+        assert_eq!(r.keyframe(S, joined, PACING), KeyframeDecision::SendNow);
+        // Too soon after that one, still unanswered: the long interval.
+        assert_eq!(
+            r.keyframe(S, joined + Duration::from_millis(10), PACING),
+            KeyframeDecision::Defer(joined + PACING.unanswered)
+        );
+        // Its keyframe arrives: it answers the waiting request too, so the timer sends nothing.
+        r.keyframe_arrived(S);
+        assert!(!r.keyframe_due(S, joined + PACING.unanswered));
+        // A request 100 ms after an answered one waits for the short interval only.
+        let soon = joined + Duration::from_millis(100);
+        assert_eq!(
+            r.keyframe(S, soon, PACING),
+            KeyframeDecision::Defer(joined + PACING.answered)
+        );
+        assert!(r.keyframe_due(S, joined + PACING.answered));
     }
 
     #[test]
