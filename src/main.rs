@@ -9,10 +9,19 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{Cli, Config, LogFormat};
 
+#[cfg(not(feature = "dhat-heap"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Heap profiling build (`--features dhat-heap`): every allocation is recorded with its
+/// call stack, and `dhat-heap.json` is written when the server stops. Much slower.
+#[cfg(feature = "dhat-heap")]
+#[global_allocator]
+static GLOBAL: dhat::Alloc = dhat::Alloc;
+
 fn main() -> std::process::ExitCode {
+    #[cfg(feature = "dhat-heap")]
+    let _profiler = dhat::Profiler::new_heap();
     let cli = Cli::parse();
     let config = match Config::load(&cli) {
         Ok(config) => config,
