@@ -353,7 +353,7 @@ async fn core_main(start: CoreStart) {
         router: Router::new(),
         timers: Timers::new(),
         epoch: Instant::now(),
-        shared: SocketIo::new(Rc::clone(&shared), None),
+        shared: SocketIo::new(Rc::clone(&shared), local, None),
         candidates,
         dedicated: HashMap::new(),
         dirty: Vec::new(),
@@ -434,6 +434,8 @@ enum SocketKey {
 /// A socket and its outgoing queue.
 struct SocketIo {
     socket: Rc<UdpSocket>,
+    /// The socket's bound address, for sending without asking the kernel each time.
+    local: SocketAddr,
     tx: SendBatch,
     /// The kernel buffer is full: a task waits for room, nothing else flushes meanwhile.
     blocked: bool,
@@ -443,9 +445,10 @@ struct SocketIo {
 }
 
 impl SocketIo {
-    fn new(socket: Rc<UdpSocket>, stop: Option<LocalSender<()>>) -> Self {
+    fn new(socket: Rc<UdpSocket>, local: SocketAddr, stop: Option<LocalSender<()>>) -> Self {
         SocketIo {
             socket,
+            local,
             tx: SendBatch::new(256),
             blocked: false,
             dirty: false,
@@ -846,7 +849,7 @@ impl Core {
             Ok((peer, sdp, media)) => {
                 let socket = Rc::new(into_glommio(socket));
                 let (stop_tx, stop_rx) = local_channel::new_bounded(1);
-                let io = SocketIo::new(Rc::clone(&socket), Some(stop_tx));
+                let io = SocketIo::new(Rc::clone(&socket), local, Some(stop_tx));
                 self.dedicated.insert(id, io);
                 self.insert_peer(peer, attach);
                 spawn_later(socket_reader(
@@ -918,7 +921,7 @@ impl Core {
             }
         }
         if let Some(mut io) = self.dedicated.remove(&id) {
-            let _ = io.tx.flush(io.socket.as_raw_fd());
+            let _ = io.tx.flush_from(io.socket.as_raw_fd(), io.local);
             if let Some(stop) = io.stop.take() {
                 let _ = stop.try_send(());
             }
@@ -1070,7 +1073,7 @@ fn flush_one(io: &mut SocketIo, fd: std::os::fd::RawFd, counters: &CoreCounters)
         return false;
     }
     let bytes = io.tx.queued_bytes();
-    let (sent, dropped, blocked) = match io.tx.flush(fd) {
+    let (sent, dropped, blocked) = match io.tx.flush_from(fd, io.local) {
         FlushOutcome::Done { sent, dropped } => (sent, dropped, false),
         FlushOutcome::Blocked { sent, dropped } => (sent, dropped, true),
     };
@@ -1158,7 +1161,9 @@ async fn socket_reader(
             };
             core.borrow_mut().on_datagrams(key, &batch, n, now);
             drained += n;
-            if drained >= 1024 {
+            // A batch that was not full drained the socket: no second recvmmsg to hear
+            // EAGAIN (what arrives meanwhile makes the next readiness wait end at once).
+            if drained >= 1024 || n < batch.capacity() {
                 break;
             }
         }

@@ -156,6 +156,11 @@ impl RecvBatch {
     /// Receives up to `batch` datagrams with `recvmmsg(MSG_DONTWAIT)`: `Ok(0)` when none is
     /// waiting (`EAGAIN`), `Err` on other errors. `local_fallback` (the socket's bound address)
     /// is the destination reported when a datagram carries no packet info.
+    /// How many datagrams one [`RecvBatch::recv`] can return.
+    pub fn capacity(&self) -> usize {
+        self.headers.len()
+    }
+
     pub fn recv(&mut self, fd: RawFd, local_fallback: SocketAddr) -> io::Result<usize> {
         self.received.clear();
         self.prepare();
@@ -355,11 +360,23 @@ impl SendBatch {
             };
         }
         // One getsockname per flush keeps the family / wildcard decision right for whatever
-        // socket `fd` currently is, at the cost of a cheap syscall.
+        // socket `fd` currently is; `flush_from` skips it when the caller knows the address.
         let local = match local_address(fd) {
             Ok(local) => local,
             Err(err) => return self.drop_all(&err),
         };
+        self.flush_with(local, |headers| send_mmsg(fd, headers))
+    }
+
+    /// [`SendBatch::flush`] for a socket whose bound address `local` the caller keeps (the
+    /// cores do: a syscall less on every flush).
+    pub fn flush_from(&mut self, fd: RawFd, local: SocketAddr) -> FlushOutcome {
+        if self.queue.is_empty() {
+            return FlushOutcome::Done {
+                sent: 0,
+                dropped: 0,
+            };
+        }
         self.flush_with(local, |headers| send_mmsg(fd, headers))
     }
 
@@ -953,6 +970,24 @@ mod tests {
         assert_eq!(got[1].1, to_3);
         assert!(got[1].0.ip().is_loopback());
         assert_eq!(got[1].0.port(), sender_addr.port());
+    }
+
+    #[test]
+    fn flush_from_a_known_wildcard_address_honours_the_source() {
+        // The cores pass the socket's address they keep instead of asking the kernel.
+        let (receiver, wildcard) = bind("0.0.0.0:0");
+        let (sender, sender_addr) = bind("0.0.0.0:0");
+        let mut batch = SendBatch::new(4);
+        let to = SocketAddr::new(sa("127.0.0.1:0").ip(), wildcard.port());
+        let from: IpAddr = "127.0.0.2".parse().unwrap();
+        batch.push(to, Some(from), payload(0, 10));
+        batch.push(to, None, payload(1, 10));
+        assert_eq!(batch.flush_from(sender.as_raw_fd(), sender_addr).sent(), 2);
+        let got = recv_n(&receiver, 8, 2);
+        assert_eq!(got[0].0, SocketAddr::new(from, sender_addr.port()));
+        assert_eq!(got[0].2, payload(0, 10));
+        assert_eq!(got[1].0.port(), sender_addr.port());
+        assert_eq!(got[1].2, payload(1, 10));
     }
 
     #[test]
