@@ -44,11 +44,16 @@ pub enum UdpError {
     Bind { addr: SocketAddr, source: io::Error },
 }
 
-/// Binds a UDP socket for media: `SO_REUSEADDR`, nonblocking, `SO_RCVBUF`/`SO_SNDBUF` set to the
+/// Binds a UDP socket for media: nonblocking, `SO_RCVBUF`/`SO_SNDBUF` set to the
 /// requested sizes (best effort: a kernel cap is logged with `tracing::warn`, the effective sizes
 /// are logged at debug level; 0 keeps the kernel default), and `IP_PKTINFO` (v4) /
 /// `IPV6_RECVPKTINFO` (v6) enabled so [`RecvBatch`] learns the destination address of each
 /// datagram even on a wildcard bind. The v6-only flag is left at the system default.
+///
+/// No `SO_REUSEADDR`: on a UDP socket it lets another socket bind the same address and port
+/// and take its datagrams, and the kernel even hands such a taken port out for a bind to
+/// port 0 (a server and a load generator on one host then shared a media port now and then).
+/// A UDP port is free again as soon as its socket closes, so a restart does not need it.
 pub fn bind_media_socket(
     addr: SocketAddr,
     rcvbuf: usize,
@@ -63,9 +68,6 @@ pub fn bind_media_socket(
             source,
         }
     };
-    socket
-        .set_reuse_address(true)
-        .map_err(option_error("SO_REUSEADDR"))?;
     socket
         .set_nonblocking(true)
         .map_err(option_error("O_NONBLOCK"))?;
@@ -903,6 +905,30 @@ mod tests {
 
     fn seq_of(payload: &[u8]) -> usize {
         u32::from_be_bytes(payload[..4].try_into().unwrap()) as usize
+    }
+
+    #[test]
+    fn a_media_port_in_use_is_refused_not_shared() {
+        let first = bind_media_socket(sa("127.0.0.1:0"), 0, 0).unwrap();
+        let taken = first.local_addr().unwrap().as_socket().unwrap();
+        let err = bind_media_socket(taken, 0, 0).unwrap_err();
+        assert!(
+            matches!(err, UdpError::Bind { addr, .. } if addr == taken),
+            "{err}"
+        );
+        // Ephemeral binds never hand out a port another media socket holds.
+        let sockets: Vec<Socket> = (0..500)
+            .map(|_| bind_media_socket(sa("127.0.0.1:0"), 0, 0).unwrap())
+            .collect();
+        let mut ports: Vec<u16> = sockets
+            .iter()
+            .map(|s| s.local_addr().unwrap().as_socket().unwrap().port())
+            .collect();
+        ports.push(taken.port());
+        let count = ports.len();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), count, "a port was handed out twice");
     }
 
     #[test]
