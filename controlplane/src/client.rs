@@ -425,10 +425,10 @@ impl Session {
                 .negotiate(name, &peer.sdp, publish, Value::Null)
                 .await?;
             peer.answer(answer).await?;
-            let want = if publish {
-                StreamStatus::Publishing
+            let (want, wanted) = if publish {
+                (StreamStatus::Publishing, "PUBLISHING")
             } else {
-                StreamStatus::Playing
+                (StreamStatus::Playing, "PLAYING")
             };
             let deadline = tokio::time::Instant::now() + self.timeouts.established;
             let mut connected = false;
@@ -440,7 +440,9 @@ impl Session {
                         Some(_) => {}
                         None => return Err(ClientError::EndpointStopped),
                     },
-                    status = handle.next_status_until(deadline), if handle.status != want => {
+                    status = handle.next_status_until(deadline, self.timeouts.established, wanted),
+                        if handle.status != want =>
+                    {
                         let e = status?;
                         if e.status != want && e.status != StreamStatus::Pending {
                             return Err(ClientError::Stream {
@@ -450,10 +452,7 @@ impl Session {
                         }
                     }
                     () = tokio::time::sleep_until(deadline) => {
-                        return Err(ClientError::Timeout(
-                            self.timeouts.established,
-                            if publish { "PUBLISHING" } else { "PLAYING" },
-                        ));
+                        return Err(ClientError::Timeout(self.timeouts.established, wanted));
                     }
                 }
             }
@@ -575,13 +574,16 @@ impl StreamHandle {
         }
     }
 
+    /// The next status before `deadline`; the error names `limit`, the whole wait it ends.
     async fn next_status_until(
         &mut self,
         deadline: tokio::time::Instant,
+        limit: Duration,
+        wanted: &'static str,
     ) -> Result<StreamStatusEvent, ClientError> {
         tokio::time::timeout_at(deadline, self.next_status())
             .await
-            .map_err(|_| ClientError::Timeout(Duration::ZERO, "a stream status"))?
+            .map_err(|_| ClientError::Timeout(limit, wanted))?
     }
 
     /// Waits up to `limit` for a status in `wanted`; other statuses are skipped.
