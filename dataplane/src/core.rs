@@ -322,7 +322,7 @@ async fn core_main(start: CoreStart) {
         counters,
         ready,
     } = start;
-    let wake = match UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)) {
+    let wake = match wake_socket() {
         Ok(s) => s,
         Err(e) => {
             let _ = ready.send(Err(format!("wake socket: {e}")));
@@ -1234,6 +1234,17 @@ async fn timer_loop(core: Weak<RefCell<Core>>, signal: LocalReceiver<()>) {
     }
 }
 
+/// The socket a core's command reader waits on, bound without `SO_REUSEPORT`: glommio's own
+/// `UdpSocket::bind` sets it, and the kernel then hands a bind to port 0 a port that another
+/// process's such socket holds, which takes some of the wake datagrams. A core whose wake went
+/// to another process slept on its commands for good (seen as a load generator that never
+/// made its first peer).
+fn wake_socket() -> std::io::Result<UdpSocket> {
+    let socket = StdUdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+    socket.set_nonblocking(true)?;
+    Ok(into_glommio(socket2::Socket::from(socket)))
+}
+
 /// Hands a configured socket2 socket to glommio. glommio's own `From<socket2::Socket>`
 /// is for an older socket2, so the descriptor moves across as a raw fd.
 fn into_glommio(socket: socket2::Socket) -> UdpSocket {
@@ -1252,10 +1263,34 @@ mod spawn_tests {
 
     use std::time::{Duration, Instant};
 
-    use super::{TIMER_GRID, coalesce, spawn_later};
+    use super::{TIMER_GRID, coalesce, spawn_later, wake_socket};
 
-    /// A task spawned while the core is borrowed (as in `Core::offer`, or when a send
-    /// buffer fills) and that borrows it at once must wait for the borrow to end.
+    #[test]
+    fn the_wake_socket_keeps_its_port_to_itself() {
+        LocalExecutorBuilder::default()
+            .spawn(|| async {
+                let wake = wake_socket().unwrap();
+                let port = wake.local_addr().unwrap().port();
+                use std::os::fd::{AsRawFd, BorrowedFd};
+                // SAFETY: the descriptor stays open while `wake` lives, past this statement.
+                let fd = unsafe { BorrowedFd::borrow_raw(wake.as_raw_fd()) };
+                assert!(!socket2::SockRef::from(&fd).reuse_port().unwrap());
+                // Another process's SO_REUSEPORT socket cannot join the port.
+                let other = socket2::Socket::new(
+                    socket2::Domain::IPV4,
+                    socket2::Type::DGRAM,
+                    Some(socket2::Protocol::UDP),
+                )
+                .unwrap();
+                other.set_reuse_port(true).unwrap();
+                let taken = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+                assert!(other.bind(&taken.into()).is_err(), "port {port} was shared");
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
     #[test]
     fn far_deadlines_share_grid_steps_and_are_never_earlier() {
         let epoch = Instant::now();
@@ -1282,6 +1317,8 @@ mod spawn_tests {
         }
     }
 
+    /// A task spawned while the core is borrowed (as in `Core::offer`, or when a send
+    /// buffer fills) and that borrows it at once must wait for the borrow to end.
     #[test]
     fn a_task_spawned_under_a_borrow_starts_after_it() {
         LocalExecutorBuilder::default()
