@@ -2,7 +2,7 @@
 //! Owns socket setup (buffers, packet info) and the syscall scratch storage, allocated once, so the
 //! data plane moves whole batches per syscall and knows the local address each datagram hit.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::mem;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -17,6 +17,16 @@ pub const RECV_BUFFER_SIZE: usize = 2048;
 /// Datagrams handed to one `sendmmsg` call (well below `UIO_MAXIOV`).
 pub const SEND_CHUNK: usize = 64;
 
+/// Datagrams one `sendmmsg` call can carry: up to [`SEND_CHUNK`] messages, each several
+/// datagrams with UDP GSO.
+const SEND_CHUNK_DATAGRAMS: usize = 8 * SEND_CHUNK;
+
+/// The kernel's limit of segments in one UDP GSO send (`UDP_MAX_SEGMENTS`).
+const GSO_MAX_SEGMENTS: usize = 64;
+
+/// The most bytes one UDP GSO send may carry (its IP length is 16 bits).
+const GSO_MAX_BYTES: usize = 65_000;
+
 /// The kernel caps `recvmmsg` batches at `UIO_MAXIOV`.
 const MAX_RECV_BATCH: usize = 1024;
 
@@ -26,6 +36,10 @@ const CMSG_BUFFER_SIZE: usize = 128;
 const _: () = assert!(
     cmsg_space(mem::size_of::<libc::in6_pktinfo>())
         + cmsg_space(mem::size_of::<libc::in_pktinfo>())
+        <= CMSG_BUFFER_SIZE
+);
+const _: () = assert!(
+    cmsg_space(mem::size_of::<libc::in6_pktinfo>()) + cmsg_space(mem::size_of::<u16>())
         <= CMSG_BUFFER_SIZE
 );
 
@@ -293,15 +307,28 @@ impl FlushOutcome {
     }
 }
 
-/// A FIFO of outgoing datagrams sent with `sendmmsg`, with reusable syscall storage.
+/// A queue of outgoing datagrams sent with `sendmmsg`, with reusable syscall storage.
+///
+/// Datagrams to one destination leave in the order they were queued. Before a flush the queue
+/// is grouped by destination (stable: first destination first), so the datagrams one flush
+/// holds for a destination (a video frame's packets to one player) go as one message with UDP
+/// GSO (`UDP_SEGMENT`): the kernel then walks its send path once per message instead of once
+/// per datagram. A socket that refuses GSO gets plain messages from then on.
 pub struct SendBatch {
     queue: VecDeque<Outgoing>,
     iovecs: Vec<libc::iovec>,
     names: Vec<libc::sockaddr_storage>,
     controls: Vec<CmsgBuffer>,
     headers: Vec<libc::mmsghdr>,
+    /// Datagrams in each message of the prepared chunk.
+    segments: Vec<usize>,
     /// Sum of the queued payload lengths.
     bytes: usize,
+    /// UDP GSO is used (until a socket refuses it).
+    gso: bool,
+    /// Scratch for grouping the queue by destination.
+    groups: HashMap<(SocketAddr, Option<IpAddr>), usize>,
+    grouped: Vec<(usize, Outgoing)>,
 }
 
 // SAFETY: the raw pointers inside `iovecs` and `headers` only ever point into heap storage owned by
@@ -317,11 +344,15 @@ impl SendBatch {
         };
         Self {
             queue: VecDeque::with_capacity(capacity),
-            iovecs: vec![empty_iovec; SEND_CHUNK],
+            iovecs: vec![empty_iovec; SEND_CHUNK_DATAGRAMS],
             names: vec![zeroed_sockaddr(); SEND_CHUNK],
             controls: vec![CmsgBuffer::new(); SEND_CHUNK],
             headers: vec![zeroed_mmsghdr(); SEND_CHUNK],
+            segments: Vec::with_capacity(SEND_CHUNK),
             bytes: 0,
+            gso: true,
+            groups: HashMap::new(),
+            grouped: Vec::new(),
         }
     }
 
@@ -396,16 +427,31 @@ impl SendBatch {
         mut send: impl FnMut(&mut [libc::mmsghdr]) -> io::Result<usize>,
     ) -> FlushOutcome {
         let (mut sent, mut dropped) = (0, 0);
+        if self.gso {
+            self.group();
+        }
         while !self.queue.is_empty() {
             let count = self.prepare(local);
             match send(&mut self.headers[..count]) {
                 Ok(0) => return FlushOutcome::Blocked { sent, dropped },
                 Ok(accepted) => {
-                    let accepted = accepted.min(count);
-                    for out in self.queue.drain(..accepted) {
+                    let datagrams: usize = self.segments[..accepted.min(count)].iter().sum();
+                    for out in self.queue.drain(..datagrams) {
                         self.bytes -= out.payload.len();
                     }
-                    sent += accepted;
+                    sent += datagrams;
+                }
+                Err(err)
+                    if self.segments.first().is_some_and(|&n| n > 1)
+                        && matches!(
+                            err.raw_os_error(),
+                            Some(libc::EIO | libc::EINVAL | libc::EOPNOTSUPP)
+                        ) =>
+                {
+                    // No GSO on this socket's path (no checksum offload, an old kernel):
+                    // plain messages from now on; nothing is lost.
+                    tracing::info!(error = %err, "UDP GSO refused: sending datagrams one by one");
+                    self.gso = false;
                 }
                 Err(err) => match err.raw_os_error() {
                     Some(libc::EINTR) => {}
@@ -420,8 +466,9 @@ impl SendBatch {
                         };
                     }
                     _ => {
-                        // With nothing sent, sendmmsg reports the first datagram's own error.
-                        if let Some(out) = self.queue.pop_front() {
+                        // With nothing sent, sendmmsg reports the first message's own error.
+                        let first = self.segments.first().copied().unwrap_or(1);
+                        for out in self.queue.drain(..first.min(self.queue.len())) {
                             self.bytes -= out.payload.len();
                             tracing::debug!(
                                 destination = %out.destination,
@@ -429,8 +476,8 @@ impl SendBatch {
                                 error = %err,
                                 "dropping outgoing datagram"
                             );
+                            dropped += 1;
                         }
-                        dropped += 1;
                     }
                 },
             }
@@ -438,42 +485,106 @@ impl SendBatch {
         FlushOutcome::Done { sent, dropped }
     }
 
-    /// Fills the headers for the first (up to) [`SEND_CHUNK`] queued datagrams; returns how many.
+    /// Orders the queue by destination, keeping each destination's datagrams in their order
+    /// and the destinations in the order of their first datagram.
+    fn group(&mut self) {
+        if self.queue.len() < 2 {
+            return;
+        }
+        self.groups.clear();
+        let groups = &mut self.groups;
+        self.grouped.extend(self.queue.drain(..).map(|out| {
+            let next = groups.len();
+            let group = *groups.entry((out.destination, out.source)).or_insert(next);
+            (group, out)
+        }));
+        if self.groups.len() < self.grouped.len() {
+            // Stable: a destination's datagrams keep their order.
+            self.grouped.sort_by_key(|(group, _)| *group);
+        }
+        self.queue
+            .extend(self.grouped.drain(..).map(|(_, out)| out));
+    }
+
+    /// Fills the headers for the first queued datagrams, up to [`SEND_CHUNK`] messages: with
+    /// GSO a message carries a run of datagrams to one destination, all of one size but the
+    /// last, which may be shorter. Returns how many messages; `segments` holds their sizes.
     fn prepare(&mut self, local: SocketAddr) -> usize {
         let v6_socket = local.is_ipv6();
         let wildcard = local.ip().is_unspecified();
         let iovecs = self.iovecs.as_mut_ptr();
         let names = self.names.as_mut_ptr();
         let controls = self.controls.as_mut_ptr();
-        let mut count = 0;
-        for (i, (out, header)) in self.queue.iter().zip(self.headers.iter_mut()).enumerate() {
-            // SAFETY: `i < SEND_CHUNK`, the length of every scratch vector.
-            let (iovec, name, control) =
-                unsafe { (iovecs.add(i), &mut *names.add(i), controls.add(i)) };
-            // SAFETY: `iovec` is in bounds (above). The kernel only reads through `iov_base`
-            // during sendmmsg, while the payload is still owned by the queue.
-            unsafe {
-                iovec.write(libc::iovec {
-                    iov_base: out.payload.as_ptr().cast_mut().cast(),
-                    iov_len: out.payload.len(),
-                });
+        self.segments.clear();
+        let (mut next, mut used) = (0, 0);
+        while self.segments.len() < SEND_CHUNK && next < self.queue.len() {
+            let first = &self.queue[next];
+            let size = first.payload.len();
+            let mut n = 1;
+            let mut bytes = size;
+            if self.gso {
+                while let Some(out) = self.queue.get(next + n) {
+                    let len = out.payload.len();
+                    if n == GSO_MAX_SEGMENTS
+                        || used + n == self.iovecs.len()
+                        || out.destination != first.destination
+                        || out.source != first.source
+                        || len > size
+                        || len == 0
+                        || bytes + len > GSO_MAX_BYTES
+                    {
+                        break;
+                    }
+                    n += 1;
+                    bytes += len;
+                    if len < size {
+                        break;
+                    }
+                }
             }
+            if used + n > self.iovecs.len() {
+                break;
+            }
+            let i = self.segments.len();
+            for (k, out) in self.queue.range(next..next + n).enumerate() {
+                // SAFETY: `used + k < iovecs.len()` (checked above). The kernel only reads
+                // through `iov_base` during sendmmsg, while the payload is still queued.
+                unsafe {
+                    iovecs.add(used + k).write(libc::iovec {
+                        iov_base: out.payload.as_ptr().cast_mut().cast(),
+                        iov_len: out.payload.len(),
+                    });
+                }
+            }
+            // SAFETY: `i < SEND_CHUNK`, the length of these scratch vectors.
+            let (name, control) = unsafe { (&mut *names.add(i), controls.add(i)) };
+            let header = &mut self.headers[i];
             let msg = &mut header.msg_hdr;
-            msg.msg_namelen = encode_sockaddr(out.destination, v6_socket, name);
+            msg.msg_namelen = encode_sockaddr(first.destination, v6_socket, name);
             msg.msg_name = ptr::from_mut(name).cast();
-            msg.msg_iov = iovec;
-            msg.msg_iovlen = 1;
+            // SAFETY: in bounds, as above.
+            msg.msg_iov = unsafe { iovecs.add(used) };
+            msg.msg_iovlen = n as _;
             msg.msg_control = ptr::null_mut();
             msg.msg_controllen = 0;
             msg.msg_flags = 0;
             header.msg_len = 0;
-            if let (true, Some(source)) = (wildcard, out.source) {
-                // SAFETY: `control` is this message's own, cmsghdr-aligned CMSG_BUFFER_SIZE bytes.
-                unsafe { attach_source(msg, control, source, out.destination, v6_socket) };
+            if let (true, Some(source)) = (wildcard, first.source) {
+                // SAFETY: `control` is this message's own, cmsghdr-aligned CMSG_BUFFER_SIZE
+                // bytes, empty so far.
+                unsafe { attach_source(msg, control, source, first.destination, v6_socket) };
             }
-            count += 1;
+            if n > 1 {
+                msg.msg_control = control.cast();
+                // SAFETY: as above; a packet-info message and this one fit together
+                // (checked at compile time).
+                unsafe { write_cmsg(msg, libc::SOL_UDP, libc::UDP_SEGMENT, size as u16) };
+            }
+            self.segments.push(n);
+            next += n;
+            used += n;
         }
-        count
+        self.segments.len()
     }
 
     fn drop_all(&mut self, err: &io::Error) -> FlushOutcome {
@@ -560,17 +671,24 @@ unsafe fn attach_source(
     }
 }
 
-/// Writes one control message holding `data` at the start of `msg`'s control buffer.
+/// Appends one control message holding `data` after the `msg_controllen` bytes already used
+/// in `msg`'s control buffer.
 ///
 /// # Safety
-/// `msg.msg_control` must point to at least `cmsg_space(size_of::<T>())` writable bytes aligned
-/// for `cmsghdr`.
+/// `msg.msg_control` must point to at least `msg_controllen + cmsg_space(size_of::<T>())`
+/// writable bytes aligned for `cmsghdr`, and `msg_controllen` must be a sum of `cmsg_space`s.
 unsafe fn write_cmsg<T>(msg: &mut libc::msghdr, level: libc::c_int, kind: libc::c_int, data: T) {
-    msg.msg_controllen = cmsg_space(mem::size_of::<T>()) as _;
-    // SAFETY: the control buffer is large and aligned enough (caller contract), so FIRSTHDR
-    // returns its start and the header plus data fit inside it; the data may be unaligned.
+    let used: usize = msg.msg_controllen as _; // size_t on glibc, socklen_t on musl
+    msg.msg_controllen = (used + cmsg_space(mem::size_of::<T>())) as _;
+    // SAFETY: the control buffer is large and aligned enough (caller contract) and `used` is a
+    // multiple of the cmsghdr alignment, so the header plus data fit at that offset; the data
+    // may be unaligned.
     unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(msg);
+        let cmsg = msg
+            .msg_control
+            .cast::<u8>()
+            .add(used)
+            .cast::<libc::cmsghdr>();
         (*cmsg).cmsg_level = level;
         (*cmsg).cmsg_type = kind;
         (*cmsg).cmsg_len = libc::CMSG_LEN(mem::size_of::<T>() as _) as _;
@@ -1008,12 +1126,17 @@ mod tests {
         let from: IpAddr = "127.0.0.2".parse().unwrap();
         batch.push(to, Some(from), payload(0, 10));
         batch.push(to, None, payload(1, 10));
-        assert_eq!(batch.flush_from(sender.as_raw_fd(), sender_addr).sent(), 2);
-        let got = recv_n(&receiver, 8, 2);
+        batch.push(to, Some(from), payload(2, 10));
+        assert_eq!(batch.flush_from(sender.as_raw_fd(), sender_addr).sent(), 3);
+        // The two from `from` went as one GSO message (packet info and segment size).
+        let got = recv_n(&receiver, 8, 3);
         assert_eq!(got[0].0, SocketAddr::new(from, sender_addr.port()));
         assert_eq!(got[0].2, payload(0, 10));
-        assert_eq!(got[1].0.port(), sender_addr.port());
-        assert_eq!(got[1].2, payload(1, 10));
+        assert_eq!(got[1].0, SocketAddr::new(from, sender_addr.port()));
+        assert_eq!(got[1].2, payload(2, 10));
+        assert_eq!(got[2].0.port(), sender_addr.port());
+        assert_ne!(got[2].0.ip(), from);
+        assert_eq!(got[2].2, payload(1, 10));
     }
 
     #[test]
@@ -1074,6 +1197,94 @@ mod tests {
             .map(|g| seq_of(&g.2))
             .collect();
         assert_eq!(got, [0, 2, 5]);
+    }
+
+    /// Video-like traffic for three players: frames of five full packets and a shorter last
+    /// one, queued packet by packet across the players as a core forwards them.
+    fn frames_for(batch: &mut SendBatch, receivers: &[(Socket, SocketAddr)]) -> Vec<Vec<Vec<u8>>> {
+        let mut expected = vec![Vec::new(); receivers.len()];
+        let mut seq = 0;
+        for _frame in 0..10 {
+            for packet in 0..6 {
+                let len = if packet == 5 { 500 } else { 1200 };
+                for (r, (_, addr)) in receivers.iter().enumerate() {
+                    let p = payload(seq, len);
+                    seq += 1;
+                    expected[r].push(p.clone());
+                    batch.push(*addr, None, p);
+                }
+            }
+        }
+        expected
+    }
+
+    #[test]
+    fn gso_sends_a_destinations_run_as_one_message_and_every_datagram_arrives() {
+        let (sender, sender_addr) = bind("127.0.0.1:0");
+        let receivers: Vec<_> = (0..3).map(|_| bind("127.0.0.1:0")).collect();
+        let mut batch = SendBatch::new(256);
+        let expected = frames_for(&mut batch, &receivers);
+
+        // Grouped by player, each frame (a run of equal sizes ended by a shorter packet) is
+        // one message: 30 messages for 180 datagrams.
+        batch.group();
+        assert_eq!(batch.prepare(sender_addr), 30);
+        assert!(
+            batch.segments.iter().all(|&n| n == 6),
+            "{:?}",
+            batch.segments
+        );
+
+        assert_eq!(
+            batch.flush(sender.as_raw_fd()),
+            FlushOutcome::Done {
+                sent: 180,
+                dropped: 0
+            }
+        );
+        assert!(batch.is_empty());
+        assert_eq!(batch.queued_bytes(), 0);
+        for ((socket, addr), expected) in receivers.iter().zip(&expected) {
+            let got = recv_n(socket, 64, expected.len());
+            assert_eq!(got.len(), expected.len());
+            for ((source, destination, data, truncated), want) in got.iter().zip(expected) {
+                assert_eq!(*source, sender_addr);
+                assert_eq!(destination, addr);
+                assert_eq!(data, want, "datagrams arrive whole and in order");
+                assert!(!truncated);
+            }
+        }
+    }
+
+    #[test]
+    fn a_socket_refusing_gso_gets_plain_datagrams_and_loses_none() {
+        let (sender, sender_addr) = bind("127.0.0.1:0");
+        let receivers: Vec<_> = (0..2).map(|_| bind("127.0.0.1:0")).collect();
+        let fd = sender.as_raw_fd();
+        let mut batch = SendBatch::new(256);
+        let expected = frames_for(&mut batch, &receivers);
+        // As a path without checksum offload answers a GSO send.
+        let outcome = batch.flush_with(sender_addr, |headers| {
+            if headers.iter().any(|h| h.msg_hdr.msg_iovlen > 1) {
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+            send_mmsg(fd, headers)
+        });
+        assert_eq!(
+            outcome,
+            FlushOutcome::Done {
+                sent: 120,
+                dropped: 0
+            }
+        );
+        assert!(!batch.gso);
+        for ((socket, _), expected) in receivers.iter().zip(&expected) {
+            let got: Vec<_> = recv_n(socket, 64, expected.len())
+                .into_iter()
+                .map(|g| g.2)
+                .collect();
+            assert_eq!(&got, expected);
+        }
     }
 
     #[test]
