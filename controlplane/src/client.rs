@@ -53,6 +53,10 @@ pub enum ClientError {
     EndpointStopped,
 }
 
+/// How long [`Endpoint::offer`] waits for its core to build the peer: milliseconds normally,
+/// so only a core that has stopped answering reaches it.
+pub const OFFER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Timeouts of the client's steps.
 #[derive(Clone, Copy, Debug)]
 pub struct ClientTimeouts {
@@ -715,7 +719,8 @@ impl Endpoint {
         }
     }
 
-    /// Builds a client peer for `role` and returns it with its offer.
+    /// Builds a client peer for `role` on the next core and returns it with its offer
+    /// (within [`OFFER_TIMEOUT`]).
     pub async fn offer(self: &Arc<Self>, role: Role) -> Result<ClientPeer, ClientError> {
         let peer = PeerId(self.next_peer.fetch_add(1, Ordering::Relaxed));
         let core =
@@ -725,12 +730,28 @@ impl Endpoint {
         self.data
             .send(core, Command::Offer { peer, role })
             .map_err(|_| ClientError::EndpointStopped)?;
-        let (sdp, media) = loop {
-            match events.recv().await {
-                Some(Event::Sdp { sdp, media, .. }) => break (sdp, media),
-                Some(Event::Failed { reason, .. }) => return Err(ClientError::Peer(reason)),
-                Some(_) => {}
-                None => return Err(ClientError::EndpointStopped),
+        let answered = tokio::time::timeout(OFFER_TIMEOUT, async {
+            loop {
+                match events.recv().await {
+                    Some(Event::Sdp { sdp, media, .. }) => return Ok((sdp, media)),
+                    Some(Event::Failed { reason, .. }) => return Err(ClientError::Peer(reason)),
+                    Some(_) => {}
+                    None => return Err(ClientError::EndpointStopped),
+                }
+            }
+        })
+        .await;
+        let (sdp, media) = match answered {
+            Ok(result) => result?,
+            Err(_) => {
+                // A core that does not answer is an error, not a wait without end; a late
+                // peer is closed as soon as the core gets to it.
+                let _ = self.data.send(core, Command::Close { peer });
+                self.routes.lock().unwrap().remove(&peer);
+                return Err(ClientError::Timeout(
+                    OFFER_TIMEOUT,
+                    "the data plane's offer",
+                ));
             }
         };
         Ok(ClientPeer {
