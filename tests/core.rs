@@ -5,7 +5,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Server, ended, endpoint, eventually, player_figures, session};
+use common::{
+    Server, ended, endpoint, eventually, keyframe_requests, keyframes_received, player_figures,
+    session,
+};
 use relaycast_controlplane::client::ClientError;
 use relaycast_controlplane::protocol::StreamStatus;
 use relaycast_dataplane::synth::{SynthConfig, VideoCodec};
@@ -558,18 +561,12 @@ async fn a_player_joining_after_an_answered_keyframe_request_gets_its_own_soon()
         .publish(&ep, "kf", config)
         .await
         .expect("publish");
-    let requests = || async {
-        publisher
-            .report()
-            .await
-            .and_then(|r| r.generator)
-            .map_or(0, |g| g.keyframe_requests)
-    };
+    let requests = || keyframe_requests(&publisher);
 
     let viewers = session(&server).await;
     let first = viewers.play(&ep, "kf").await.expect("first play");
     let answered = eventually(Duration::from_secs(5), || async {
-        (keyframes(&first).await > 0).then_some(())
+        (keyframes_received(&first).await > 0).then_some(())
     })
     .await;
     assert!(answered.is_some(), "the first player got no keyframe");
@@ -579,7 +576,7 @@ async fn a_player_joining_after_an_answered_keyframe_request_gets_its_own_soon()
     tokio::time::sleep(Duration::from_millis(250)).await;
     let second = viewers.play(&ep, "kf").await.expect("second play");
     let got = eventually(Duration::from_secs(5), || async {
-        (keyframes(&second).await > 0).then_some(())
+        (keyframes_received(&second).await > 0).then_some(())
     })
     .await;
     assert!(
@@ -591,9 +588,4 @@ async fn a_player_joining_after_an_answered_keyframe_request_gets_its_own_soon()
         requests().await > before,
         "the second join asked for no keyframe"
     );
-}
-
-async fn keyframes(player: &relaycast_controlplane::client::ClientStream) -> u64 {
-    let report = player.report().await;
-    report.and_then(|r| r.probe).map_or(0, |p| p.keyframes)
 }

@@ -6,7 +6,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Server, ended, endpoint, eventually, metric, metrics, player_figures, session};
+use common::{
+    Server, ended, endpoint, eventually, keyframe_requests, metric, metrics, player_figures,
+    session,
+};
 use relaycast_controlplane::client::ClientStream;
 use relaycast_controlplane::protocol::StreamStatus;
 use relaycast_dataplane::synth::{SynthConfig, VideoCodec};
@@ -136,13 +139,7 @@ async fn push_a_to_b_with_ten_players_on_b() {
 
     // A player joining on B makes the original publisher on A send a keyframe: the request
     // crosses the hop.
-    let requests = || async {
-        publisher
-            .report()
-            .await
-            .and_then(|r| r.generator)
-            .map_or(0, |g| g.keyframe_requests)
-    };
+    let requests = || keyframe_requests(&publisher);
     tokio::time::sleep(Duration::from_millis(600)).await;
     let before = requests().await;
     let viewers = session(&b).await;

@@ -432,6 +432,20 @@ pub async fn player_figures(
     (media, loss, probe.latency_us.p50, probe.latency_us.p99)
 }
 
+/// Keyframe requests a synthetic publisher has received so far (0 without a report).
+pub async fn keyframe_requests(publisher: &relaycast_controlplane::client::ClientStream) -> u64 {
+    let report = publisher.report().await;
+    report
+        .and_then(|r| r.generator)
+        .map_or(0, |g| g.keyframe_requests)
+}
+
+/// Keyframes a player has received so far (0 without a report).
+pub async fn keyframes_received(player: &relaycast_controlplane::client::ClientStream) -> u64 {
+    let report = player.report().await;
+    report.and_then(|r| r.probe).map_or(0, |p| p.keyframes)
+}
+
 /// Waits up to `limit` for a stream to end (STOPPED or FAILED) and returns that status;
 /// panics with `what` if it does not.
 pub async fn ended(handle: &mut StreamHandle, limit: Duration, what: &str) -> StreamStatusEvent {

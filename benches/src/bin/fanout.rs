@@ -164,26 +164,20 @@ fn main() -> Result<()> {
     let mut steps = Vec::new();
     for &players in &args.steps {
         let server = bins.start_server("step")?;
-        let loadgen_args = owned(&[
-            "fanout",
-            "--server",
-            &server.ws_url(),
-            "--rest",
-            &server.rest_url(),
-            "--players",
-            &players.to_string(),
-            "--ramp",
-            &args.ramp,
-            "--bitrate",
-            &args.bitrate,
-            "--duration",
-            &args.duration,
-            "--cores",
-            &bins.loadgen_cores.to_string(),
-            "--server-pid",
-            &server.pid().to_string(),
-            "--json",
-        ]);
+        let loadgen_args = fanout_args(
+            &bins,
+            &server,
+            &[
+                "--players",
+                &players.to_string(),
+                "--ramp",
+                &args.ramp,
+                "--bitrate",
+                &args.bitrate,
+                "--duration",
+                &args.duration,
+            ],
+        );
         let command = bins.describe_loadgen(&loadgen_args);
         commands.push(command.clone());
         eprintln!("fanout: {players} players");
@@ -446,29 +440,23 @@ fn idle_check(bins: &Bins, commands: &mut Vec<String>) -> Result<Idle> {
     std::thread::sleep(Duration::from_secs(10));
     let b = relaycast_loadgen::procfs::sample(Some(server.pid()))?;
     let (_, empty_cpu_pct) = relaycast_loadgen::procfs::cpu_between(&a, &b);
-    let args = owned(&[
-        "fanout",
-        "--server",
-        &server.ws_url(),
-        "--rest",
-        &server.rest_url(),
-        "--players",
-        "100",
-        "--ramp",
-        "100/s",
-        "--fps",
-        "1",
-        "--bitrate",
-        "8k",
-        "--no-audio",
-        "--duration",
-        "10s",
-        "--cores",
-        &bins.loadgen_cores.to_string(),
-        "--server-pid",
-        &server.pid().to_string(),
-        "--json",
-    ]);
+    let args = fanout_args(
+        bins,
+        &server,
+        &[
+            "--players",
+            "100",
+            "--ramp",
+            "100/s",
+            "--fps",
+            "1",
+            "--bitrate",
+            "8k",
+            "--no-audio",
+            "--duration",
+            "10s",
+        ],
+    );
     let command = bins.describe_loadgen(&args);
     commands.push(command.clone());
     let result = bins.loadgen(&args, Duration::from_secs(120), "idle");
@@ -650,6 +638,27 @@ fn machine() -> Machine {
 }
 
 /// A command line from borrowed parts.
+/// A `fanout` command line against `server`: its addresses, the run's own options, then
+/// the loadgen's cores, the server's PID (for its CPU and RSS) and the JSON summary.
+fn fanout_args(bins: &Bins, server: &ServerProc, options: &[&str]) -> Vec<String> {
+    let mut args = owned(&[
+        "fanout",
+        "--server",
+        &server.ws_url(),
+        "--rest",
+        &server.rest_url(),
+    ]);
+    args.extend(owned(options));
+    args.extend(owned(&[
+        "--cores",
+        &bins.loadgen_cores.to_string(),
+        "--server-pid",
+        &server.pid().to_string(),
+        "--json",
+    ]));
+    args
+}
+
 fn owned(parts: &[&str]) -> Vec<String> {
     parts.iter().map(|s| s.to_string()).collect()
 }
