@@ -689,6 +689,15 @@ async fn metrics_move_with_traffic() {
     assert!(rx > 100.0 && tx > 100.0, "rx {rx} tx {tx}");
     assert!(bytes > rx * 100.0, "bytes in {bytes}");
     assert!(forwarded > 100.0, "forwarded {forwarded}");
+    // Every datagram out left in a message (several per message with GSO); every datagram
+    // in arrived on a wake-up.
+    let messages = metric(&during, "relaycast_core_send_messages_total", &[]);
+    let wakeups = metric(&during, "relaycast_core_receive_wakeups_total", &[]);
+    assert!(
+        messages > 0.0 && messages <= tx,
+        "messages {messages} tx {tx}"
+    );
+    assert!(wakeups > 0.0 && wakeups <= rx, "wake-ups {wakeups} rx {rx}");
     assert!(
         metric(&during, "relaycast_core_keyframe_requests_total", &[]) >= 0.0
             && during

@@ -214,10 +214,20 @@ pub fn render(hub: &Hub) -> String {
     let keyframes = Family::<Labels, Counter>::default();
     let player_keyframes = Family::<Labels, Counter>::default();
     let nacks = Family::<Labels, Counter>::default();
+    let messages = Family::<Labels, Counter>::default();
+    let wakeups = Family::<Labels, Counter>::default();
     for (n, c) in hub.data().counters().iter().enumerate() {
         let core = n.to_string();
         let with = |k: &'static str, v: &str| vec![("core", core.clone()), (k, v.to_owned())];
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        // Read before the datagram counts, which a core bumps first: never more messages
+        // than datagrams out, nor wake-ups than datagrams in, on one page.
+        messages
+            .get_or_create(&vec![("core", core.clone())])
+            .inc_by(load(&c.tx_messages));
+        wakeups
+            .get_or_create(&vec![("core", core.clone())])
+            .inc_by(load(&c.rx_wakeups));
         peers
             .get_or_create(&vec![("core", core.clone())])
             .set(load(&c.peers) as i64);
@@ -269,6 +279,16 @@ pub fn render(hub: &Hub) -> String {
         "core_bytes",
         "UDP payload bytes received and sent by each core",
         bytes,
+    );
+    r.register(
+        "core_send_messages",
+        "Messages handed to sendmmsg by each core: one per datagram, or one per UDP GSO run",
+        messages,
+    );
+    r.register(
+        "core_receive_wakeups",
+        "Wake-ups of each core's socket readers that received datagrams",
+        wakeups,
     );
     r.register(
         "core_forwarded_packets",

@@ -52,6 +52,12 @@ pub struct CoreCounters {
     pub rx_bytes: AtomicU64,
     pub tx_packets: AtomicU64,
     pub tx_bytes: AtomicU64,
+    /// Messages handed to `sendmmsg`: one per datagram, or one per UDP GSO run of datagrams
+    /// to one destination (`tx_packets / tx_messages` is the GSO batching achieved).
+    pub tx_messages: AtomicU64,
+    /// Wake-ups of the socket readers that found datagrams (`rx_packets / rx_wakeups` is the
+    /// receive batching achieved).
+    pub rx_wakeups: AtomicU64,
     /// Media packets written to subscribers (before encryption).
     pub forwarded: AtomicU64,
     pub dropped_unknown_source: AtomicU64,
@@ -1073,10 +1079,14 @@ fn flush_one(io: &mut SocketIo, fd: std::os::fd::RawFd, counters: &CoreCounters)
         return false;
     }
     let bytes = io.tx.queued_bytes();
+    let messages = io.tx.messages_sent();
     let (sent, dropped, blocked) = match io.tx.flush_from(fd, io.local) {
         FlushOutcome::Done { sent, dropped } => (sent, dropped, false),
         FlushOutcome::Blocked { sent, dropped } => (sent, dropped, true),
     };
+    counters
+        .tx_messages
+        .fetch_add(io.tx.messages_sent() - messages, Ordering::Relaxed);
     counters
         .tx_packets
         .fetch_add(sent as u64, Ordering::Relaxed);
@@ -1166,6 +1176,12 @@ async fn socket_reader(
             if drained >= 1024 || n < batch.capacity() {
                 break;
             }
+        }
+        if drained > 0 {
+            core.borrow()
+                .counters
+                .rx_wakeups
+                .fetch_add(1, Ordering::Relaxed);
         }
         core.borrow_mut().finish(now);
         drop(core);

@@ -329,6 +329,8 @@ pub struct SendBatch {
     /// Scratch for grouping the queue by destination.
     groups: HashMap<(SocketAddr, Option<IpAddr>), usize>,
     grouped: Vec<(usize, Outgoing)>,
+    /// Messages the kernel accepted so far (a GSO message carries several datagrams).
+    messages: u64,
 }
 
 // SAFETY: the raw pointers inside `iovecs` and `headers` only ever point into heap storage owned by
@@ -353,6 +355,7 @@ impl SendBatch {
             gso: true,
             groups: HashMap::new(),
             grouped: Vec::new(),
+            messages: 0,
         }
     }
 
@@ -373,6 +376,12 @@ impl SendBatch {
 
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()
+    }
+
+    /// Messages handed to the kernel since this queue was made: equal to the datagrams sent
+    /// without GSO, fewer with it.
+    pub fn messages_sent(&self) -> u64 {
+        self.messages
     }
 
     /// Total payload bytes waiting to be sent.
@@ -435,7 +444,9 @@ impl SendBatch {
             match send(&mut self.headers[..count]) {
                 Ok(0) => return FlushOutcome::Blocked { sent, dropped },
                 Ok(accepted) => {
-                    let datagrams: usize = self.segments[..accepted.min(count)].iter().sum();
+                    let accepted = accepted.min(count);
+                    let datagrams: usize = self.segments[..accepted].iter().sum();
+                    self.messages += accepted as u64;
                     for out in self.queue.drain(..datagrams) {
                         self.bytes -= out.payload.len();
                     }
@@ -1244,6 +1255,11 @@ mod tests {
         );
         assert!(batch.is_empty());
         assert_eq!(batch.queued_bytes(), 0);
+        assert_eq!(
+            batch.messages_sent(),
+            30,
+            "one message per frame and player"
+        );
         for ((socket, addr), expected) in receivers.iter().zip(&expected) {
             let got = recv_n(socket, 64, expected.len());
             assert_eq!(got.len(), expected.len());
@@ -1278,6 +1294,11 @@ mod tests {
             }
         );
         assert!(!batch.gso);
+        assert_eq!(
+            batch.messages_sent(),
+            120,
+            "one message per datagram without GSO"
+        );
         for ((socket, _), expected) in receivers.iter().zip(&expected) {
             let got: Vec<_> = recv_n(socket, 64, expected.len())
                 .into_iter()

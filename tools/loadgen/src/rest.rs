@@ -138,6 +138,12 @@ pub struct CoreCounters {
     pub forwarded: u64,
     /// Datagrams dropped, every reason.
     pub dropped: u64,
+    /// Messages handed to `sendmmsg` (a UDP GSO message carries several datagrams).
+    #[serde(default)]
+    pub messages_out: u64,
+    /// Socket-reader wake-ups that received datagrams.
+    #[serde(default)]
+    pub wakeups: u64,
 }
 
 impl CoreCounters {
@@ -170,6 +176,8 @@ impl CoreCounters {
                 }
                 "relaycast_core_forwarded_packets" => c.forwarded += value,
                 "relaycast_core_dropped_packets" => c.dropped += value,
+                "relaycast_core_send_messages" => c.messages_out += value,
+                "relaycast_core_receive_wakeups" => c.wakeups += value,
                 _ => {}
             }
         }
@@ -183,6 +191,8 @@ impl CoreCounters {
             packets_in: self.packets_in.saturating_sub(before.packets_in),
             forwarded: self.forwarded.saturating_sub(before.forwarded),
             dropped: self.dropped.saturating_sub(before.dropped),
+            messages_out: self.messages_out.saturating_sub(before.messages_out),
+            wakeups: self.wakeups.saturating_sub(before.wakeups),
         }
     }
 }
@@ -217,6 +227,9 @@ mod tests {
                     relaycast_core_packets_total{core=\"1\",direction=\"out\"} 50\n\
                     relaycast_core_forwarded_packets_total{core=\"0\"} 120\n\
                     relaycast_core_dropped_packets_total{core=\"0\",reason=\"malformed\"} 2\n\
+                    relaycast_core_send_messages_total{core=\"0\"} 40\n\
+                    relaycast_core_send_messages_total{core=\"1\"} 50\n\
+                    relaycast_core_receive_wakeups_total{core=\"0\"} 9\n\
                     relaycast_rest_requests_total{status=\"200\"} 7\n";
         let c = CoreCounters::parse(text).unwrap();
         assert_eq!(
@@ -225,7 +238,9 @@ mod tests {
                 packets_out: 150,
                 packets_in: 10,
                 forwarded: 120,
-                dropped: 2
+                dropped: 2,
+                messages_out: 90,
+                wakeups: 9,
             }
         );
         assert_eq!(CoreCounters::parse("# nothing\n"), None);
