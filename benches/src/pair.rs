@@ -122,9 +122,9 @@ impl Subscribers {
             arrival: now,
         };
         for peer in &mut self.egress {
-            let _ = peer.write_media(&packet, now, &mut self.tx, &mut self.events);
+            peer.write_media(&packet, now);
             // str0m releases written RTP on its next timeout (its "send stream" deadline);
-            // the core's timer fires it, so the bench does too.
+            // the core drives the peer at the end of the batch, so the bench does too.
             if peer.deadline() <= now {
                 let _ = peer.on_timeout(now, &mut self.tx, &mut self.events);
             }

@@ -561,7 +561,8 @@ impl Core {
         self.scratch = events;
         match result {
             Ok(Ok(r)) => {
-                if deadline <= now {
+                if deadline <= now && !peer.listed {
+                    peer.listed = true;
                     self.due_now.push(id);
                 }
                 let floor = now + Duration::from_micros(500);
@@ -590,13 +591,23 @@ impl Core {
         self.act_on_events(now);
         let mut due = std::mem::take(&mut self.due_now);
         for &id in &due {
-            // Listed once per write: the first visit moves its deadline on.
-            if self.peers.get(&id).is_some_and(|p| p.deadline() <= now) {
+            let Some(peer) = self.peers.get_mut(&id) else {
+                continue;
+            };
+            peer.listed = false;
+            if peer.deadline() <= now {
                 self.with_peer(id, now, |p, tx, events| p.on_timeout(now, tx, events));
             }
         }
         self.act_on_events(now);
         // Whoever was listed during this pass waits for the timer's floor: no busy loop.
+        let floor = now + Duration::from_micros(500);
+        for id in std::mem::take(&mut self.due_now) {
+            if let Some(peer) = self.peers.get_mut(&id) {
+                peer.listed = false;
+                self.arm(TimerKey::Peer(id), floor);
+            }
+        }
         due.clear();
         self.due_now = due;
         self.flush_all();
@@ -677,14 +688,31 @@ impl Core {
             }
         }
         for i in 0..self.fanout.len() {
-            let id = self.fanout[i];
-            self.with_peer(id, now, |p, tx, events| {
-                p.write_media(&packet, now, tx, events)
-            });
+            self.write_to(self.fanout[i], &packet, now);
         }
         self.counters
             .forwarded
             .fetch_add(self.fanout.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Writes a packet to one subscriber and lists it to be driven (which sends it) at the
+    /// end of the batch: one drive and one timer update per subscriber and batch, not per
+    /// packet.
+    fn write_to(&mut self, id: PeerId, packet: &MediaPacket, now: Instant) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        match catch_unwind(AssertUnwindSafe(|| peer.write_media(packet, now))) {
+            Ok(true) if !peer.listed => {
+                peer.listed = true;
+                self.due_now.push(id);
+            }
+            Ok(_) => {}
+            Err(_) => self.fail_peer(
+                id,
+                PeerFailure::Internal("the WebRTC stack panicked".into()),
+            ),
+        }
     }
 
     /// Routes a keyframe request to the stream's source: here (through the coalescing

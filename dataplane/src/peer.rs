@@ -109,6 +109,9 @@ pub struct Peer {
     /// A client-side peer (offerer) owns a dedicated socket; a server-side one shares the
     /// core's socket.
     pub dedicated: bool,
+    /// Listed by its core to be driven at the end of the current batch (so a peer written
+    /// to several times in one batch is listed once).
+    pub listed: bool,
     core: CoreId,
     created: Instant,
     connected_at: Option<Instant>,
@@ -435,49 +438,45 @@ impl Peer {
         d
     }
 
-    /// Writes one stream packet to an egress peer and drains it.
-    pub fn write_media(
-        &mut self,
-        packet: &MediaPacket,
-        now: Instant,
-        tx: &mut SendBatch,
-        events: &mut Vec<PeerEvent>,
-    ) -> Result<(), PeerFailure> {
+    /// Writes one stream packet to an egress peer; true if it was written. str0m hands the
+    /// packet out (RTP header, SRTP) on its next timeout, which is now: the caller drives the
+    /// peer once at the end of its batch (`on_timeout`), however many packets it wrote.
+    pub fn write_media(&mut self, packet: &MediaPacket, now: Instant) -> bool {
         if self.connected_at.is_none() {
-            return Ok(());
+            return false;
         }
         let PeerKind::Egress(egress) = &mut self.kind else {
-            return Ok(());
+            return false;
         };
         let track = match packet.kind {
             MediaKind::Audio => egress.audio.as_mut(),
             MediaKind::Video => egress.video.as_mut(),
         };
         let Some(track) = track else {
-            return Ok(());
+            return false;
         };
         let offset = *track
             .seq_offset
             .get_or_insert_with(|| fastrand::i64(1_000..30_000) - packet.seq as i64);
         let seq = packet.seq as i64 + offset;
         if seq < 0 {
-            return Ok(());
+            return false;
         }
         let (ssrc, pt) = (track.ssrc, track.pt);
-        {
-            let mut api = self.rtc.direct_api();
-            let Some(stream) = api.stream_tx(&ssrc) else {
-                return Ok(());
-            };
-            let write = RtpWrite::new(pt, (seq as u64).into(), packet.ts, packet.arrival, {
-                packet.payload.clone()
-            })
-            .marker(packet.marker)
-            .ext_vals(packet.ext.to_values())
-            .nackable(packet.kind == MediaKind::Video);
-            stream.write_rtp(write);
-        }
-        self.drive(now, tx, events)
+        let mut api = self.rtc.direct_api();
+        let Some(stream) = api.stream_tx(&ssrc) else {
+            return false;
+        };
+        let write = RtpWrite::new(pt, (seq as u64).into(), packet.ts, packet.arrival, {
+            packet.payload.clone()
+        })
+        .marker(packet.marker)
+        .ext_vals(packet.ext.to_values())
+        .nackable(packet.kind == MediaKind::Video);
+        stream.write_rtp(write);
+        // What str0m's poll_output would now answer: a timeout that is already due.
+        self.rtc_deadline = self.rtc_deadline.min(now);
+        true
     }
 
     /// Asks an ingest peer's remote for a keyframe.
@@ -602,6 +601,7 @@ impl Peer {
             remote_closed_at: None,
             last_media: setup.now,
             rtc_deadline: setup.now,
+            listed: false,
             pending: None,
             mids: Vec::new(),
             limits: Limits {
