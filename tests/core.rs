@@ -589,3 +589,53 @@ async fn a_player_joining_after_an_answered_keyframe_request_gets_its_own_soon()
         "the second join asked for no keyframe"
     );
 }
+
+/// A publisher's answer keeps the transport-wide sequence number (its bandwidth estimation
+/// runs on the server's feedback); a player's answer leaves it out (the server does not
+/// estimate bandwidth towards players, so their feedback would only cost datagrams), and the
+/// player still plays.
+#[tokio::test]
+async fn twcc_is_negotiated_with_publishers_not_with_players() {
+    const TWCC: &str = "transport-wide-cc";
+    let server = Server::start(&[]);
+    let ep = endpoint();
+    let a = session(&server).await;
+    let offer = ep
+        .offer(relaycast_dataplane::Role::Generate(synth(VideoCodec::Vp8)))
+        .await
+        .expect("publisher offer");
+    assert!(offer.sdp.contains(TWCC), "the client offers TWCC");
+    let (_published, answer) = a
+        .negotiate("twcc", &offer.sdp, true, Value::Null)
+        .await
+        .expect("publish answered");
+    assert!(answer.contains(TWCC), "publisher answer:\n{answer}");
+
+    let b = session(&server).await;
+    let offer = ep
+        .offer(relaycast_dataplane::Role::Probe)
+        .await
+        .expect("player offer");
+    assert!(offer.sdp.contains(TWCC), "the client offers TWCC");
+    let (_played, answer) = b
+        .negotiate("twcc", &offer.sdp, false, Value::Null)
+        .await
+        .expect("play answered");
+    assert!(!answer.contains(TWCC), "player answer:\n{answer}");
+    assert!(
+        answer.contains("urn:ietf:params:rtp-hdrext:sdes:mid"),
+        "other extensions stay:\n{answer}"
+    );
+
+    let c = session(&server).await;
+    let _publisher = c
+        .publish(&ep, "twcc-media", synth(VideoCodec::Vp8))
+        .await
+        .unwrap();
+    let player = b.play(&ep, "twcc-media").await.expect("play");
+    let got = eventually(Duration::from_secs(5), || async {
+        (player.report().await?.probe?.video_packets > 50).then_some(())
+    })
+    .await;
+    assert!(got.is_some(), "the player receives media without TWCC");
+}

@@ -11,7 +11,7 @@ use str0m::config::DtlsCert;
 use str0m::format::{Codec, PayloadParams};
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::{RtpPacket, RtpWrite, Ssrc};
+use str0m::rtp::{Extension, ExtensionMap, RtpPacket, RtpWrite, Ssrc};
 use str0m::{Candidate, Event as RtcEvent, IceConnectionState, Input, Output, Rtc, RtcConfig};
 use str0m::{RtcError, error::SdpError};
 
@@ -229,7 +229,7 @@ impl Peer {
                     video: None,
                 };
                 (
-                    codecs_config(&StreamMedia { audio, video }),
+                    without_twcc(codecs_config(&StreamMedia { audio, video })),
                     PeerKind::Egress(egress),
                 )
             }
@@ -305,7 +305,7 @@ impl Peer {
                     video: None,
                 };
                 (
-                    codecs_config(&media),
+                    without_twcc(codecs_config(&media)),
                     PeerKind::Egress(egress),
                     Direction::SendOnly,
                     media,
@@ -946,6 +946,21 @@ fn codecs_config(media: &StreamMedia) -> RtcConfig {
         );
     }
     config
+}
+
+/// A sending peer's config without the transport-wide sequence number (TWCC): the server does
+/// not estimate bandwidth towards its subscribers (it forwards what the publisher sends), so
+/// numbering every packet and taking the subscriber's feedback (RTCP 10-20 times a second
+/// per subscriber, each a datagram to decrypt) would be work for nothing. Publishers keep it:
+/// their own bandwidth estimation runs on the server's feedback.
+fn without_twcc(mut config: RtcConfig) -> RtcConfig {
+    let mut exts = ExtensionMap::empty();
+    for (id, ext) in config.extension_map().iter() {
+        if *ext != Extension::TransportSequenceNumber {
+            exts.set(id, ext.clone());
+        }
+    }
+    config.set_extension_map(exts)
 }
 
 /// A config that can receive every codec the server forwards (probes, pull relays).
