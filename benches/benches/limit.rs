@@ -1,12 +1,13 @@
 //! The machine's physical limit for forwarding, per 1200-byte packet on one core: `sendto`,
-//! `sendmmsg` (32 per call), UDP GSO (32 segments per call) over loopback, and one SRTP seal
+//! `sendmmsg` (32 per call), UDP GSO (32 segments per call), `sendmmsg` of 32 GSO messages
+//! of 6 segments (a video frame per subscriber) over loopback, and one SRTP seal
 //! (AEAD-AES-128-GCM, AEAD-AES-256-GCM, AES-CM + HMAC-SHA1-80, and AES-CM with the key set
 //! up per packet as str0m's aws-lc-rs backend does).
 
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use relaycast_benches::limit::{BATCH, CmSealer, GcmSealer, Gso, Loopback, Mmsg};
+use relaycast_benches::limit::{BATCH, CmSealer, FRAME, GcmSealer, Gso, GsoFrames, Loopback, Mmsg};
 
 fn send(c: &mut Criterion) {
     let lo = Loopback::new().expect("loopback sockets");
@@ -20,6 +21,12 @@ fn send(c: &mut Criterion) {
     let mut gso = Gso::new();
     gso.send(&lo).expect("UDP GSO is supported on this kernel");
     group.bench_function("gso_x32", |b| b.iter(|| gso.send(&lo)));
+    group.throughput(Throughput::Elements((BATCH * FRAME) as u64));
+    let mut frames = GsoFrames::new(&lo);
+    frames
+        .send(&lo)
+        .expect("UDP GSO is supported on this kernel");
+    group.bench_function("sendmmsg_gso_frames_32x6", |b| b.iter(|| frames.send(&lo)));
     group.finish();
 }
 
