@@ -369,6 +369,8 @@ async fn core_main(start: CoreStart) {
         queue: VecDeque::new(),
         scratch: Vec::new(),
         due_now: Vec::new(),
+        media_window: (Instant::now(), 0),
+        quiet: false,
         fanout: Vec::new(),
         mirrors: Vec::new(),
         timer_signal: timer_tx,
@@ -491,6 +493,10 @@ struct Core {
     due_now: Vec<PeerId>,
     fanout: Vec<PeerId>,
     mirrors: Vec<CoreId>,
+    /// Media packets forwarded since `media_window.0`, to tell a quiet core (see
+    /// [`Core::idle_hold`]).
+    media_window: (Instant, u32),
+    quiet: bool,
     timer_signal: LocalSender<()>,
     stop: LocalSender<()>,
 }
@@ -566,7 +572,7 @@ impl Core {
                     self.due_now.push(id);
                 }
                 let floor = now + Duration::from_micros(500);
-                let at = coalesce(deadline.max(floor), now, self.epoch);
+                let at = coalesce(deadline.max(floor), now, self.epoch, self.timer_slack());
                 self.arm(TimerKey::Peer(id), at);
                 Some(r)
             }
@@ -611,6 +617,37 @@ impl Core {
         due.clear();
         self.due_now = due;
         self.flush_all();
+    }
+
+    /// How long a socket reader waits before it looks at its socket again: nothing while media
+    /// flows or a peer is connecting; on a quiet core (under [`QUIET_MEDIA_PER_S`] media
+    /// packets in the last second) until the next step of the timer grid, where the peers'
+    /// timers also fire (see [`Core::timer_slack`]). So the RTCP reports and ICE consent
+    /// checks of many silent peers are read and answered in one wake-up every 25 ms, not one
+    /// wake-up each.
+    fn idle_hold(&mut self, now: Instant) -> Option<Duration> {
+        let (since, media) = self.media_window;
+        if now.saturating_duration_since(since) >= Duration::from_secs(1) {
+            self.quiet = media < QUIET_MEDIA_PER_S;
+            self.media_window = (now, 0);
+        } else if media >= QUIET_MEDIA_PER_S {
+            // Media started: no waiting for the second to end.
+            self.quiet = false;
+        }
+        if !self.quiet || self.peers.is_empty() || self.peers.values().any(|p| !p.is_connected()) {
+            return None;
+        }
+        Some(grid_ceil(now + Duration::from_millis(1), self.epoch) - now)
+    }
+
+    /// Peer deadlines closer than this stay exact; later ones are rounded up to the timer
+    /// grid so many peers share a wake-up. On a quiet core every deadline is rounded.
+    fn timer_slack(&self) -> Duration {
+        if self.quiet {
+            Duration::ZERO
+        } else {
+            TIMER_SLACK_FROM
+        }
     }
 
     fn act_on_events(&mut self, now: Instant) {
@@ -666,6 +703,7 @@ impl Core {
     /// Sends a stream packet to this core's subscribers and, from the home core, to the
     /// cores that mirror it.
     fn forward(&mut self, stream: StreamId, packet: MediaPacket, originate: bool, now: Instant) {
+        self.media_window.1 = self.media_window.1.saturating_add(1);
         let Some(route) = self.router.route(stream) else {
             return;
         };
@@ -999,7 +1037,7 @@ impl Core {
                     };
                     let due = peer.deadline();
                     if due > now {
-                        self.arm(key, coalesce(due, now, self.epoch));
+                        self.arm(key, coalesce(due, now, self.epoch, self.timer_slack()));
                         continue;
                     }
                     self.with_peer(id, now, |p, tx, events| p.on_timeout(now, tx, events));
@@ -1083,6 +1121,10 @@ impl Core {
 }
 
 /// Peer deadlines at least this far away are rounded up to the timer grid.
+/// A core that forwarded fewer media packets than this in the last second is quiet (an audio
+/// stream alone is 50 a second).
+const QUIET_MEDIA_PER_S: u32 = 10;
+
 const TIMER_SLACK_FROM: Duration = Duration::from_millis(100);
 /// The grid those deadlines are rounded to: the periodic work of many peers (RTCP reports
 /// every second, statistics every 2 s) then shares one wake-up per grid step instead of
@@ -1091,10 +1133,15 @@ const TIMER_GRID: Duration = Duration::from_millis(25);
 
 /// Rounds a far deadline up to the core's timer grid; near ones stay exact. Never earlier
 /// than `at`.
-fn coalesce(at: Instant, now: Instant, epoch: Instant) -> Instant {
-    if at.saturating_duration_since(now) < TIMER_SLACK_FROM {
+fn coalesce(at: Instant, now: Instant, epoch: Instant, slack_from: Duration) -> Instant {
+    if at.saturating_duration_since(now) < slack_from {
         return at;
     }
+    grid_ceil(at, epoch)
+}
+
+/// The first step of the timer grid at or after `at`.
+fn grid_ceil(at: Instant, epoch: Instant) -> Instant {
     let grid = TIMER_GRID.as_micros();
     let offset = at.saturating_duration_since(epoch).as_micros();
     let rounded = offset.div_ceil(grid) * grid;
@@ -1211,9 +1258,16 @@ async fn socket_reader(
                 .rx_wakeups
                 .fetch_add(1, Ordering::Relaxed);
         }
-        core.borrow_mut().finish(now);
+        let hold = {
+            let mut core = core.borrow_mut();
+            core.finish(now);
+            core.idle_hold(now)
+        };
         drop(core);
-        glommio::yield_if_needed().await;
+        match hold {
+            Some(hold) => glommio::timer::sleep(hold).await,
+            None => glommio::yield_if_needed().await,
+        }
     }
 }
 
@@ -1307,7 +1361,7 @@ mod spawn_tests {
 
     use std::time::{Duration, Instant};
 
-    use super::{TIMER_GRID, coalesce, spawn_later, wake_socket};
+    use super::{TIMER_GRID, TIMER_SLACK_FROM, coalesce, spawn_later, wake_socket};
 
     #[test]
     fn the_wake_socket_keeps_its_port_to_itself() {
@@ -1345,19 +1399,40 @@ mod spawn_tests {
             now + Duration::from_millis(30),
             now + Duration::from_millis(99),
         ] {
-            assert_eq!(coalesce(near, now, epoch), near);
+            assert_eq!(coalesce(near, now, epoch, TIMER_SLACK_FROM), near);
         }
         // Many peers' RTCP deadlines spread over one grid step wake up together.
         let base = epoch + Duration::from_millis(1_000);
         let woken: std::collections::BTreeSet<Instant> = (1..25)
-            .map(|ms| coalesce(base + Duration::from_millis(ms), now, epoch))
+            .map(|ms| {
+                coalesce(
+                    base + Duration::from_millis(ms),
+                    now,
+                    epoch,
+                    TIMER_SLACK_FROM,
+                )
+            })
             .collect();
         assert_eq!(woken.len(), 1);
         assert_eq!(woken.first(), Some(&(epoch + Duration::from_millis(1_025))));
         for us in [100_001u64, 512_345, 999_999, 1_000_000, 7_654_321] {
             let at = now + Duration::from_micros(us);
-            let c = coalesce(at, now, epoch);
+            let c = coalesce(at, now, epoch, TIMER_SLACK_FROM);
             assert!(c >= at && c - at < TIMER_GRID, "{us}: {c:?} vs {at:?}");
+        }
+    }
+
+    /// On a quiet core every deadline goes to the grid, however near: a peer's timer and the
+    /// socket readers' next look then share the 25 ms steps.
+    #[test]
+    fn on_a_quiet_core_near_deadlines_join_the_grid_too() {
+        let epoch = Instant::now();
+        let now = epoch + Duration::from_millis(7);
+        for ms in [1u64, 10, 17, 30] {
+            let at = now + Duration::from_millis(ms);
+            let c = coalesce(at, now, epoch, Duration::ZERO);
+            assert!(c >= at && c - at < TIMER_GRID);
+            assert_eq!((c - epoch).as_micros() % TIMER_GRID.as_micros(), 0);
         }
     }
 

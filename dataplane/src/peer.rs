@@ -415,6 +415,11 @@ impl Peer {
         self.generate(now, tx, events)
     }
 
+    /// ICE and DTLS are up.
+    pub fn is_connected(&self) -> bool {
+        self.connected_at.is_some()
+    }
+
     /// The next instant this peer must be woken at.
     pub fn deadline(&self) -> Instant {
         let mut d = self.rtc_deadline;
