@@ -639,3 +639,49 @@ async fn twcc_is_negotiated_with_publishers_not_with_players() {
     .await;
     assert!(got.is_some(), "the player receives media without TWCC");
 }
+
+/// A near-silent stream (one small frame a second, no audio) leaves its core quiet: the core
+/// then reads and answers its peers on a 25 ms grid. Its players still get every frame, and
+/// a full-rate stream started on the same quiet server plays at once.
+#[tokio::test]
+async fn a_quiet_core_still_delivers_and_wakes_up_for_media() {
+    let server = Server::start(&["--cores", "1"]);
+    let ep = endpoint();
+    let quiet = SynthConfig {
+        video: Some(VideoCodec::Vp8),
+        audio: false,
+        video_bitrate_bps: 8_000,
+        fps: 1,
+        ..SynthConfig::default()
+    };
+    let a = session(&server).await;
+    let _slow = a.publish(&ep, "slow", quiet).await.expect("publish slow");
+    let mut sessions = Vec::new();
+    let mut players = Vec::new();
+    for _ in 0..3 {
+        let s = session(&server).await;
+        players.push(s.play(&ep, "slow").await.expect("play slow"));
+        sessions.push(s);
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for (n, player) in players.iter().enumerate() {
+        let (media, loss, _, _) = player_figures(player).await;
+        assert!(
+            media >= 3,
+            "player {n} got {media} packets of the 1 frame/s stream"
+        );
+        assert!(loss < 1.0, "player {n} lost {loss:.3}%");
+    }
+
+    let b = session(&server).await;
+    let _fast = b
+        .publish(&ep, "fast", synth(VideoCodec::Vp8))
+        .await
+        .expect("publish fast");
+    let c = session(&server).await;
+    let player = c.play(&ep, "fast").await.expect("play fast");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (media, loss, _, _) = player_figures(&player).await;
+    assert!(media > 100, "the full-rate player got {media} packets");
+    assert!(loss < 1.0, "the full-rate player lost {loss:.3}%");
+}
