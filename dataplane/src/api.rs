@@ -42,6 +42,11 @@ pub struct DataPlaneConfig {
     pub socket_buffer: usize,
     /// Capacity of each cross-core ring, in packets.
     pub ring_capacity: usize,
+    /// A quiet core (little media forwarded, every peer connected) reads its sockets and
+    /// fires its timers on a 25 ms grid, to spare wake-ups (the server). Off for clients
+    /// (tests, the load generator): their peers generate and measure media without
+    /// forwarding any, and a measuring instrument must not wait.
+    pub quiet_batching: bool,
 }
 
 impl Default for DataPlaneConfig {
@@ -58,6 +63,7 @@ impl Default for DataPlaneConfig {
             keyframe_min_interval: Duration::from_millis(500),
             keyframe_answered_interval: Duration::from_millis(350),
             max_peers_per_core: 20_000,
+            quiet_batching: false,
             socket_buffer: 4 << 20,
             ring_capacity: 4096,
         }

@@ -626,6 +626,9 @@ impl Core {
     /// checks of many silent peers are read and answered in one wake-up every 25 ms, not one
     /// wake-up each.
     fn idle_hold(&mut self, now: Instant) -> Option<Duration> {
+        if !self.config.quiet_batching {
+            return None;
+        }
         let (since, media) = self.media_window;
         if now.saturating_duration_since(since) >= Duration::from_secs(1) {
             self.quiet = media < QUIET_MEDIA_PER_S;
