@@ -20,11 +20,12 @@ use relaycast_loadgen::Summary;
 #[derive(Debug, Parser)]
 #[command(name = "fanout", max_term_width = 100)]
 struct Args {
-    /// Player counts to try, in order; stops after the first step over --max-loss.
+    /// Player counts to try, in order (1,000 is the per-core target); stops after the first
+    /// step over --max-loss.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "50,100,200,400,800,1600,3200"
+        default_value = "50,100,200,400,800,1000,1600,3200"
     )]
     steps: Vec<usize>,
     /// Measured window of each step.
