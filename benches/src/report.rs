@@ -101,9 +101,60 @@ impl Run {
     }
 
     fn passes(&self, s: &Summary, players: usize) -> bool {
-        s.connected == players && s.loss_pct <= self.settings.max_loss_pct
+        self.step_failure(s, players).is_none()
+    }
+
+    /// Why a step does not count as carried (`None`: it does). The publisher rate is
+    /// compared with the first step's.
+    pub fn step_failure(&self, s: &Summary, players: usize) -> Option<String> {
+        let reference = self
+            .measured()
+            .next()
+            .and_then(|(_, first)| publisher_rate(first));
+        step_failure(s, players, self.settings.max_loss_pct, reference)
     }
 }
+
+/// Packets per second the loadgen's publisher sent in a step's window.
+pub fn publisher_rate(s: &Summary) -> Option<f64> {
+    s.packets_sent.map(|n| n as f64 / s.duration_s.max(1e-3))
+}
+
+/// Why a fan-out step does not count as carried, or `None`. Loss alone is not enough: a
+/// saturated server queues packets instead of dropping them (loss stays 0 while latency
+/// grows by seconds), and a saturated loadgen sends less than the stream's rate.
+pub fn step_failure(
+    s: &Summary,
+    players: usize,
+    max_loss_pct: f64,
+    reference_rate: Option<f64>,
+) -> Option<String> {
+    if s.connected < players {
+        return Some(format!("{} of {players} players connected", s.connected));
+    }
+    if s.loss_pct > max_loss_pct {
+        return Some(format!("loss {:.3}% over {max_loss_pct}%", s.loss_pct));
+    }
+    if s.latency_ms.p50 > MAX_P50_MS {
+        return Some(format!(
+            "median latency {:.2} s: the server falls behind (a growing queue, not a steady state)",
+            s.latency_ms.p50 / 1000.0
+        ));
+    }
+    if let (Some(reference), Some(rate)) = (reference_rate, publisher_rate(s))
+        && rate < 0.95 * reference
+    {
+        return Some(format!(
+            "the loadgen's publisher sent {:.0}% of the stream's packets (the loadgen is \
+             saturated)",
+            100.0 * rate / reference
+        ));
+    }
+    None
+}
+
+/// A step whose median latency exceeds this is not a steady state.
+const MAX_P50_MS: f64 = 1000.0;
 
 /// Reads every criterion estimate under `dir` (target/criterion).
 pub fn read_criterion(dir: &Path) -> Vec<Micro> {
@@ -272,6 +323,18 @@ pub fn markdown(run: &Run, plots: &[String]) -> String {
         }
     }
     let _ = writeln!(md);
+    let not_carried: Vec<String> = run
+        .measured()
+        .filter_map(|(n, s)| run.step_failure(s, n).map(|why| format!("{n} players: {why}")))
+        .collect();
+    if !not_carried.is_empty() {
+        let _ = writeln!(
+            md,
+            "Steps that do not count as carried (the targets below use the largest step that \
+             does): {}.\n",
+            not_carried.join("; ")
+        );
+    }
     for p in plots {
         let _ = writeln!(md, "![{p}]({p})\n");
     }

@@ -213,10 +213,13 @@ fn main() -> Result<()> {
                 }
             }
         };
-        let stop = step
-            .summary
-            .as_ref()
-            .is_none_or(|s| s.loss_pct > args.max_loss || s.connected < players);
+        let reference = steps
+            .iter()
+            .find_map(|s: &Step| s.summary.as_ref())
+            .and_then(report::publisher_rate);
+        let stop = step.summary.as_ref().is_none_or(|s| {
+            report::step_failure(s, players, args.max_loss, reference).is_some()
+        });
         steps.push(step);
         if stop {
             break;
