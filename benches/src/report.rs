@@ -325,7 +325,10 @@ pub fn markdown(run: &Run, plots: &[String]) -> String {
     let _ = writeln!(md);
     let not_carried: Vec<String> = run
         .measured()
-        .filter_map(|(n, s)| run.step_failure(s, n).map(|why| format!("{n} players: {why}")))
+        .filter_map(|(n, s)| {
+            run.step_failure(s, n)
+                .map(|why| format!("{n} players: {why}"))
+        })
         .collect();
     if !not_carried.is_empty() {
         let _ = writeln!(
@@ -553,7 +556,12 @@ fn verdict(ok: bool, miss: String) -> String {
 /// Draws the plots into `dir`; returns their file names.
 pub fn plots(run: &Run, dir: &Path) -> Result<Vec<PathBuf>, String> {
     register_font()?;
-    let points: Vec<(f64, &Summary)> = run.measured().map(|(n, s)| (n as f64, s)).collect();
+    // Only the steps carried: one that fell behind (latency in seconds) would flatten the rest.
+    let points: Vec<(f64, &Summary)> = run
+        .measured()
+        .filter(|(n, s)| run.passes(s, *n))
+        .map(|(n, s)| (n as f64, s))
+        .collect();
     if points.is_empty() {
         return Ok(Vec::new());
     }
@@ -631,7 +639,11 @@ fn pair_plot(
             .map_err(|e| e.to_string())?;
         chart
             .configure_mesh()
-            .x_desc("players")
+            .light_line_style(WHITE)
+            .x_labels(10)
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| format!("{y:.1}"))
+            .x_desc("players (log scale)")
             .y_desc(if scale == 1.0 { unit } else { "ratio" })
             .draw()
             .map_err(|e| e.to_string())?;
@@ -649,6 +661,7 @@ fn pair_plot(
         }
         chart
             .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .draw()
