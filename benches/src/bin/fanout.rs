@@ -217,9 +217,10 @@ fn main() -> Result<()> {
             .iter()
             .find_map(|s: &Step| s.summary.as_ref())
             .and_then(report::publisher_rate);
-        let stop = step.summary.as_ref().is_none_or(|s| {
-            report::step_failure(s, players, args.max_loss, reference).is_some()
-        });
+        let stop = step
+            .summary
+            .as_ref()
+            .is_none_or(|s| report::step_failure(s, players, args.max_loss, reference).is_some());
         steps.push(step);
         if stop {
             break;
