@@ -949,7 +949,8 @@ impl Core {
         match attach {
             Some((stream, None)) => self.router.set_source(stream, id),
             Some((stream, Some(home))) => {
-                self.router.subscribe(stream, id, home);
+                // A sending peer with its own socket is a push relay to another server.
+                self.router.subscribe(stream, id, home, peer.dedicated);
                 let first = self
                     .router
                     .route(stream)
@@ -1062,15 +1063,9 @@ impl Core {
         self.finish(now);
     }
 
+    /// Sends what every socket has queued: the dedicated sockets (relays to other servers)
+    /// first, so their packets do not wait behind this core's players.
     fn flush_all(&mut self) {
-        let fd = self.shared.socket.as_raw_fd();
-        if !self.shared.blocked {
-            let blocked = flush_one(&mut self.shared, fd, &self.counters);
-            if blocked {
-                self.shared.blocked = true;
-                self.spawn_unblock(SocketKey::Shared);
-            }
-        }
         while let Some(id) = self.dirty.pop() {
             let Some(io) = self.dedicated.get_mut(&id) else {
                 continue;
@@ -1083,6 +1078,14 @@ impl Core {
             if flush_one(io, fd, &self.counters) {
                 io.blocked = true;
                 self.spawn_unblock(SocketKey::Dedicated(id));
+            }
+        }
+        let fd = self.shared.socket.as_raw_fd();
+        if !self.shared.blocked {
+            let blocked = flush_one(&mut self.shared, fd, &self.counters);
+            if blocked {
+                self.shared.blocked = true;
+                self.spawn_unblock(SocketKey::Shared);
             }
         }
     }

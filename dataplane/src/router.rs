@@ -16,8 +16,9 @@ pub struct Router {
 pub struct Route {
     /// The ingest peer, when it lives on this core.
     pub source: Option<PeerId>,
-    /// Egress peers on this core.
+    /// Egress peers on this core: relays first (the first `relays`), then players.
     pub subscribers: Vec<PeerId>,
+    relays: usize,
     /// Cores this (home) core copies the stream's packets to.
     pub mirrors: Vec<CoreId>,
     /// Where the stream's source lives, as told by subscribers' roles.
@@ -90,17 +91,32 @@ impl Router {
         }
     }
 
-    pub fn subscribe(&mut self, stream: StreamId, peer: PeerId, home: CoreId) {
+    /// Adds a subscriber. A relay (`relay`: it feeds another server's players) goes ahead of
+    /// the players, so each packet reaches the next server before this core works through
+    /// its own players instead of after them.
+    pub fn subscribe(&mut self, stream: StreamId, peer: PeerId, home: CoreId, relay: bool) {
         let route = self.routes.entry(stream).or_default();
         route.home = Some(home);
-        if !route.subscribers.contains(&peer) {
+        if route.subscribers.contains(&peer) {
+            return;
+        }
+        if relay {
+            let players = route.relays;
+            route.subscribers.insert(players, peer);
+            route.relays += 1;
+        } else {
             route.subscribers.push(peer);
         }
     }
 
     pub fn unsubscribe(&mut self, stream: StreamId, peer: PeerId) {
         if let Some(route) = self.routes.get_mut(&stream) {
-            route.subscribers.retain(|p| *p != peer);
+            if let Some(i) = route.subscribers.iter().position(|p| *p == peer) {
+                route.subscribers.remove(i);
+                if i < route.relays {
+                    route.relays -= 1;
+                }
+            }
             self.collect(stream);
         }
     }
@@ -249,7 +265,7 @@ mod tests {
     fn route_survives_source_change_and_is_collected_when_empty() {
         let mut r = Router::new();
         r.set_source(S, PeerId(1));
-        r.subscribe(S, PeerId(2), CoreId(0));
+        r.subscribe(S, PeerId(2), CoreId(0), false);
         r.clear_source(S, PeerId(1));
         assert_eq!(r.route(S).unwrap().subscribers, vec![PeerId(2)]);
         r.set_source(S, PeerId(3));
@@ -262,6 +278,27 @@ mod tests {
         r.clear_source(S, PeerId(3));
         r.unsubscribe(S, PeerId(2));
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn relays_are_served_before_players() {
+        let mut r = Router::new();
+        let subscribers = |r: &Router| r.route(S).unwrap().subscribers.clone();
+        r.subscribe(S, PeerId(1), CoreId(0), false);
+        r.subscribe(S, PeerId(2), CoreId(0), false);
+        r.subscribe(S, PeerId(10), CoreId(0), true);
+        r.subscribe(S, PeerId(3), CoreId(0), false);
+        r.subscribe(S, PeerId(11), CoreId(0), true);
+        assert_eq!(
+            subscribers(&r),
+            [10, 11, 1, 2, 3].map(PeerId),
+            "relays first, each group in joining order"
+        );
+        r.unsubscribe(S, PeerId(10));
+        r.unsubscribe(S, PeerId(2));
+        r.subscribe(S, PeerId(12), CoreId(0), true);
+        r.subscribe(S, PeerId(4), CoreId(0), false);
+        assert_eq!(subscribers(&r), [11, 12, 1, 3, 4].map(PeerId));
     }
 
     #[test]
