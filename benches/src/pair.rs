@@ -78,6 +78,7 @@ impl Subscribers {
                 stream: StreamId(1),
                 home: CoreId(0),
                 media,
+                relay: false,
             };
             let (server, answer, _) =
                 Peer::accept(PeerId(2 * i as u64 + 2), &offer, role, &server_setup)

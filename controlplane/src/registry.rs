@@ -797,6 +797,9 @@ impl Registry {
                     stream,
                     home,
                     media,
+                    // Another relaycast pulling this stream says so (`relaycastVia`): it
+                    // feeds that server's players, so it is served first.
+                    relay: !via.is_empty(),
                 },
             },
         });
@@ -1334,6 +1337,33 @@ mod tests {
         assert_eq!(r.media_by_kind(), (1, 1));
         assert_eq!((r.stats().published, r.stats().played), (1, 1));
         assert_eq!(r.core_load().iter().sum::<usize>(), 2);
+    }
+
+    /// A pull relay from another relaycast names the servers it comes through
+    /// (`relaycastVia`); its player is marked as a relay, so the core serves it first.
+    #[test]
+    fn a_pulling_relaycast_is_a_relay_subscriber_a_browser_is_not() {
+        let mut r = with_sessions(&[1, 2, 3]);
+        let published = publish(&mut r, 1, "p", "s");
+        answer_all(&mut r, &published);
+        let relay_flag = |effects: &[Effect]| {
+            effects.iter().find_map(|e| match e {
+                Effect::Data {
+                    command:
+                        Command::Accept {
+                            role: Role::Egress { relay, .. },
+                            ..
+                        },
+                    ..
+                } => Some(*relay),
+                _ => None,
+            })
+        };
+        assert_eq!(relay_flag(&play(&mut r, 2, "v", "s")), Some(false));
+        let mut out = Vec::new();
+        let req = request("edge", "s", json!({"relaycastVia": ["edge-instance"]}));
+        r.client_message(ConnId(3), ClientMessage::PlayStream(req), 0, &mut out);
+        assert_eq!(relay_flag(&out), Some(true));
     }
 
     #[test]

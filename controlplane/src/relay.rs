@@ -833,6 +833,7 @@ async fn attempt(
             stream,
             home,
             media,
+            relay: true,
         },
         (Direction::Pull, _, Some((stream, _))) => {
             hub.with_registry(|r, _| r.relay_source_peer(&local_id, peer.peer));

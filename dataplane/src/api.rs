@@ -86,6 +86,9 @@ pub enum Role {
         stream: StreamId,
         home: CoreId,
         media: StreamMedia,
+        /// A relay feeding another server (a push relay here, or a pull relay's player on
+        /// the origin): served before the core's players.
+        relay: bool,
     },
     /// Sends synthetic media (the protocol client and the load generator).
     Generate(SynthConfig),

@@ -944,13 +944,16 @@ impl Core {
         }
     }
 
-    fn insert_peer(&mut self, peer: Peer, attach: Option<(StreamId, Option<CoreId>)>) {
+    fn insert_peer(&mut self, peer: Peer, attach: Option<Attach>) {
         let id = peer.id;
         match attach {
-            Some((stream, None)) => self.router.set_source(stream, id),
-            Some((stream, Some(home))) => {
-                // A sending peer with its own socket is a push relay to another server.
-                self.router.subscribe(stream, id, home, peer.dedicated);
+            Some(Attach::Source(stream)) => self.router.set_source(stream, id),
+            Some(Attach::Subscriber {
+                stream,
+                home,
+                relay,
+            }) => {
+                self.router.subscribe(stream, id, home, relay);
                 let first = self
                     .router
                     .route(stream)
@@ -1181,12 +1184,31 @@ fn flush_one(io: &mut SocketIo, fd: std::os::fd::RawFd, counters: &CoreCounters)
     blocked
 }
 
-/// Which stream a role attaches to: `(stream, None)` for a source, `(stream, Some(home))`
-/// for a subscriber.
-fn attachment(role: &Role) -> Option<(StreamId, Option<CoreId>)> {
+/// How a peer attaches to a stream's route.
+#[derive(Clone, Copy)]
+enum Attach {
+    Source(StreamId),
+    Subscriber {
+        stream: StreamId,
+        home: CoreId,
+        relay: bool,
+    },
+}
+
+/// Which stream a role attaches to, and how.
+fn attachment(role: &Role) -> Option<Attach> {
     match role {
-        Role::Ingest { stream, .. } => Some((*stream, None)),
-        Role::Egress { stream, home, .. } => Some((*stream, Some(*home))),
+        Role::Ingest { stream, .. } => Some(Attach::Source(*stream)),
+        Role::Egress {
+            stream,
+            home,
+            relay,
+            ..
+        } => Some(Attach::Subscriber {
+            stream: *stream,
+            home: *home,
+            relay: *relay,
+        }),
         Role::Generate(_) | Role::Probe => None,
     }
 }

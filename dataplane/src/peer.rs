@@ -215,6 +215,7 @@ impl Peer {
                 stream,
                 home: _,
                 media,
+                relay: _,
             } => {
                 let (wants_audio, wants_video) = offered_kinds(&offer);
                 let audio = media.audio.filter(|_| wants_audio);
@@ -297,6 +298,7 @@ impl Peer {
                 stream,
                 home: _,
                 media,
+                relay: _,
             } => {
                 let egress = Egress {
                     stream,

@@ -38,6 +38,7 @@ fuzz_target!(|data: &[u8]| {
             stream: StreamId(1),
             home: CoreId(0),
             media: published_media(),
+            relay: false,
         };
         let _ = Peer::accept(PeerId(3), offer, egress, setup);
     });
