@@ -7,7 +7,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use relaycast_benches::limit::{BATCH, CmSealer, FRAME, GcmSealer, Gso, GsoFrames, Loopback, Mmsg};
+use relaycast_benches::limit::{BATCH, CmSealer, FRAME, GcmSealer, Gso, Loopback, Mmsg};
 
 fn send(c: &mut Criterion) {
     let lo = Loopback::new().expect("loopback sockets");
@@ -22,7 +22,7 @@ fn send(c: &mut Criterion) {
     gso.send(&lo).expect("UDP GSO is supported on this kernel");
     group.bench_function("gso_x32", |b| b.iter(|| gso.send(&lo)));
     group.throughput(Throughput::Elements((BATCH * FRAME) as u64));
-    let mut frames = GsoFrames::new(&lo);
+    let mut frames = Mmsg::frames(&lo, FRAME);
     frames
         .send(&lo)
         .expect("UDP GSO is supported on this kernel");

@@ -75,42 +75,53 @@ impl Loopback {
     }
 }
 
-/// `sendmmsg` of [`BATCH`] datagrams per call, each with its own destination address (as a
-/// server sending to many subscribers does), reusing its headers.
+/// `sendmmsg` of [`BATCH`] messages per call, each with its own destination address and
+/// control data (as a server sending to many subscribers does), reusing its headers. Each
+/// message is one datagram ([`Mmsg::new`]) or a UDP GSO message of several segments
+/// ([`Mmsg::frames`]: a video frame to one subscriber, the shape a fan-out can reach).
 pub struct Mmsg {
+    segments: usize,
     buffers: Vec<Vec<u8>>,
+    controls: Vec<Vec<u8>>,
     iovecs: Vec<libc::iovec>,
     names: Vec<libc::sockaddr_in>,
     headers: Vec<libc::mmsghdr>,
 }
 
 impl Mmsg {
+    /// One datagram per message.
     pub fn new(lo: &Loopback) -> Mmsg {
-        let buffers = vec![vec![0x5au8; DATAGRAM]; BATCH];
-        let names = vec![lo.dest_raw; BATCH];
-        // SAFETY: iovec and mmsghdr are plain C structs; all-zero is a valid value.
-        let iovecs = vec![unsafe { zeroed::<libc::iovec>() }; BATCH];
-        let headers = vec![unsafe { zeroed::<libc::mmsghdr>() }; BATCH];
+        Mmsg::frames(lo, 1)
+    }
+
+    /// `segments` datagrams per message, sent with UDP GSO when more than one.
+    pub fn frames(lo: &Loopback, segments: usize) -> Mmsg {
         Mmsg {
-            buffers,
-            iovecs,
-            names,
-            headers,
+            segments,
+            buffers: vec![vec![0x5au8; DATAGRAM * segments]; BATCH],
+            controls: vec![vec![0u8; udp_segment_space()]; BATCH],
+            // SAFETY: iovec and mmsghdr are plain C structs; all-zero is a valid value.
+            iovecs: vec![unsafe { zeroed::<libc::iovec>() }; BATCH],
+            names: vec![lo.dest_raw; BATCH],
+            headers: vec![unsafe { zeroed::<libc::mmsghdr>() }; BATCH],
         }
     }
 
-    /// Sends one batch; returns the datagrams the kernel took.
+    /// Sends one batch; returns the datagrams (segments) the kernel took.
     pub fn send(&mut self, lo: &Loopback) -> io::Result<usize> {
         for i in 0..BATCH {
             self.iovecs[i] = libc::iovec {
                 iov_base: self.buffers[i].as_mut_ptr().cast(),
-                iov_len: DATAGRAM,
+                iov_len: DATAGRAM * self.segments,
             };
             let h = &mut self.headers[i].msg_hdr;
             h.msg_name = (&mut self.names[i] as *mut libc::sockaddr_in).cast();
             h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
             h.msg_iov = &mut self.iovecs[i];
             h.msg_iovlen = 1;
+            if self.segments > 1 {
+                set_udp_segment(h, &mut self.controls[i]);
+            }
         }
         // SAFETY: every header points into buffers owned by `self` for the call's duration.
         let n = unsafe {
@@ -124,7 +135,7 @@ impl Mmsg {
         if n < 0 {
             Err(io::Error::last_os_error())
         } else {
-            Ok(n as usize)
+            Ok(n as usize * self.segments)
         }
     }
 }
@@ -132,7 +143,7 @@ impl Mmsg {
 /// UDP GSO: [`BATCH`] segments of [`DATAGRAM`] bytes in one `sendmsg` with `UDP_SEGMENT`. Only
 /// possible when every segment goes to the same destination, so a fan-out to many
 /// subscribers cannot use it; it is the floor of the send cost, not a reachable target.
-/// [`GsoFrames`] is the shape a fan-out can reach.
+/// [`Mmsg::frames`] is the shape a fan-out can reach.
 pub struct Gso {
     buffer: Vec<u8>,
     control: Vec<u8>,
@@ -140,11 +151,9 @@ pub struct Gso {
 
 impl Gso {
     pub fn new() -> Gso {
-        // SAFETY: CMSG_SPACE is a pure size computation.
-        let space = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
         Gso {
             buffer: vec![0x5au8; DATAGRAM * BATCH],
-            control: vec![0u8; space],
+            control: vec![0u8; udp_segment_space()],
         }
     }
 
@@ -156,21 +165,14 @@ impl Gso {
         };
         let mut name = lo.dest_raw;
         // SAFETY: msghdr is a plain C struct; all-zero is valid, and every pointer set below
-        // points into storage that outlives the call. The control buffer has CMSG_SPACE room
-        // for one u16 control message.
+        // points into storage that outlives the call.
         let n = unsafe {
             let mut msg: libc::msghdr = zeroed();
             msg.msg_name = (&mut name as *mut libc::sockaddr_in).cast();
             msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
             msg.msg_iov = &mut iov;
             msg.msg_iovlen = 1;
-            msg.msg_control = self.control.as_mut_ptr().cast();
-            msg.msg_controllen = self.control.len() as _;
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
-            (*cmsg).cmsg_level = libc::SOL_UDP;
-            (*cmsg).cmsg_type = libc::UDP_SEGMENT;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
-            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), DATAGRAM as u16);
+            set_udp_segment(&mut msg, &mut self.control);
             libc::sendmsg(lo.sender.as_raw_fd(), &msg, libc::MSG_DONTWAIT)
         };
         if n < 0 {
@@ -187,68 +189,26 @@ impl Default for Gso {
     }
 }
 
-/// A fan-out's best send: one `sendmmsg` of [`BATCH`] messages, each a UDP GSO message of
-/// [`FRAME`] segments (a video frame to one subscriber), each message with its own address
-/// and control data as a server's are.
-pub struct GsoFrames {
-    buffers: Vec<Vec<u8>>,
-    controls: Vec<Vec<u8>>,
-    iovecs: Vec<libc::iovec>,
-    names: Vec<libc::sockaddr_in>,
-    headers: Vec<libc::mmsghdr>,
+/// Bytes of control data one `UDP_SEGMENT` message needs.
+fn udp_segment_space() -> usize {
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) as usize }
 }
 
-impl GsoFrames {
-    pub fn new(lo: &Loopback) -> GsoFrames {
-        // SAFETY: CMSG_SPACE is a pure size computation.
-        let space = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
-        GsoFrames {
-            buffers: vec![vec![0x5au8; DATAGRAM * FRAME]; BATCH],
-            controls: vec![vec![0u8; space]; BATCH],
-            // SAFETY: iovec and mmsghdr are plain C structs; all-zero is a valid value.
-            iovecs: vec![unsafe { zeroed::<libc::iovec>() }; BATCH],
-            names: vec![lo.dest_raw; BATCH],
-            headers: vec![unsafe { zeroed::<libc::mmsghdr>() }; BATCH],
-        }
-    }
-
-    /// Sends one batch; returns the datagrams (segments) the kernel took.
-    pub fn send(&mut self, lo: &Loopback) -> io::Result<usize> {
-        for i in 0..BATCH {
-            self.iovecs[i] = libc::iovec {
-                iov_base: self.buffers[i].as_mut_ptr().cast(),
-                iov_len: DATAGRAM * FRAME,
-            };
-            let h = &mut self.headers[i].msg_hdr;
-            h.msg_name = (&mut self.names[i] as *mut libc::sockaddr_in).cast();
-            h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            h.msg_iov = &mut self.iovecs[i];
-            h.msg_iovlen = 1;
-            h.msg_control = self.controls[i].as_mut_ptr().cast();
-            h.msg_controllen = self.controls[i].len() as _;
-            // SAFETY: the control buffer has CMSG_SPACE room for one u16 control message.
-            unsafe {
-                let cmsg = libc::CMSG_FIRSTHDR(h);
-                (*cmsg).cmsg_level = libc::SOL_UDP;
-                (*cmsg).cmsg_type = libc::UDP_SEGMENT;
-                (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
-                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), DATAGRAM as u16);
-            }
-        }
-        // SAFETY: every header points into buffers owned by `self` for the call's duration.
-        let n = unsafe {
-            libc::sendmmsg(
-                lo.sender.as_raw_fd(),
-                self.headers.as_mut_ptr(),
-                BATCH as libc::c_uint,
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize * FRAME)
-        }
+/// Makes `msg` a UDP GSO message of [`DATAGRAM`]-byte segments, with `control` (at least
+/// [`udp_segment_space`] bytes, alive until the send) as its control data.
+fn set_udp_segment(msg: &mut libc::msghdr, control: &mut [u8]) {
+    assert!(control.len() >= udp_segment_space());
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = control.len() as _;
+    // SAFETY: the control buffer is set on `msg` and has room for one u16 control message,
+    // so CMSG_FIRSTHDR is non-null and its data fits.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(msg);
+        (*cmsg).cmsg_level = libc::SOL_UDP;
+        (*cmsg).cmsg_type = libc::UDP_SEGMENT;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), DATAGRAM as u16);
     }
 }
 
@@ -379,7 +339,7 @@ pub struct Limits {
     pub sendto_ns: f64,
     pub sendmmsg_ns: f64,
     pub gso_ns: f64,
-    /// Per datagram of a `sendmmsg` of GSO messages of [`FRAME`] segments ([`GsoFrames`]).
+    /// Per datagram of a `sendmmsg` of GSO messages of [`FRAME`] segments ([`Mmsg::frames`]).
     #[serde(default)]
     pub gso_frames_ns: f64,
     pub gcm128_ns: f64,
@@ -427,7 +387,7 @@ impl Limits {
         let gso_ns = per_packet(budget, BATCH, || {
             let _ = gso.send(&lo);
         });
-        let mut frames = GsoFrames::new(&lo);
+        let mut frames = Mmsg::frames(&lo, FRAME);
         frames.send(&lo)?;
         let gso_frames_ns = per_packet(budget, BATCH * FRAME, || {
             let _ = frames.send(&lo);
@@ -555,6 +515,7 @@ mod tests {
         assert_eq!(lo.sendto(&[0u8; DATAGRAM]).unwrap(), DATAGRAM);
         assert_eq!(Mmsg::new(&lo).send(&lo).unwrap(), BATCH);
         assert_eq!(Gso::new().send(&lo).unwrap(), BATCH);
+        assert_eq!(Mmsg::frames(&lo, FRAME).send(&lo).unwrap(), BATCH * FRAME);
     }
 
     #[test]
