@@ -218,19 +218,18 @@ pub fn render(hub: &Hub) -> String {
     let wakeups = Family::<Labels, Counter>::default();
     for (n, c) in hub.data().counters().iter().enumerate() {
         let core = n.to_string();
+        let per_core = || vec![("core", core.clone())];
         let with = |k: &'static str, v: &str| vec![("core", core.clone()), (k, v.to_owned())];
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         // Read before the datagram counts, which a core bumps first: never more messages
         // than datagrams out, nor wake-ups than datagrams in, on one page.
         messages
-            .get_or_create(&vec![("core", core.clone())])
+            .get_or_create(&per_core())
             .inc_by(load(&c.tx_messages));
         wakeups
-            .get_or_create(&vec![("core", core.clone())])
+            .get_or_create(&per_core())
             .inc_by(load(&c.rx_wakeups));
-        peers
-            .get_or_create(&vec![("core", core.clone())])
-            .set(load(&c.peers) as i64);
+        peers.get_or_create(&per_core()).set(load(&c.peers) as i64);
         packets
             .get_or_create(&with("direction", "in"))
             .inc_by(load(&c.rx_packets));
@@ -244,7 +243,7 @@ pub fn render(hub: &Hub) -> String {
             .get_or_create(&with("direction", "out"))
             .inc_by(load(&c.tx_bytes));
         forwarded
-            .get_or_create(&vec![("core", core.clone())])
+            .get_or_create(&per_core())
             .inc_by(load(&c.forwarded));
         for (reason, value) in [
             ("unknown_source", &c.dropped_unknown_source),
@@ -257,10 +256,10 @@ pub fn render(hub: &Hub) -> String {
                 .inc_by(load(value));
         }
         keyframes
-            .get_or_create(&vec![("core", core.clone())])
+            .get_or_create(&per_core())
             .inc_by(load(&c.keyframe_requests));
         player_keyframes
-            .get_or_create(&vec![("core", core.clone())])
+            .get_or_create(&per_core())
             .inc_by(load(&c.player_keyframe_requests));
         nacks
             .get_or_create(&with("direction", "in"))
