@@ -1129,11 +1129,11 @@ impl Core {
     }
 }
 
-/// Peer deadlines at least this far away are rounded up to the timer grid.
 /// A core that forwarded fewer media packets than this in the last second is quiet (an audio
 /// stream alone is 50 a second).
 const QUIET_MEDIA_PER_S: u32 = 10;
 
+/// Peer deadlines at least this far away are rounded up to the timer grid.
 const TIMER_SLACK_FROM: Duration = Duration::from_millis(100);
 /// The grid those deadlines are rounded to: the periodic work of many peers (RTCP reports
 /// every second, statistics every 2 s) then shares one wake-up per grid step instead of
@@ -1168,12 +1168,14 @@ fn flush_one(io: &mut SocketIo, fd: std::os::fd::RawFd, counters: &CoreCounters)
         FlushOutcome::Done { sent, dropped } => (sent, dropped, false),
         FlushOutcome::Blocked { sent, dropped } => (sent, dropped, true),
     };
-    counters
-        .tx_messages
-        .fetch_add(io.tx.messages_sent() - messages, Ordering::Relaxed);
+    // Datagrams first, then messages: `/metrics` reads them in the other order, so a page
+    // never shows more messages than datagrams.
     counters
         .tx_packets
         .fetch_add(sent as u64, Ordering::Relaxed);
+    counters
+        .tx_messages
+        .fetch_add(io.tx.messages_sent() - messages, Ordering::Relaxed);
     let remaining = io.tx.queued_bytes();
     counters
         .tx_bytes
@@ -1280,14 +1282,11 @@ async fn socket_reader(
                 break;
             }
         }
-        if drained > 0 {
-            core.borrow()
-                .counters
-                .rx_wakeups
-                .fetch_add(1, Ordering::Relaxed);
-        }
         let hold = {
             let mut core = core.borrow_mut();
+            if drained > 0 {
+                core.counters.rx_wakeups.fetch_add(1, Ordering::Relaxed);
+            }
             core.finish(now);
             core.idle_hold(now)
         };

@@ -101,8 +101,7 @@ impl Router {
             return;
         }
         if relay {
-            let players = route.relays;
-            route.subscribers.insert(players, peer);
+            route.subscribers.insert(route.relays, peer);
             route.relays += 1;
         } else {
             route.subscribers.push(peer);

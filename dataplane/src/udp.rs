@@ -169,14 +169,14 @@ impl RecvBatch {
         }
     }
 
-    /// Receives up to `batch` datagrams with `recvmmsg(MSG_DONTWAIT)`: `Ok(0)` when none is
-    /// waiting (`EAGAIN`), `Err` on other errors. `local_fallback` (the socket's bound address)
-    /// is the destination reported when a datagram carries no packet info.
     /// How many datagrams one [`RecvBatch::recv`] can return.
     pub fn capacity(&self) -> usize {
         self.headers.len()
     }
 
+    /// Receives up to `batch` datagrams with `recvmmsg(MSG_DONTWAIT)`: `Ok(0)` when none is
+    /// waiting (`EAGAIN`), `Err` on other errors. `local_fallback` (the socket's bound address)
+    /// is the destination reported when a datagram carries no packet info.
     pub fn recv(&mut self, fd: RawFd, local_fallback: SocketAddr) -> io::Result<usize> {
         self.received.clear();
         self.prepare();
