@@ -2,7 +2,7 @@
 //! Opus-sized RTP payloads (plus marker bit and RTP time), each ending in a measurable [`Trailer`];
 //! [`Probe`] turns received payloads into loss, reordering, keyframe and one-way latency figures.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::str::FromStr;
@@ -93,6 +93,11 @@ pub struct SynthConfig {
     pub audio_bytes: usize,
     /// Largest RTP payload emitted (raised to 128 if smaller).
     pub max_payload: usize,
+    /// Video packets leave at this multiple of `video_bitrate_bps` instead of a frame's
+    /// packets all at once, as a browser's pacer sends them (libwebrtc paces at 2.5x the
+    /// target bitrate); each packet's trailer is stamped when it leaves. `None` bursts every
+    /// frame. Audio is never paced.
+    pub pacing_factor: Option<f64>,
 }
 
 impl Default for SynthConfig {
@@ -105,6 +110,7 @@ impl Default for SynthConfig {
             keyframe_interval: Duration::from_secs(2),
             audio_bytes: 160,
             max_payload: 1100,
+            pacing_factor: None,
         }
     }
 }
@@ -189,6 +195,10 @@ impl Generator {
                 keyframe_pending: false,
                 picture_id: (seed >> 32) as u16 & VP8_PICTURE_ID_MASK,
                 param_sets: h264_param_sets(),
+                pacer: cfg
+                    .pacing_factor
+                    .filter(|f| f.is_finite() && *f > 0.0)
+                    .map(|factor| Pacer::new(factor * cfg.video_bitrate_bps as f64, start)),
             }
         });
         Self {
@@ -204,7 +214,7 @@ impl Generator {
     /// Without any track this is an hour after the last poll.
     pub fn next_deadline(&self) -> Instant {
         let audio = self.audio.as_ref().map(|a| a.clock.deadline());
-        let video = self.video.as_ref().map(|v| v.clock.deadline());
+        let video = self.video.as_ref().map(|v| v.deadline());
         match (audio, video) {
             (Some(a), Some(v)) => a.min(v),
             (Some(d), None) | (None, Some(d)) => d,
@@ -243,6 +253,9 @@ impl Generator {
                 (Some(audio), _, Some(_), None) => audio.emit(unix_micros, &mut self.stats, out),
                 _ => break,
             }
+        }
+        if let Some(video) = &mut self.video {
+            video.release(now, unix_micros, &mut self.stats, out);
         }
     }
 
@@ -697,6 +710,8 @@ struct VideoTrack {
     picture_id: u16,
     /// STAP-A of SPS, PPS and a filler NAL unit whose body is the trailer.
     param_sets: Vec<u8>,
+    /// With pacing, where packets wait for their turn.
+    pacer: Option<Pacer>,
 }
 
 impl VideoTrack {
@@ -735,20 +750,104 @@ impl VideoTrack {
             VideoCodec::H264 => h264_frame(budget, false, self.max_payload),
         };
         let last = payloads.len().saturating_sub(1);
-        for (i, mut payload) in payloads.into_iter().enumerate() {
-            stamp_trailer(&mut payload, Kind::Video, self.seq, unix_micros);
-            self.seq += 1;
-            stats.video_packets += 1;
-            stats.video_bytes += payload.len() as u64;
-            out.push(SynthPacket {
+        for (i, payload) in payloads.into_iter().enumerate() {
+            let packet = SynthPacket {
                 kind: Kind::Video,
                 marker: i == last,
                 rtp_time,
                 keyframe,
                 payload,
-            });
+            };
+            let seq = self.seq;
+            self.seq += 1;
+            match &mut self.pacer {
+                Some(pacer) => pacer.enqueue(seq, packet, due),
+                None => send_video(packet, seq, unix_micros, stats, out),
+            }
         }
         stats.video_frames += 1;
+    }
+
+    /// When the next frame is due or, with pacing, the next queued packet may leave.
+    fn deadline(&self) -> Instant {
+        let frame = self.clock.deadline();
+        match self.pacer.as_ref().and_then(Pacer::next_release) {
+            Some(release) => release.min(frame),
+            None => frame,
+        }
+    }
+
+    /// Sends the queued packets whose turn has come (with pacing).
+    fn release(
+        &mut self,
+        now: Instant,
+        unix_micros: u64,
+        stats: &mut GeneratorStats,
+        out: &mut Vec<SynthPacket>,
+    ) {
+        if let Some(pacer) = &mut self.pacer {
+            while let Some((seq, packet)) = pacer.pop_due(now) {
+                send_video(packet, seq, unix_micros, stats, out);
+            }
+        }
+    }
+}
+
+fn send_video(
+    mut packet: SynthPacket,
+    seq: u64,
+    unix_micros: u64,
+    stats: &mut GeneratorStats,
+    out: &mut Vec<SynthPacket>,
+) {
+    stamp_trailer(&mut packet.payload, Kind::Video, seq, unix_micros);
+    stats.video_packets += 1;
+    stats.video_bytes += packet.payload.len() as u64;
+    out.push(packet);
+}
+
+/// Lets queued video packets leave one at a time at a fixed rate, as a sender's pacer does:
+/// a packet of `n` bytes holds the next one back by `8 n / rate`. Time spent with nothing
+/// queued earns no credit, so a frame never leaves faster than the rate.
+#[derive(Debug)]
+struct Pacer {
+    bits_per_s: f64,
+    queue: VecDeque<(u64, SynthPacket)>,
+    next_release: Instant,
+}
+
+impl Pacer {
+    fn new(bits_per_s: f64, start: Instant) -> Self {
+        Self {
+            bits_per_s,
+            queue: VecDeque::new(),
+            next_release: start,
+        }
+    }
+
+    fn enqueue(&mut self, seq: u64, packet: SynthPacket, due: Instant) {
+        if self.queue.is_empty() {
+            self.next_release = self.next_release.max(due);
+        }
+        self.queue.push_back((seq, packet));
+    }
+
+    fn next_release(&self) -> Option<Instant> {
+        (!self.queue.is_empty()).then_some(self.next_release)
+    }
+
+    fn pop_due(&mut self, now: Instant) -> Option<(u64, SynthPacket)> {
+        if self.queue.is_empty() || self.next_release > now {
+            return None;
+        }
+        // After a stall the backlog leaves at the rate from now, not in one burst.
+        if now.saturating_duration_since(self.next_release) > STALL {
+            self.next_release = now;
+        }
+        let (seq, packet) = self.queue.pop_front()?;
+        let bits = packet.payload.len() as f64 * 8.0;
+        self.next_release += Duration::from_secs_f64(bits / self.bits_per_s);
+        Some((seq, packet))
     }
 }
 
@@ -1201,6 +1300,66 @@ mod tests {
                 (video - 2.0 * target).abs() / (2.0 * target) < 0.01,
                 "{codec}: {video}"
             );
+        }
+    }
+
+    #[test]
+    fn pacing_spreads_a_frame_at_the_pacing_rate_and_stamps_each_packet_as_it_leaves() {
+        let rate = 2.5 * 1_500_000.0;
+        for codec in [VideoCodec::Vp8, VideoCodec::H264] {
+            let paced = SynthConfig {
+                pacing_factor: Some(2.5),
+                ..codec_cfg(codec)
+            };
+            let (generator, packets) = run(paced, Duration::from_secs(2));
+            let (_, burst) = run(codec_cfg(codec), Duration::from_secs(2));
+            let sent = |p: &SynthPacket| read_trailer(&p.payload).unwrap().sent_unix_micros;
+
+            // Same frames, same bytes; only when they leave differs (the last frame's tail
+            // may still be queued when the run ends).
+            let video: Vec<_> = packets.iter().filter(|p| p.kind == Kind::Video).collect();
+            let burst_video = burst.iter().filter(|p| p.kind == Kind::Video).count();
+            assert!(
+                video.len() <= burst_video && video.len() + 6 >= burst_video,
+                "{codec}: {} paced vs {burst_video} burst video packets",
+                video.len()
+            );
+            assert_eq!(generator.stats().video_packets, video.len() as u64);
+
+            // No packet leaves before the one ahead of it has had its time at the rate.
+            for pair in video.windows(2) {
+                let gap = sent(pair[1]) - sent(pair[0]);
+                let needed = (pair[0].payload.len() as f64 * 8.0 / rate * 1e6) as u64;
+                assert!(
+                    gap + 1 >= needed,
+                    "{codec}: {gap} us after a packet needing {needed}"
+                );
+            }
+
+            // The first keyframe (3x a delta frame) takes about 40 ms to leave, not 0.
+            let first = frames(&packets)[0].clone();
+            assert!(
+                first[0].keyframe && first.len() >= 15,
+                "{codec}: {}",
+                first.len()
+            );
+            let spread = sent(first[first.len() - 1]) - sent(first[0]);
+            let expected: usize = first[..first.len() - 1]
+                .iter()
+                .map(|p| p.payload.len())
+                .sum();
+            let expected = (expected as f64 * 8.0 / rate * 1e6) as u64;
+            assert!(
+                spread + 1_000 >= expected && spread <= expected + 1_000,
+                "{codec}: keyframe spread {spread} us, expected {expected}"
+            );
+
+            // Audio is not held behind video: every 20 ms on the dot.
+            let audio: Vec<_> = packets.iter().filter(|p| p.kind == Kind::Audio).collect();
+            assert_eq!(audio.len(), 100);
+            for (i, p) in audio.iter().enumerate() {
+                assert_eq!(sent(p), T0 + i as u64 * 20_000, "{codec}: audio {i}");
+            }
         }
     }
 

@@ -86,6 +86,10 @@ pub struct Media {
     /// Send no video track.
     #[arg(long)]
     pub no_video: bool,
+    /// Video leaves paced at this multiple of `--bitrate`, a packet at a time, as a browser's
+    /// pacer sends it (libwebrtc: 2.5); 0 sends each frame's packets in one burst.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_pacing)]
+    pub pacing: f64,
 }
 
 /// How players arrive.
@@ -214,8 +218,25 @@ impl Media {
             video_bitrate_bps: self.bitrate,
             fps: self.fps,
             keyframe_interval: self.keyframe_interval,
+            pacing_factor: (self.pacing > 0.0).then_some(self.pacing),
             ..SynthConfig::default()
         }
+    }
+}
+
+/// A pacing factor: 0 (off) or at least 1 (a pacer slower than the bitrate would fall
+/// behind for ever).
+pub fn parse_pacing(text: &str) -> Result<f64, String> {
+    let factor: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a pacing factor (examples: 2.5, 0)"))?;
+    if factor == 0.0 || (factor.is_finite() && factor >= 1.0) {
+        Ok(factor)
+    } else {
+        Err(format!(
+            "pacing factor {text:?} must be 0 (burst each frame) or at least 1"
+        ))
     }
 }
 
@@ -276,6 +297,21 @@ pub fn parse_rate(text: &str) -> Result<f64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pacing_factors() {
+        assert_eq!(parse_pacing("2.5"), Ok(2.5));
+        assert_eq!(parse_pacing("0"), Ok(0.0));
+        assert_eq!(parse_pacing("1"), Ok(1.0));
+        assert!(parse_pacing("0.5").unwrap_err().contains("at least 1"));
+        assert!(parse_pacing("-1").is_err());
+        assert!(parse_pacing("inf").is_err());
+        assert!(
+            parse_pacing("fast")
+                .unwrap_err()
+                .contains("not a pacing factor")
+        );
+    }
 
     #[test]
     fn bitrates() {
