@@ -499,6 +499,7 @@ impl Config {
                 max_peers_per_core: self.limits.max_peers_per_core,
                 socket_buffer: self.media.socket_buffer_bytes,
                 quiet_batching: true,
+                arrival_timestamps: false,
                 ..DataPlaneConfig::default()
             },
             signalling: SignallingConfig {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use relaycast_dataplane::media::MediaPacket;
 use relaycast_dataplane::peer::{Peer, PeerEvent, PeerSetup};
 use relaycast_dataplane::synth::SynthConfig;
-use relaycast_dataplane::udp::{FlushOutcome, SendBatch};
+use relaycast_dataplane::udp::{Datagram, FlushOutcome, SendBatch};
 use relaycast_dataplane::{CoreId, DataPlaneConfig, PeerId, Role, StreamId};
 use str0m::config::DtlsCert;
 use str0m::media::MediaKind;
@@ -182,7 +182,7 @@ fn handshake(
                 moved = true;
                 if dst == server_addr {
                     server
-                        .receive(now, client_addr, dst, &data)
+                        .receive(now, datagram(client_addr, dst, &data))
                         .map_err(|e| format!("server: {e}"))?;
                     server
                         .drive(now, &mut stx, &mut sev)
@@ -193,7 +193,7 @@ fn handshake(
                 moved = true;
                 if dst == client_addr {
                     client
-                        .receive(now, server_addr, dst, &data)
+                        .receive(now, datagram(server_addr, dst, &data))
                         .map_err(|e| format!("client: {e}"))?;
                     client
                         .drive(now, &mut ctx, &mut cev)
@@ -225,6 +225,17 @@ fn certificate() -> DtlsCert {
         .expect("the crypto backend generates a DTLS certificate")
 }
 
+/// A datagram between the pair's in-memory addresses.
+fn datagram<'a>(source: SocketAddr, destination: SocketAddr, payload: &'a [u8]) -> Datagram<'a> {
+    Datagram {
+        source,
+        destination,
+        payload,
+        truncated: false,
+        arrival_unix_micros: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,5 +246,53 @@ mod tests {
         let queued = subs.forward(Instant::now());
         assert_eq!(queued, 3, "one sealed datagram per subscriber");
         assert_eq!(subs.flush().sent(), 3);
+    }
+
+    #[test]
+    fn a_probe_takes_latency_to_the_kernel_arrival_stamp_when_there_is_one() {
+        use relaycast_dataplane::synth::{Kind, Trailer, unix_micros};
+        let mut subs = Subscribers::connect(1).unwrap();
+        let server = subs.socket.local_addr().unwrap();
+        // Sent 10 s ago: a latency taken at the read would be about 10 s.
+        let sent = unix_micros() - 10_000_000;
+        let mut deliver = |seq: u64, arrival: Option<u64>| {
+            let mut payload = vec![0x42u8; 200];
+            payload.extend_from_slice(
+                &Trailer {
+                    kind: Kind::Video,
+                    seq,
+                    sent_unix_micros: sent,
+                }
+                .to_bytes(),
+            );
+            subs.payload = payload.into();
+            let now = Instant::now();
+            assert_eq!(subs.forward(now), 1);
+            let (destination, data) = subs.tx.pop_front().unwrap();
+            let probe = &mut subs._probes[0];
+            let datagram = Datagram {
+                arrival_unix_micros: arrival,
+                ..datagram(server, destination, &data)
+            };
+            assert!(probe.receive(now, datagram).unwrap());
+            probe.drive(now, &mut subs.tx, &mut subs.events).unwrap();
+            while subs.tx.pop_front().is_some() {}
+            probe.report().latency.unwrap()
+        };
+
+        let stamped = deliver(0, Some(sent + 1_500));
+        assert_eq!(stamped.len(), 1);
+        assert!(
+            (1_400..=1_600).contains(&stamped.max()),
+            "latency {} us, not the 1.5 ms to the stamp",
+            stamped.max()
+        );
+        let unstamped = deliver(1, None);
+        assert_eq!(unstamped.len(), 2);
+        assert!(
+            unstamped.max() >= 9_900_000,
+            "without a stamp the latency runs to the read: {} us",
+            unstamped.max()
+        );
     }
 }

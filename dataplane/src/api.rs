@@ -47,6 +47,11 @@ pub struct DataPlaneConfig {
     /// (tests, the load generator): their peers generate and measure media without
     /// forwarding any, and a measuring instrument must not wait.
     pub quiet_batching: bool,
+    /// Media sockets get kernel receive timestamps (`SO_TIMESTAMPNS`), and a probe (a
+    /// measuring player) takes a packet's latency up to its arrival at the socket, leaving
+    /// out the time the packet then waited for its core. On for clients (tests, the load
+    /// generator), whose many players share a core; off for the server, which measures none.
+    pub arrival_timestamps: bool,
 }
 
 impl Default for DataPlaneConfig {
@@ -64,6 +69,7 @@ impl Default for DataPlaneConfig {
             keyframe_answered_interval: Duration::from_millis(350),
             max_peers_per_core: 20_000,
             quiet_batching: false,
+            arrival_timestamps: true,
             socket_buffer: 4 << 20,
             ring_capacity: 4096,
         }

@@ -6,7 +6,7 @@
 //! busy-polling: an idle core sleeps in io_uring until a datagram, a command or a deadline.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::os::fd::AsRawFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -20,6 +20,7 @@ use futures_lite::FutureExt;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::UdpSocket;
 use glommio::{LocalExecutorBuilder, Placement};
+use rustc_hash::FxHashMap;
 use str0m::config::DtlsCert;
 use str0m::media::KeyframeRequestKind;
 use tokio::sync::Notify;
@@ -119,6 +120,9 @@ impl DataPlane {
             let addr = SocketAddr::new(config.bind, port);
             let socket = udp::bind_media_socket(addr, config.socket_buffer, config.socket_buffer)
                 .map_err(|source| StartError::Bind { addr, source })?;
+            if config.arrival_timestamps {
+                stamp_arrivals(&socket, addr);
+            }
             sockets.push(socket);
         }
 
@@ -354,14 +358,14 @@ async fn core_main(start: CoreStart) {
         this: Weak::new(),
         config,
         cert,
-        peers: HashMap::new(),
+        peers: FxHashMap::default(),
         demux: Demux::new(),
         router: Router::new(),
         timers: Timers::new(),
         epoch: Instant::now(),
         shared: SocketIo::new(Rc::clone(&shared), local, None),
         candidates,
-        dedicated: HashMap::new(),
+        dedicated: FxHashMap::default(),
         dirty: Vec::new(),
         sink,
         mesh,
@@ -407,6 +411,14 @@ async fn core_main(start: CoreStart) {
 }
 
 /// The addresses advertised as host candidates for a socket on `port`.
+/// Best effort: without arrival stamps a probe measures latency to when its core read the
+/// packet, which only adds the client's own queueing.
+fn stamp_arrivals(socket: &socket2::Socket, addr: SocketAddr) {
+    if let Err(e) = udp::enable_arrival_timestamps(socket) {
+        tracing::warn!(%addr, error = %e, "no kernel arrival timestamps: latency includes the client's own queueing");
+    }
+}
+
 fn candidate_addrs(config: &DataPlaneConfig, port: u16) -> Vec<SocketAddr> {
     let ips: Vec<IpAddr> = if !config.candidate_ips.is_empty() {
         config.candidate_ips.clone()
@@ -472,13 +484,15 @@ struct Core {
     cert: DtlsCert,
     /// Boxed: a `Peer` (its str0m `Rtc`) is about 10 KiB, and a map of them inline would
     /// keep up to twice that per peer in spare capacity and move them all when it grows.
-    peers: HashMap<PeerId, Box<Peer>>,
+    /// Looked up for every packet written to a subscriber; peer ids are the core's own, so
+    /// an unkeyed fast hash.
+    peers: FxHashMap<PeerId, Box<Peer>>,
     demux: Demux<PeerId>,
     router: Router,
     timers: Timers<TimerKey>,
     shared: SocketIo,
     candidates: Vec<SocketAddr>,
-    dedicated: HashMap<PeerId, SocketIo>,
+    dedicated: FxHashMap<PeerId, SocketIo>,
     dirty: Vec<PeerId>,
     sink: EventSink,
     mesh: Mesh,
@@ -526,7 +540,7 @@ impl Core {
                 continue;
             };
             let accepted = self.with_peer(peer, now, |p, tx, events| {
-                let accepted = p.receive(now, d.source, d.destination, d.payload)?;
+                let accepted = p.receive(now, d)?;
                 if accepted {
                     p.drive(now, tx, events)?;
                 }
@@ -906,6 +920,9 @@ impl Core {
                 return;
             }
         };
+        if self.config.arrival_timestamps {
+            stamp_arrivals(&socket, bind);
+        }
         let Some(local) = socket.local_addr().ok().and_then(|a| a.as_socket()) else {
             self.emit_failed(id, PeerFailure::Socket("no local address".into()));
             return;

@@ -22,7 +22,7 @@ use crate::media::{
     offered_kinds, video_resolution,
 };
 use crate::synth::{Generator, Probe, SynthConfig, SynthPacket, VideoCodec, unix_micros};
-use crate::udp::SendBatch;
+use crate::udp::{Datagram, SendBatch};
 
 /// What happened inside a peer that the core must act on.
 #[derive(Debug)]
@@ -119,6 +119,8 @@ pub struct Peer {
     remote_closed_at: Option<Instant>,
     last_media: Instant,
     rtc_deadline: Instant,
+    /// Kernel arrival time of the datagram being received (see [`Peer::receive`]).
+    rx_arrival_unix_micros: Option<u64>,
     pending: Option<SdpPendingOffer>,
     mids: Vec<(Mid, MediaKind)>,
     limits: Limits,
@@ -353,16 +355,18 @@ impl Peer {
 
     /// Feeds one received datagram. Malformed input is dropped, never fatal: a forged packet
     /// from a peer's address must not end its session. Returns false if it was dropped.
-    pub fn receive(
-        &mut self,
-        now: Instant,
-        source: SocketAddr,
-        destination: SocketAddr,
-        payload: &[u8],
-    ) -> Result<bool, PeerFailure> {
-        let Ok(receive) = Receive::new(Protocol::Udp, source, destination, payload) else {
+    /// The datagram's kernel arrival time, where the socket reports it, is what a probe
+    /// measures the latency of the RTP it carries to, in the [`Peer::drive`] that follows.
+    pub fn receive(&mut self, now: Instant, datagram: Datagram<'_>) -> Result<bool, PeerFailure> {
+        let Ok(receive) = Receive::new(
+            Protocol::Udp,
+            datagram.source,
+            datagram.destination,
+            datagram.payload,
+        ) else {
             return Ok(false);
         };
+        self.rx_arrival_unix_micros = datagram.arrival_unix_micros;
         match self.rtc.handle_input(Input::Receive(now, receive)) {
             Ok(()) => Ok(true),
             Err(RtcError::Dtls(e)) => Err(dtls_failure(&e.to_string())),
@@ -385,6 +389,7 @@ impl Peer {
             match self.rtc.poll_output() {
                 Ok(Output::Timeout(t)) => {
                     self.rtc_deadline = t;
+                    self.rx_arrival_unix_micros = None;
                     return Ok(());
                 }
                 Ok(Output::Transmit(t)) => {
@@ -608,6 +613,7 @@ impl Peer {
             remote_closed_at: None,
             last_media: setup.now,
             rtc_deadline: setup.now,
+            rx_arrival_unix_micros: None,
             listed: false,
             pending: None,
             mids: Vec::new(),
@@ -819,7 +825,7 @@ impl Peer {
                     *packet.header.ssrc,
                     packet.header.sequence_number,
                     &packet.payload,
-                    unix_micros(),
+                    self.rx_arrival_unix_micros.unwrap_or_else(unix_micros),
                     now,
                 );
             }

@@ -4,20 +4,23 @@
 //! heap stays about one entry per key however often peers are driven.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::hash::Hash;
 use std::time::Instant;
 
+use rustc_hash::FxHashMap;
+
 pub struct Timers<K> {
     heap: BinaryHeap<Reverse<(Instant, K)>>,
-    armed: HashMap<K, Instant>,
+    /// Keys are the core's own ids, never chosen by a remote party: a fast unkeyed hash.
+    armed: FxHashMap<K, Instant>,
 }
 
 impl<K: Copy + Eq + Hash + Ord> Timers<K> {
     pub fn new() -> Self {
         Timers {
             heap: BinaryHeap::new(),
-            armed: HashMap::new(),
+            armed: FxHashMap::default(),
         }
     }
 

@@ -2,13 +2,14 @@
 //! Owns socket setup (buffers, packet info) and the syscall scratch storage, allocated once, so the
 //! data plane moves whole batches per syscall and knows the local address each datagram hit.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io;
 use std::mem;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, RawFd};
 use std::ptr;
 
+use rustc_hash::FxHashMap;
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// Size of each receive buffer; longer datagrams are cut and reported as `truncated`.
@@ -30,12 +31,14 @@ const GSO_MAX_BYTES: usize = 65_000;
 /// The kernel caps `recvmmsg` batches at `UIO_MAXIOV`.
 const MAX_RECV_BATCH: usize = 1024;
 
-/// Ancillary data space per message: room for both packet-info kinds, cmsg-aligned.
+/// Ancillary data space per message: room for both packet-info kinds and an arrival
+/// timestamp, cmsg-aligned.
 const CMSG_BUFFER_SIZE: usize = 128;
 
 const _: () = assert!(
     cmsg_space(mem::size_of::<libc::in6_pktinfo>())
         + cmsg_space(mem::size_of::<libc::in_pktinfo>())
+        + cmsg_space(mem::size_of::<libc::timespec>())
         <= CMSG_BUFFER_SIZE
 );
 const _: () = assert!(
@@ -123,6 +126,19 @@ pub fn bind_media_socket(
     Ok(socket)
 }
 
+/// Asks the kernel to stamp every datagram queued on `socket` with its arrival time
+/// (`SO_TIMESTAMPNS`, wall clock), which [`RecvBatch`] reports as
+/// [`Datagram::arrival_unix_micros`]. A measuring client uses it so that a packet's latency
+/// ends when the packet reached the socket, not when a busy core got round to reading it.
+pub fn enable_arrival_timestamps(socket: &Socket) -> io::Result<()> {
+    set_int_option(
+        socket.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_TIMESTAMPNS,
+        1,
+    )
+}
+
 /// Reusable storage for receiving up to `batch` datagrams with one `recvmmsg` call.
 pub struct RecvBatch {
     buffers: Vec<u8>,
@@ -149,6 +165,9 @@ pub struct Datagram<'a> {
     pub payload: &'a [u8],
     /// The datagram did not fit the buffer; callers should drop it.
     pub truncated: bool,
+    /// When the kernel queued it on the socket (wall clock, microseconds since the UNIX
+    /// epoch), on a socket with [`enable_arrival_timestamps`]; `None` otherwise.
+    pub arrival_unix_micros: Option<u64>,
 }
 
 impl RecvBatch {
@@ -210,12 +229,13 @@ impl RecvBatch {
                 .unwrap_or_else(|| SocketAddr::new(unspecified_like(local.ip()), 0));
             // SAFETY: `msg` was filled in by the kernel for this batch; its control pointer and
             // length describe this message's own control buffer.
-            let destination = unsafe { pktinfo_destination(msg, local.port()) }.unwrap_or(local);
+            let control = unsafe { read_control(msg, local.port()) };
             self.received.push(Received {
                 source,
-                destination,
+                destination: control.destination.unwrap_or(local),
                 len: (header.msg_len as usize).min(RECV_BUFFER_SIZE),
                 truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
+                arrival_unix_micros: control.arrival_unix_micros,
             });
         }
         Ok(count)
@@ -233,6 +253,7 @@ impl RecvBatch {
             destination: received.destination,
             payload: &self.buffers[start..start + received.len],
             truncated: received.truncated,
+            arrival_unix_micros: received.arrival_unix_micros,
         }
     }
 
@@ -326,8 +347,9 @@ pub struct SendBatch {
     bytes: usize,
     /// UDP GSO is used (until a socket refuses it).
     gso: bool,
-    /// Scratch for grouping the queue by destination.
-    groups: HashMap<(SocketAddr, Option<IpAddr>), usize>,
+    /// Scratch for grouping the queue by destination (hashed for every datagram sent; the
+    /// destinations are the core's connected peers, so an unkeyed fast hash).
+    groups: FxHashMap<(SocketAddr, Option<IpAddr>), usize>,
     grouped: Vec<(usize, Outgoing)>,
     /// Messages the kernel accepted so far (a GSO message carries several datagrams).
     messages: u64,
@@ -353,7 +375,7 @@ impl SendBatch {
             segments: Vec::with_capacity(SEND_CHUNK),
             bytes: 0,
             gso: true,
-            groups: HashMap::new(),
+            groups: FxHashMap::default(),
             grouped: Vec::new(),
             messages: 0,
         }
@@ -620,6 +642,7 @@ struct Received {
     destination: SocketAddr,
     len: usize,
     truncated: bool,
+    arrival_unix_micros: Option<u64>,
 }
 
 /// Control-message storage with the alignment `cmsghdr` requires.
@@ -707,15 +730,28 @@ unsafe fn write_cmsg<T>(msg: &mut libc::msghdr, level: libc::c_int, kind: libc::
     }
 }
 
-/// The destination of a received datagram from its packet-info control message, if any.
+/// What a received datagram's control messages say.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Control {
+    /// From the packet-info message.
+    destination: Option<SocketAddr>,
+    /// From `SCM_TIMESTAMPNS`.
+    arrival_unix_micros: Option<u64>,
+}
+
+/// The destination (packet info) and arrival time (`SCM_TIMESTAMPNS`) of a received datagram,
+/// where its control messages carry them.
 ///
 /// # Safety
 /// `msg.msg_control` / `msg.msg_controllen` must describe readable control data written by the
 /// kernel (or be empty).
-unsafe fn pktinfo_destination(msg: &libc::msghdr, port: u16) -> Option<SocketAddr> {
+unsafe fn read_control(msg: &libc::msghdr, port: u16) -> Control {
+    let mut control = Control::default();
     // `msg_controllen` is `size_t` with glibc but `socklen_t` with musl.
     #[allow(clippy::unnecessary_cast)]
-    let end = (msg.msg_control as usize).checked_add(msg.msg_controllen as usize)?;
+    let Some(end) = (msg.msg_control as usize).checked_add(msg.msg_controllen as usize) else {
+        return control;
+    };
     // SAFETY: FIRSTHDR / NXTHDR only yield headers that start inside the control data.
     let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(msg) };
     while !cmsg.is_null() {
@@ -732,7 +768,7 @@ unsafe fn pktinfo_destination(msg: &libc::msghdr, port: u16) -> Option<SocketAdd
                 // SAFETY: bounds checked above; the data may be unaligned.
                 let info = unsafe { data.cast::<libc::in_pktinfo>().read_unaligned() };
                 let ip = Ipv4Addr::from(info.ipi_addr.s_addr.to_ne_bytes());
-                return Some(SocketAddr::new(IpAddr::V4(ip), port));
+                control.destination = Some(SocketAddr::new(IpAddr::V4(ip), port));
             }
             (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO)
                 if in_bounds(mem::size_of::<libc::in6_pktinfo>()) =>
@@ -745,16 +781,26 @@ unsafe fn pktinfo_destination(msg: &libc::msghdr, port: u16) -> Option<SocketAdd
                 } else {
                     0
                 };
-                return Some(canonical(SocketAddr::V6(SocketAddrV6::new(
+                control.destination = Some(canonical(SocketAddr::V6(SocketAddrV6::new(
                     ip, port, 0, scope,
                 ))));
+            }
+            (libc::SOL_SOCKET, libc::SCM_TIMESTAMPNS)
+                if in_bounds(mem::size_of::<libc::timespec>()) =>
+            {
+                // SAFETY: bounds checked above; the data may be unaligned.
+                let ts = unsafe { data.cast::<libc::timespec>().read_unaligned() };
+                control.arrival_unix_micros = u64::try_from(ts.tv_sec)
+                    .ok()
+                    .zip(u64::try_from(ts.tv_nsec).ok())
+                    .map(|(s, ns)| s.saturating_mul(1_000_000).saturating_add(ns / 1_000));
             }
             _ => {}
         }
         // SAFETY: `cmsg` came from FIRSTHDR/NXTHDR for this same `msg`.
         cmsg = unsafe { libc::CMSG_NXTHDR(msg, cmsg) };
     }
-    None
+    control
 }
 
 /// Writes `addr` as a `sockaddr_in`/`sockaddr_in6` for a socket of the given family (IPv4 is
@@ -1058,6 +1104,46 @@ mod tests {
         ports.sort_unstable();
         ports.dedup();
         assert_eq!(ports.len(), count, "a port was handed out twice");
+    }
+
+    #[test]
+    fn arrival_timestamps_come_from_the_kernel_when_asked_for() {
+        let wall = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_micros() as u64
+        };
+        let (stamped, stamped_addr) = bind("127.0.0.1:0");
+        enable_arrival_timestamps(&stamped).unwrap();
+        let (plain, plain_addr) = bind("127.0.0.1:0");
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+
+        let before = wall();
+        sender.send_to(b"stamped", stamped_addr).unwrap();
+        sender.send_to(b"plain", plain_addr).unwrap();
+        // Read well after the arrival: the stamp is the arrival, not the read.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let read_at = wall();
+
+        let mut rb = RecvBatch::new(4);
+        assert!(readable(stamped.as_raw_fd()));
+        assert_eq!(rb.recv(stamped.as_raw_fd(), stamped_addr).unwrap(), 1);
+        let d = rb.get(0);
+        assert_eq!(d.payload, b"stamped");
+        assert_eq!(d.destination, stamped_addr, "packet info still read");
+        let arrival = d
+            .arrival_unix_micros
+            .expect("a stamped socket reports arrival");
+        assert!(
+            (before..read_at.saturating_sub(40_000)).contains(&arrival),
+            "arrival {arrival} not between the send at {before} and 40 ms before the read at {read_at}"
+        );
+
+        assert!(readable(plain.as_raw_fd()));
+        assert_eq!(rb.recv(plain.as_raw_fd(), plain_addr).unwrap(), 1);
+        assert_eq!(rb.get(0).payload, b"plain");
+        assert_eq!(rb.get(0).arrival_unix_micros, None);
     }
 
     #[test]
