@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Parser;
 use relaycast_benches::limit::Limits;
-use relaycast_benches::report::{self, Idle, Machine, Relay, Run, Settings, Step};
+use relaycast_benches::report::{self, Idle, Machine, Paced, Relay, Run, Settings, Step};
 use relaycast_loadgen::Summary;
 
 /// Fan-out benchmark: physical limit, idle check, player ramp, relay chain -> BENCHMARKS.md.
@@ -64,6 +64,12 @@ struct Args {
     /// Skip the relay-chain runs.
     #[arg(long)]
     skip_relay: bool,
+    /// Players of the extra step whose publisher paces its video (0 skips it).
+    #[arg(long, default_value_t = 100)]
+    paced_players: usize,
+    /// Pacing factor of that step (`relaycast-loadgen --pacing`).
+    #[arg(long, default_value_t = 2.5)]
+    pacing: f64,
     /// Players on each server (origin and relayed) in the relay-chain runs.
     #[arg(long, default_value_t = 100)]
     relay_players: usize,
@@ -164,55 +170,7 @@ fn main() -> Result<()> {
 
     let mut steps = Vec::new();
     for &players in &args.steps {
-        let server = bins.start_server("step")?;
-        let loadgen_args = fanout_args(
-            &bins,
-            &server,
-            &[
-                "--players",
-                &players.to_string(),
-                "--ramp",
-                &args.ramp,
-                "--bitrate",
-                &args.bitrate,
-                "--duration",
-                &args.duration,
-            ],
-        );
-        let command = bins.describe_loadgen(&loadgen_args);
-        commands.push(command.clone());
-        eprintln!("fanout: {players} players");
-        let budget = Duration::from_secs(120) + Duration::from_secs_f64(players as f64 / 20.0);
-        let result = bins.loadgen(&loadgen_args, budget, &format!("step-{players}"));
-        drop(server);
-        let step = match result {
-            Ok(summary) => {
-                eprintln!(
-                    "fanout: {players} players: {}/{} connected, loss {:.3}%, {:?} us/packet, \
-                     p99 {:.2} ms",
-                    summary.connected,
-                    players,
-                    summary.loss_pct,
-                    summary.cpu_us_per_forwarded_packet,
-                    summary.latency_ms.p99
-                );
-                Step {
-                    players,
-                    command,
-                    summary: Some(summary),
-                    error: None,
-                }
-            }
-            Err(e) => {
-                eprintln!("fanout: {players} players failed: {e:#}");
-                Step {
-                    players,
-                    command,
-                    summary: None,
-                    error: Some(format!("{e:#}")),
-                }
-            }
-        };
+        let step = fanout_step(&bins, &args, players, &[], "step", &mut commands)?;
         let reference = steps
             .iter()
             .find_map(|s: &Step| s.summary.as_ref())
@@ -226,6 +184,24 @@ fn main() -> Result<()> {
             break;
         }
     }
+
+    let paced = if args.paced_players > 0 {
+        let factor = args.pacing.to_string();
+        let step = fanout_step(
+            &bins,
+            &args,
+            args.paced_players,
+            &["--pacing", &factor],
+            "paced",
+            &mut commands,
+        )?;
+        Some(Paced {
+            factor: args.pacing,
+            step,
+        })
+    } else {
+        None
+    };
 
     let mut relay = Vec::new();
     if !args.skip_relay {
@@ -244,6 +220,7 @@ fn main() -> Result<()> {
         limits,
         idle,
         steps,
+        paced,
         relay,
         micro,
     };
@@ -645,6 +622,66 @@ fn machine() -> Machine {
 /// A command line from borrowed parts.
 /// A `fanout` command line against `server`: its addresses, the run's own options, then
 /// the loadgen's cores, the server's PID (for its CPU and RSS) and the JSON summary.
+/// One fan-out step on a fresh server: `players` players of a 1.5 Mbps (`--bitrate`) stream,
+/// with `extra` loadgen options; a failed run is a step with its error.
+fn fanout_step(
+    bins: &Bins,
+    args: &Args,
+    players: usize,
+    extra: &[&str],
+    label: &str,
+    commands: &mut Vec<String>,
+) -> Result<Step> {
+    let server = bins.start_server(label)?;
+    let players_text = players.to_string();
+    let mut options = vec![
+        "--players",
+        &players_text,
+        "--ramp",
+        &args.ramp,
+        "--bitrate",
+        &args.bitrate,
+        "--duration",
+        &args.duration,
+    ];
+    options.extend_from_slice(extra);
+    let loadgen_args = fanout_args(bins, &server, &options);
+    let command = bins.describe_loadgen(&loadgen_args);
+    commands.push(command.clone());
+    eprintln!("fanout: {label}: {players} players");
+    let budget = Duration::from_secs(120) + Duration::from_secs_f64(players as f64 / 20.0);
+    let result = bins.loadgen(&loadgen_args, budget, &format!("{label}-{players}"));
+    drop(server);
+    Ok(match result {
+        Ok(summary) => {
+            eprintln!(
+                "fanout: {label}: {players} players: {}/{} connected, loss {:.3}%, {:?} \
+                 us/packet, p99 {:.2} ms",
+                summary.connected,
+                players,
+                summary.loss_pct,
+                summary.cpu_us_per_forwarded_packet,
+                summary.latency_ms.p99
+            );
+            Step {
+                players,
+                command,
+                summary: Some(summary),
+                error: None,
+            }
+        }
+        Err(e) => {
+            eprintln!("fanout: {label}: {players} players failed: {e:#}");
+            Step {
+                players,
+                command,
+                summary: None,
+                error: Some(format!("{e:#}")),
+            }
+        }
+    })
+}
+
 fn fanout_args(bins: &Bins, server: &ServerProc, options: &[&str]) -> Vec<String> {
     let mut args = owned(&[
         "fanout",
