@@ -576,6 +576,15 @@ fn targets(run: &Run) -> String {
             .and_then(|s| s.hops.last())
             .and_then(|h| h.added_ms);
         match added {
+            Some(a) if a.p99 < 0.0 => {
+                let _ = writeln!(
+                    md,
+                    "| p99 added per relay hop < 2 ms ({}) | {:.2} ms: the relayed players' p99 \
+                     came out below the origin's, so this difference of two p99s does not \
+                     measure the hop (added p50: {:.2} ms) | inconclusive |",
+                    r.mode, a.p99, a.p50
+                );
+            }
             Some(a) => {
                 let _ = writeln!(
                     md,

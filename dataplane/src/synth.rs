@@ -93,10 +93,11 @@ pub struct SynthConfig {
     pub audio_bytes: usize,
     /// Largest RTP payload emitted (raised to 128 if smaller).
     pub max_payload: usize,
-    /// Video packets leave at this multiple of `video_bitrate_bps` instead of a frame's
-    /// packets all at once, as a browser's pacer sends them (libwebrtc paces at 2.5x the
-    /// target bitrate); each packet's trailer is stamped when it leaves. `None` bursts every
-    /// frame. Audio is never paced.
+    /// Video packets leave one at a time at this multiple of `video_bitrate_bps` instead of a
+    /// frame's packets all at once, as a strict pacer sends them (libwebrtc paces at 2.5x the
+    /// target bitrate, but lets up to 40 ms at that rate go at once, so Chrome sends a frame
+    /// together); each packet's trailer is stamped when it leaves. `None` sends each frame
+    /// together. Audio is never paced.
     pub pacing_factor: Option<f64>,
 }
 

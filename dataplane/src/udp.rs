@@ -1138,8 +1138,13 @@ mod tests {
             let d = rb.get(0);
             assert_eq!(d.payload, b"stamped");
             assert_eq!(d.destination, stamped_addr, "packet info still read");
-            let arrival = d.arrival_unix_micros.expect("a stamped socket reports a time");
-            assert!(arrival >= before, "stamped {arrival}, before the send at {before}");
+            let arrival = d
+                .arrival_unix_micros
+                .expect("a stamped socket reports a time");
+            assert!(
+                arrival >= before,
+                "stamped {arrival}, before the send at {before}"
+            );
             stamps.push((arrival - before, read_at - before));
             if arrival < read_at.saturating_sub(40_000) {
                 break;

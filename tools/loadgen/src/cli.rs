@@ -86,8 +86,9 @@ pub struct Media {
     /// Send no video track.
     #[arg(long)]
     pub no_video: bool,
-    /// Video leaves paced at this multiple of `--bitrate`, a packet at a time, as a browser's
-    /// pacer sends it (libwebrtc: 2.5); 0 sends each frame's packets in one burst.
+    /// Video leaves paced at this multiple of `--bitrate`, a packet at a time, as a strict
+    /// pacer sends it (libwebrtc paces at 2.5x). 0 sends each frame's packets together, as
+    /// Chrome does: its pacer lets up to 40 ms at that rate go at once.
     #[arg(long, default_value_t = 0.0, value_parser = parse_pacing)]
     pub pacing: f64,
 }
