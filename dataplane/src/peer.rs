@@ -366,9 +366,11 @@ impl Peer {
         ) else {
             return Ok(false);
         };
-        self.rx_arrival_unix_micros = datagram.arrival_unix_micros;
         match self.rtc.handle_input(Input::Receive(now, receive)) {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                self.rx_arrival_unix_micros = datagram.arrival_unix_micros;
+                Ok(true)
+            }
             Err(RtcError::Dtls(e)) => Err(dtls_failure(&e.to_string())),
             Err(e) => {
                 tracing::debug!(peer = %self.id, error = %e, "dropped input");
