@@ -248,6 +248,149 @@ mod tests {
         assert_eq!(subs.flush().sent(), 3);
     }
 
+    /// A subscriber and its player in virtual time: forwards numbered video packets, carries
+    /// datagrams both ways, and lets a test lose or hold some.
+    struct Link {
+        subs: Subscribers,
+        server: SocketAddr,
+        client: SocketAddr,
+        now: Instant,
+        player_tx: SendBatch,
+        events: Vec<PeerEvent>,
+    }
+
+    impl Link {
+        fn new() -> Link {
+            let subs = Subscribers::connect(1).unwrap();
+            let server = subs.socket.local_addr().unwrap();
+            let client = subs._sinks[0].local_addr().unwrap();
+            Link {
+                subs,
+                server,
+                client,
+                now: Instant::now(),
+                player_tx: SendBatch::new(16),
+                events: Vec::new(),
+            }
+        }
+
+        /// Forwards video packet `seq`; the player gets it unless `lose`.
+        fn forward(&mut self, seq: u64, lose: bool) {
+            use relaycast_dataplane::synth::{Kind, Trailer, unix_micros};
+            let mut payload = vec![0x42u8; 600];
+            let trailer = Trailer {
+                kind: Kind::Video,
+                seq,
+                sent_unix_micros: unix_micros(),
+            };
+            payload.extend_from_slice(&trailer.to_bytes());
+            self.subs.payload = payload.into();
+            self.subs.forward(self.now);
+            if lose {
+                while self.subs.tx.pop_front().is_some() {}
+            } else {
+                self.deliver_to_player();
+            }
+        }
+
+        fn deliver_to_player(&mut self) {
+            while let Some((destination, data)) = self.subs.tx.pop_front() {
+                let player = &mut self.subs._probes[0];
+                player
+                    .receive(self.now, datagram(self.server, destination, &data))
+                    .unwrap();
+                player
+                    .drive(self.now, &mut self.player_tx, &mut self.events)
+                    .unwrap();
+            }
+        }
+
+        /// Lets `by` pass for both ends; returns what the player sent meanwhile (its RTCP).
+        fn advance(&mut self, by: Duration) -> Vec<Vec<u8>> {
+            self.now += by;
+            let now = self.now;
+            let player = &mut self.subs._probes[0];
+            if player.deadline() <= now {
+                player
+                    .on_timeout(now, &mut self.player_tx, &mut self.events)
+                    .unwrap();
+            }
+            let server = &mut self.subs.egress[0];
+            if server.deadline() <= now {
+                server
+                    .on_timeout(now, &mut self.subs.tx, &mut self.events)
+                    .unwrap();
+            }
+            self.deliver_to_player();
+            let mut sent = Vec::new();
+            while let Some((_, data)) = self.player_tx.pop_front() {
+                sent.push(data);
+            }
+            sent
+        }
+
+        /// Hands the player's datagrams to the server; the server answers at once.
+        fn deliver_to_server(&mut self, datagrams: &[Vec<u8>]) {
+            let server = &mut self.subs.egress[0];
+            for data in datagrams {
+                server
+                    .receive(self.now, datagram(self.client, self.server, data))
+                    .unwrap();
+                server
+                    .drive(self.now, &mut self.subs.tx, &mut self.events)
+                    .unwrap();
+            }
+            if server.deadline() <= self.now {
+                server
+                    .on_timeout(self.now, &mut self.subs.tx, &mut self.events)
+                    .unwrap();
+            }
+            self.deliver_to_player();
+        }
+
+        fn lost(&self) -> u64 {
+            self.subs._probes[0].report().probe.unwrap().lost
+        }
+    }
+
+    #[test]
+    fn a_nack_is_answered_from_the_subscribers_recent_history_only() {
+        // A packet lost on the way to the player is resent when the player asks in time.
+        let mut link = Link::new();
+        for seq in 0..6 {
+            link.forward(seq, seq == 2);
+        }
+        assert_eq!(link.lost(), 1);
+        let mut asked = Vec::new();
+        for _ in 0..20 {
+            asked.extend(link.advance(Duration::from_millis(10)));
+        }
+        assert!(!asked.is_empty(), "the player sent no RTCP (no NACK)");
+        link.deliver_to_server(&asked);
+        assert_eq!(link.lost(), 0, "the resend filled the gap");
+
+        // A NACK that reaches the server after the resend history has moved on finds
+        // nothing to resend.
+        let mut link = Link::new();
+        for seq in 0..6 {
+            link.forward(seq, seq == 2);
+        }
+        let mut late = Vec::new();
+        for _ in 0..20 {
+            late.extend(link.advance(Duration::from_millis(10)));
+        }
+        assert!(!late.is_empty());
+        link.advance(relaycast_dataplane::peer::RESEND_HISTORY + Duration::from_millis(300));
+        // Sending goes on meanwhile, which ages the old packets out.
+        link.forward(6, false);
+        link.deliver_to_server(&late);
+        assert_eq!(
+            link.lost(),
+            1,
+            "a packet older than the history is not resent"
+        );
+    }
+
     #[test]
     fn a_probe_takes_latency_to_the_kernel_arrival_stamp_when_there_is_one() {
         use relaycast_dataplane::synth::{Kind, Trailer, unix_micros};
