@@ -599,28 +599,25 @@ async fn twcc_is_negotiated_with_publishers_not_with_players() {
     const TWCC: &str = "transport-wide-cc";
     let server = Server::start(&[]);
     let ep = endpoint();
-    let a = session(&server).await;
-    let offer = ep
-        .offer(relaycast_dataplane::Role::Generate(synth(VideoCodec::Vp8)))
-        .await
-        .expect("publisher offer");
-    assert!(offer.sdp.contains(TWCC), "the client offers TWCC");
-    let (_published, answer) = a
-        .negotiate("twcc", &offer.sdp, true, Value::Null)
-        .await
-        .expect("publish answered");
+    // The server's answer to a client offer (which always proposes TWCC) for `role`.
+    let answer_to = async |role: relaycast_dataplane::Role, publish: bool| {
+        let offer = ep.offer(role).await.expect("client offer");
+        assert!(offer.sdp.contains(TWCC), "the client offers TWCC");
+        let s = session(&server).await;
+        let (_stream, answer) = s
+            .negotiate("twcc", &offer.sdp, publish, Value::Null)
+            .await
+            .expect("answered");
+        (s, answer)
+    };
+    let (_a, answer) = answer_to(
+        relaycast_dataplane::Role::Generate(synth(VideoCodec::Vp8)),
+        true,
+    )
+    .await;
     assert!(answer.contains(TWCC), "publisher answer:\n{answer}");
 
-    let b = session(&server).await;
-    let offer = ep
-        .offer(relaycast_dataplane::Role::Probe)
-        .await
-        .expect("player offer");
-    assert!(offer.sdp.contains(TWCC), "the client offers TWCC");
-    let (_played, answer) = b
-        .negotiate("twcc", &offer.sdp, false, Value::Null)
-        .await
-        .expect("play answered");
+    let (b, answer) = answer_to(relaycast_dataplane::Role::Probe, false).await;
     assert!(!answer.contains(TWCC), "player answer:\n{answer}");
     assert!(
         answer.contains("urn:ietf:params:rtp-hdrext:sdes:mid"),

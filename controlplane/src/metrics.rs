@@ -221,52 +221,33 @@ pub fn render(hub: &Hub) -> String {
         let per_core = || vec![("core", core.clone())];
         let with = |k: &'static str, v: &str| vec![("core", core.clone()), (k, v.to_owned())];
         let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let add = |family: &Family<Labels, Counter>, labels: Labels, value| {
+            family.get_or_create(&labels).inc_by(load(value));
+        };
         // Read before the datagram counts, which a core bumps first: never more messages
         // than datagrams out, nor wake-ups than datagrams in, on one page.
-        messages
-            .get_or_create(&per_core())
-            .inc_by(load(&c.tx_messages));
-        wakeups
-            .get_or_create(&per_core())
-            .inc_by(load(&c.rx_wakeups));
+        add(&messages, per_core(), &c.tx_messages);
+        add(&wakeups, per_core(), &c.rx_wakeups);
         peers.get_or_create(&per_core()).set(load(&c.peers) as i64);
-        packets
-            .get_or_create(&with("direction", "in"))
-            .inc_by(load(&c.rx_packets));
-        packets
-            .get_or_create(&with("direction", "out"))
-            .inc_by(load(&c.tx_packets));
-        bytes
-            .get_or_create(&with("direction", "in"))
-            .inc_by(load(&c.rx_bytes));
-        bytes
-            .get_or_create(&with("direction", "out"))
-            .inc_by(load(&c.tx_bytes));
-        forwarded
-            .get_or_create(&per_core())
-            .inc_by(load(&c.forwarded));
+        for (family, inbound, outbound) in [
+            (&packets, &c.rx_packets, &c.tx_packets),
+            (&bytes, &c.rx_bytes, &c.tx_bytes),
+            (&nacks, &c.nacks_received, &c.nacks_sent),
+        ] {
+            add(family, with("direction", "in"), inbound);
+            add(family, with("direction", "out"), outbound);
+        }
+        add(&forwarded, per_core(), &c.forwarded);
         for (reason, value) in [
             ("unknown_source", &c.dropped_unknown_source),
             ("malformed", &c.dropped_malformed),
             ("send_error", &c.dropped_send_error),
             ("ring_full", &c.dropped_ring_full),
         ] {
-            dropped
-                .get_or_create(&with("reason", reason))
-                .inc_by(load(value));
+            add(&dropped, with("reason", reason), value);
         }
-        keyframes
-            .get_or_create(&per_core())
-            .inc_by(load(&c.keyframe_requests));
-        player_keyframes
-            .get_or_create(&per_core())
-            .inc_by(load(&c.player_keyframe_requests));
-        nacks
-            .get_or_create(&with("direction", "in"))
-            .inc_by(load(&c.nacks_received));
-        nacks
-            .get_or_create(&with("direction", "out"))
-            .inc_by(load(&c.nacks_sent));
+        add(&keyframes, per_core(), &c.keyframe_requests);
+        add(&player_keyframes, per_core(), &c.player_keyframe_requests);
     }
     r.register("core_peers", "Peer connections on each core", peers);
     r.register(
