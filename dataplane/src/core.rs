@@ -410,15 +410,16 @@ async fn core_main(start: CoreStart) {
     tracing::debug!(core = %id, "core stopped");
 }
 
-/// The addresses advertised as host candidates for a socket on `port`.
-/// Best effort: without arrival stamps a probe measures latency to when its core read the
-/// packet, which only adds the client's own queueing.
+/// Asks for kernel arrival stamps on a client's media socket. Best effort: without them a
+/// probe measures latency to when its core read the packet, which only adds the client's
+/// own queueing.
 fn stamp_arrivals(socket: &socket2::Socket, addr: SocketAddr) {
     if let Err(e) = udp::enable_arrival_timestamps(socket) {
         tracing::warn!(%addr, error = %e, "no kernel arrival timestamps: latency includes the client's own queueing");
     }
 }
 
+/// The addresses advertised as host candidates for a socket on `port`.
 fn candidate_addrs(config: &DataPlaneConfig, port: u16) -> Vec<SocketAddr> {
     let ips: Vec<IpAddr> = if !config.candidate_ips.is_empty() {
         config.candidate_ips.clone()
