@@ -6,12 +6,13 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    Server, ended, endpoint, eventually, keyframe_requests, keyframes_received, player_figures,
-    session,
+    Server, ended, endpoint, eventually, keyframe_requests, keyframes_received, metric, metrics,
+    player_figures, session,
 };
 use relaycast_controlplane::client::ClientError;
 use relaycast_controlplane::protocol::StreamStatus;
 use relaycast_dataplane::synth::{SynthConfig, VideoCodec};
+use relaycast_loadgen::procfs;
 use serde_json::{Value, json};
 
 fn synth(codec: VideoCodec) -> SynthConfig {
@@ -41,7 +42,21 @@ async fn fanout(codec: VideoCodec, players: usize) {
         sessions.push(s);
         streams.push(player);
     }
+    // The server's CPU per datagram it sent over the window, as the loadgen measures it.
+    let datagrams_out =
+        |text: &str| metric(text, "relaycast_core_packets_total", &["direction=\"out\""]);
+    let cpu_before = procfs::sample(Some(server.pid())).expect("server /proc");
+    let out_before = datagrams_out(&metrics(&server).await);
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let out_after = datagrams_out(&metrics(&server).await);
+    let cpu_after = procfs::sample(Some(server.pid())).expect("server /proc");
+    let (cpu_us, cpu_pct) = procfs::cpu_between(&cpu_before, &cpu_after);
+    let forwarded = out_after - out_before;
+    assert!(forwarded > 0.0, "the server sent nothing in 3 s");
+    eprintln!(
+        "{codec}: server sent {forwarded} datagrams in the window; CPU {:.1} us per datagram ({cpu_pct:.1}% of a core)",
+        cpu_us as f64 / forwarded
+    );
 
     let sent = publisher.report().await.unwrap().generator.unwrap();
     let mut total_media = 0;
