@@ -653,7 +653,7 @@ async fn twcc_is_negotiated_with_publishers_not_with_players() {
 }
 
 /// A near-silent stream (one small frame a second, no audio) leaves its core quiet: the core
-/// then reads and answers its peers on a 25 ms grid. Its players still get every frame, and
+/// then reads and answers its peers on a 100 ms grid. Its players still get every frame, and
 /// a full-rate stream started on the same quiet server plays at once.
 #[tokio::test]
 async fn a_quiet_core_still_delivers_and_wakes_up_for_media() {

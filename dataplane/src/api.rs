@@ -43,7 +43,7 @@ pub struct DataPlaneConfig {
     /// Capacity of each cross-core ring, in packets.
     pub ring_capacity: usize,
     /// A quiet core (little media forwarded, every peer connected) reads its sockets and
-    /// fires its timers on a 25 ms grid, to spare wake-ups (the server). Off for clients
+    /// fires its timers on a 100 ms grid, to spare wake-ups (the server). Off for clients
     /// (tests, the load generator): their peers generate and measure media without
     /// forwarding any, and a measuring instrument must not wait.
     pub quiet_batching: bool,

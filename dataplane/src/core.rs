@@ -375,6 +375,7 @@ async fn core_main(start: CoreStart) {
         due_now: Vec::new(),
         media_window: (Instant::now(), 0),
         quiet: false,
+        unhold: Rc::new(Notify::new()),
         fanout: Vec::new(),
         mirrors: Vec::new(),
         timer_signal: timer_tx,
@@ -512,6 +513,9 @@ struct Core {
     /// [`Core::idle_hold`]).
     media_window: (Instant, u32),
     quiet: bool,
+    /// Ends the socket readers' quiet hold early, when a peer joins: its ICE and DTLS
+    /// must not wait for the next step of the quiet grid.
+    unhold: Rc<Notify>,
     timer_signal: LocalSender<()>,
     stop: LocalSender<()>,
 }
@@ -587,7 +591,7 @@ impl Core {
                     self.due_now.push(id);
                 }
                 let floor = now + Duration::from_micros(500);
-                let at = coalesce(deadline.max(floor), now, self.epoch, self.timer_slack());
+                let at = coalesce(deadline.max(floor), now, self.epoch, self.timer_rounding());
                 self.arm(TimerKey::Peer(id), at);
                 Some(r)
             }
@@ -639,10 +643,10 @@ impl Core {
 
     /// How long a socket reader waits before it looks at its socket again: nothing while media
     /// flows or a peer is connecting; on a quiet core (under [`QUIET_MEDIA_PER_S`] media
-    /// packets in the last second) until the next step of the timer grid, where the peers'
-    /// timers also fire (see [`Core::timer_slack`]). So the RTCP reports and ICE consent
-    /// checks of many silent peers are read and answered in one wake-up every 25 ms, not one
-    /// wake-up each.
+    /// packets in the last second) until the next step of the quiet grid, where the peers'
+    /// timers also fire (see [`Core::timer_rounding`]). So the RTCP reports and ICE consent
+    /// checks of many silent peers are read and answered in one wake-up every 100 ms, not
+    /// one wake-up each. A peer joining ends the wait at once ([`Core::unhold`]).
     fn idle_hold(&mut self, now: Instant) -> Option<Duration> {
         if !self.config.quiet_batching {
             return None;
@@ -658,16 +662,23 @@ impl Core {
         if !self.quiet || self.peers.is_empty() || self.peers.values().any(|p| !p.is_connected()) {
             return None;
         }
-        Some(grid_ceil(now + Duration::from_millis(1), self.epoch) - now)
+        Some(grid_ceil(now + Duration::from_millis(1), self.epoch, QUIET_GRID) - now)
     }
 
-    /// Peer deadlines closer than this stay exact; later ones are rounded up to the timer
-    /// grid so many peers share a wake-up. On a quiet core every deadline is rounded.
-    fn timer_slack(&self) -> Duration {
+    /// How peer deadlines are rounded so that many peers share a wake-up: those at least
+    /// [`TIMER_SLACK_FROM`] away go up to the [`TIMER_GRID`]; on a quiet core every deadline,
+    /// however near, goes up to the coarser [`QUIET_GRID`].
+    fn timer_rounding(&self) -> Rounding {
         if self.quiet {
-            Duration::ZERO
+            Rounding {
+                slack_from: Duration::ZERO,
+                grid: QUIET_GRID,
+            }
         } else {
-            TIMER_SLACK_FROM
+            Rounding {
+                slack_from: TIMER_SLACK_FROM,
+                grid: TIMER_GRID,
+            }
         }
     }
 
@@ -967,6 +978,8 @@ impl Core {
 
     fn insert_peer(&mut self, peer: Peer, attach: Option<Attach>) {
         let id = peer.id;
+        // A connecting peer ends the quiet state: readers holding for the grid look now.
+        self.unhold.notify_waiters();
         match attach {
             Some(Attach::Source(stream)) => self.router.set_source(stream, id),
             Some(Attach::Subscriber {
@@ -1065,7 +1078,7 @@ impl Core {
                     };
                     let due = peer.deadline();
                     if due > now {
-                        self.arm(key, coalesce(due, now, self.epoch, self.timer_slack()));
+                        self.arm(key, coalesce(due, now, self.epoch, self.timer_rounding()));
                         continue;
                     }
                     self.with_peer(id, now, |p, tx, events| p.on_timeout(now, tx, events));
@@ -1165,19 +1178,31 @@ const TIMER_SLACK_FROM: Duration = Duration::from_millis(100);
 /// every second, statistics every 2 s) then shares one wake-up per grid step instead of
 /// one each, at the price of at most this much delay for work that is not urgent.
 const TIMER_GRID: Duration = Duration::from_millis(25);
+/// The grid of a quiet core (see [`Core::idle_hold`]): its socket reads and all its peer
+/// timers. With no media to delay, only RTCP, ICE consent and statistics wait for it. A
+/// multiple of [`TIMER_GRID`], so the two grids' steps coincide.
+const QUIET_GRID: Duration = Duration::from_millis(100);
+
+/// How [`coalesce`] rounds a deadline.
+#[derive(Clone, Copy, Debug)]
+struct Rounding {
+    /// Deadlines closer than this stay exact.
+    slack_from: Duration,
+    grid: Duration,
+}
 
 /// Rounds a far deadline up to the core's timer grid; near ones stay exact. Never earlier
 /// than `at`.
-fn coalesce(at: Instant, now: Instant, epoch: Instant, slack_from: Duration) -> Instant {
-    if at.saturating_duration_since(now) < slack_from {
+fn coalesce(at: Instant, now: Instant, epoch: Instant, rounding: Rounding) -> Instant {
+    if at.saturating_duration_since(now) < rounding.slack_from {
         return at;
     }
-    grid_ceil(at, epoch)
+    grid_ceil(at, epoch, rounding.grid)
 }
 
-/// The first step of the timer grid at or after `at`.
-fn grid_ceil(at: Instant, epoch: Instant) -> Instant {
-    let grid = TIMER_GRID.as_micros();
+/// The first step of a grid at or after `at`.
+fn grid_ceil(at: Instant, epoch: Instant, grid: Duration) -> Instant {
+    let grid = grid.as_micros();
     let offset = at.saturating_duration_since(epoch).as_micros();
     let rounded = offset.div_ceil(grid) * grid;
     epoch + Duration::from_micros(u64::try_from(rounded).unwrap_or(u64::MAX))
@@ -1315,10 +1340,13 @@ async fn socket_reader(
             }
             core.finish(now);
             core.idle_hold(now)
+                .map(|hold| (hold, Rc::clone(&core.unhold)))
         };
         drop(core);
         match hold {
-            Some(hold) => glommio::timer::sleep(hold).await,
+            // The Notified future registers when first polled, here, before any other task
+            // of this executor can add a peer: no wake-up is missed.
+            Some((hold, unhold)) => glommio::timer::sleep(hold).or(unhold.notified()).await,
             None => glommio::yield_if_needed().await,
         }
     }
@@ -1414,7 +1442,9 @@ mod spawn_tests {
 
     use std::time::{Duration, Instant};
 
-    use super::{TIMER_GRID, TIMER_SLACK_FROM, coalesce, spawn_later, wake_socket};
+    use super::{
+        QUIET_GRID, Rounding, TIMER_GRID, TIMER_SLACK_FROM, coalesce, spawn_later, wake_socket,
+    };
 
     #[test]
     fn the_wake_socket_keeps_its_port_to_itself() {
@@ -1442,6 +1472,15 @@ mod spawn_tests {
             .unwrap();
     }
 
+    const BUSY: Rounding = Rounding {
+        slack_from: TIMER_SLACK_FROM,
+        grid: TIMER_GRID,
+    };
+    const QUIET: Rounding = Rounding {
+        slack_from: Duration::ZERO,
+        grid: QUIET_GRID,
+    };
+
     #[test]
     fn far_deadlines_share_grid_steps_and_are_never_earlier() {
         let epoch = Instant::now();
@@ -1452,41 +1491,41 @@ mod spawn_tests {
             now + Duration::from_millis(30),
             now + Duration::from_millis(99),
         ] {
-            assert_eq!(coalesce(near, now, epoch, TIMER_SLACK_FROM), near);
+            assert_eq!(coalesce(near, now, epoch, BUSY), near);
         }
         // Many peers' RTCP deadlines spread over one grid step wake up together.
         let base = epoch + Duration::from_millis(1_000);
         let woken: std::collections::BTreeSet<Instant> = (1..25)
-            .map(|ms| {
-                coalesce(
-                    base + Duration::from_millis(ms),
-                    now,
-                    epoch,
-                    TIMER_SLACK_FROM,
-                )
-            })
+            .map(|ms| coalesce(base + Duration::from_millis(ms), now, epoch, BUSY))
             .collect();
         assert_eq!(woken.len(), 1);
         assert_eq!(woken.first(), Some(&(epoch + Duration::from_millis(1_025))));
         for us in [100_001u64, 512_345, 999_999, 1_000_000, 7_654_321] {
             let at = now + Duration::from_micros(us);
-            let c = coalesce(at, now, epoch, TIMER_SLACK_FROM);
+            let c = coalesce(at, now, epoch, BUSY);
             assert!(c >= at && c - at < TIMER_GRID, "{us}: {c:?} vs {at:?}");
         }
     }
 
-    /// On a quiet core every deadline goes to the grid, however near: a peer's timer and the
-    /// socket readers' next look then share the 25 ms steps.
+    /// On a quiet core every deadline goes to the quiet grid, however near: a peer's timer
+    /// and the socket readers' next look then share its 100 ms steps, which are also steps
+    /// of the busy grid.
     #[test]
     fn on_a_quiet_core_near_deadlines_join_the_grid_too() {
         let epoch = Instant::now();
         let now = epoch + Duration::from_millis(7);
-        for ms in [1u64, 10, 17, 30] {
+        for ms in [1u64, 10, 17, 30, 93, 150] {
             let at = now + Duration::from_millis(ms);
-            let c = coalesce(at, now, epoch, Duration::ZERO);
-            assert!(c >= at && c - at < TIMER_GRID);
+            let c = coalesce(at, now, epoch, QUIET);
+            assert!(c >= at && c - at < QUIET_GRID, "{ms}: {c:?} vs {at:?}");
+            assert_eq!((c - epoch).as_micros() % QUIET_GRID.as_micros(), 0);
             assert_eq!((c - epoch).as_micros() % TIMER_GRID.as_micros(), 0);
         }
+        // A hundred peers' timers over 93 ms of a quiet core: one wake-up.
+        let woken: std::collections::BTreeSet<Instant> = (1..=93)
+            .map(|ms| coalesce(now + Duration::from_millis(ms), now, epoch, QUIET))
+            .collect();
+        assert_eq!(woken.len(), 1);
     }
 
     /// A task spawned while the core is borrowed (as in `Core::offer`, or when a send
