@@ -98,6 +98,10 @@ test('two-way on A, relay console push to B, player on B; the console terminates
                 await player.click('#playBtn');
                 await expectText(player, '#sessionStatus', 'ESTABLISHED');
                 await expectText(player, '#status', 'PLAYING');
+                const played = await expectVideoPlaying(player, '#display');
+                await expectText(player, '#resolution', `${played.width}x${played.height}`, 5000);
+                t.diagnostic(`${label} (${sdk || 'relaycast.js'}): Start click -> picture through the relay ` +
+                    `${played.pictureAt - clicked} ms, ${played.width}x${played.height}`);
                 if (label === 'player-b') {
                     // The console shows the relay's link once media crosses it.
                     await relayConsole.waitForFunction((n) => [...document.querySelectorAll('#relayRows tr.relay-row')]
@@ -106,10 +110,6 @@ test('two-way on A, relay console push to B, player on B; the console terminates
                     name, { timeout: 10000 });
                     t.diagnostic(`console link: ${(await relayRow(relayConsole, name)).link}`);
                 }
-                const played = await expectVideoPlaying(player, '#display');
-                await expectText(player, '#resolution', `${played.width}x${played.height}`, 5000);
-                t.diagnostic(`${label} (${sdk || 'relaycast.js'}): Start click -> picture through the relay ` +
-                    `${played.pictureAt - clicked} ms, ${played.width}x${played.height}`);
             }
 
             // B's console lists the relayed stream as published there.
