@@ -201,6 +201,10 @@ pub struct Media {
     pub keyframe_answered_interval_ms: u64,
     /// Kernel socket buffer size (SO_RCVBUF and SO_SNDBUF) of media sockets, bytes.
     pub socket_buffer_bytes: usize,
+    /// A core forwarding under 10 media packets a second, with every peer connected, reads
+    /// and fires timers every 100 ms instead of at once, to spare CPU with silent peers. Its
+    /// first media after a quiet spell then waits up to 100 ms.
+    pub quiet_batching: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -263,6 +267,8 @@ impl Default for Media {
             keyframe_min_interval_ms: d.keyframe_min_interval.as_millis() as u64,
             keyframe_answered_interval_ms: d.keyframe_answered_interval.as_millis() as u64,
             socket_buffer_bytes: d.socket_buffer,
+            // The server's default; the data plane's own (false) is its clients'.
+            quiet_batching: true,
         }
     }
 }
@@ -498,7 +504,7 @@ impl Config {
                 ),
                 max_peers_per_core: self.limits.max_peers_per_core,
                 socket_buffer: self.media.socket_buffer_bytes,
-                quiet_batching: true,
+                quiet_batching: self.media.quiet_batching,
                 arrival_timestamps: false,
                 ..DataPlaneConfig::default()
             },
@@ -617,7 +623,8 @@ mod tests {
              metrics = true\napp_keys = [\"live\"]\ntoken = \"s\"\n\
              [limits]\nmax_messages_per_sec = 7\nmax_sessions_per_ip = 8\n\
              max_streams_per_session = 9\nmax_players_per_stream = 10\nmax_peers_per_core = 11\n\
-             [relay]\ntls_insecure = true\ntoken = \"r\"\n",
+             [relay]\ntls_insecure = true\ntoken = \"r\"\n\
+             [media]\nquiet_batching = false\n",
         )
         .unwrap();
         let s = c.server_config().unwrap();
@@ -642,6 +649,7 @@ mod tests {
             (9, 10, 11)
         );
         assert_eq!(s.data.max_peers_per_core, 11);
+        assert!(!s.data.quiet_batching);
         assert!(s.relay.tls.insecure);
         assert_eq!(s.relay.token.as_deref(), Some("r"));
         assert!(s.tls.is_none(), "no certificate, no TLS listeners");
@@ -655,6 +663,10 @@ mod tests {
         assert!(!s.relay.tls.insecure && s.relay.tls.ca.is_empty());
         assert!(s.signalling.max_messages_per_sec > 0 && s.signalling.max_sessions_per_ip > 0);
         assert!(s.tls.is_none());
+        assert!(
+            s.data.quiet_batching,
+            "the server batches a quiet core's work by default"
+        );
     }
 
     #[test]
