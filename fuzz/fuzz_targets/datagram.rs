@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use libfuzzer_sys::fuzz_target;
 use relaycast_dataplane::demux::{self, Demux};
 use relaycast_dataplane::peer::Peer;
-use relaycast_dataplane::udp::SendBatch;
+use relaycast_dataplane::udp::{Datagram, SendBatch};
 use relaycast_dataplane::{Continuity, PeerId, Role, StreamId};
 
 fuzz_target!(|data: &[u8]| {
@@ -44,7 +44,15 @@ fuzz_target!(|data: &[u8]| {
             let _ = demux::classify(datagram);
             let _ = demux::stun_local_ufrag(datagram);
             if demux.route(source, datagram) == Some(1) || header & 4 != 0 {
-                if peer.receive(now, source, local, datagram).is_err() {
+                // Bit 3 gives the datagram a kernel arrival stamp, as a client socket has.
+                let received = Datagram {
+                    source,
+                    destination: local,
+                    payload: datagram,
+                    truncated: false,
+                    arrival_unix_micros: (header & 8 != 0).then_some(1_795_000_000_000_000),
+                };
+                if peer.receive(now, received).is_err() {
                     return;
                 }
                 if peer.drive(now, &mut tx, &mut events).is_err() {
