@@ -731,7 +731,16 @@ fn pair_plot(
             .configure_mesh()
             .light_line_style(WHITE)
             .x_labels(10)
-            .x_label_formatter(&|x| format!("{x:.0}"))
+            // The log axis puts a tick at every 100 from 100 to 1,000: label only those
+            // with a leading 1, 2 or 5, so the crowded end stays readable.
+            .x_label_formatter(&|x| {
+                let lead = x / 10f64.powi(x.log10().floor() as i32);
+                if [1.0, 2.0, 5.0].iter().any(|d| (lead - d).abs() < 1e-6) {
+                    format!("{x:.0}")
+                } else {
+                    String::new()
+                }
+            })
             .y_label_formatter(&|y| format!("{y:.1}"))
             .x_desc("players (log scale)")
             .y_desc(if scale == 1.0 { unit } else { "ratio" })
