@@ -1188,6 +1188,7 @@ const QUIET_GRID: Duration = Duration::from_millis(100);
 struct Rounding {
     /// Deadlines closer than this stay exact.
     slack_from: Duration,
+    /// The steps the others are rounded up to, counted from the core's epoch.
     grid: Duration,
 }
 

@@ -987,7 +987,6 @@ fn without_twcc(mut config: RtcConfig) -> RtcConfig {
     config.set_extension_map(exts)
 }
 
-/// A config that can receive every codec the server forwards (probes, pull relays).
 /// How long a subscriber's sent video stays available for resends. A player NACKs a lost
 /// packet within a few round trips, and libwebrtc keeps its own sent packets for the larger
 /// of 1 s and three round trips. str0m's default, 3 s and up to 2,000 packets, held about
@@ -998,6 +997,7 @@ const RESEND_HISTORY_PACKETS: usize = 1000;
 /// str0m's default share of resends in what a stream sends, kept.
 const RTX_RATIO_CAP: f32 = 0.15;
 
+/// A config that can receive every codec the server forwards (probes, pull relays).
 fn receive_all_config() -> RtcConfig {
     RtcConfig::new()
         .clear_codecs()

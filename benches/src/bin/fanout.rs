@@ -619,10 +619,7 @@ fn machine() -> Machine {
     }
 }
 
-/// A command line from borrowed parts.
-/// A `fanout` command line against `server`: its addresses, the run's own options, then
-/// the loadgen's cores, the server's PID (for its CPU and RSS) and the JSON summary.
-/// One fan-out step on a fresh server: `players` players of a 1.5 Mbps (`--bitrate`) stream,
+/// One fan-out step on a fresh server: `players` players of a `--bitrate` stream,
 /// with `extra` loadgen options; a failed run is a step with its error.
 fn fanout_step(
     bins: &Bins,
@@ -682,6 +679,8 @@ fn fanout_step(
     })
 }
 
+/// A `fanout` command line against `server`: its addresses, the run's own options, then
+/// the loadgen's cores, the server's PID (for its CPU and RSS) and the JSON summary.
 fn fanout_args(bins: &Bins, server: &ServerProc, options: &[&str]) -> Vec<String> {
     let mut args = owned(&[
         "fanout",
@@ -701,6 +700,7 @@ fn fanout_args(bins: &Bins, server: &ServerProc, options: &[&str]) -> Vec<String
     args
 }
 
+/// A command line from borrowed parts.
 fn owned(parts: &[&str]) -> Vec<String> {
     parts.iter().map(|s| s.to_string()).collect()
 }
