@@ -1,13 +1,14 @@
 //! The machine's physical limit for forwarding, per 1200-byte packet on one core: `sendto`,
 //! `sendmmsg` (32 per call), UDP GSO (32 segments per call), `sendmmsg` of 32 GSO messages
-//! of 6 segments (a video frame per subscriber) over loopback, and one SRTP seal
-//! (AEAD-AES-128-GCM, AEAD-AES-256-GCM, AES-CM + HMAC-SHA1-80, and AES-CM with the key set
-//! up per packet as str0m's aws-lc-rs backend does).
+//! of 6 segments (a video frame per subscriber) over loopback; the two `sendmmsg` shapes again
+//! to a receiver that another thread reads (`_read`); and one SRTP seal (AEAD-AES-128-GCM,
+//! AEAD-AES-256-GCM, AES-CM + HMAC-SHA1-80, and AES-CM with the key set up per packet as
+//! str0m's aws-lc-rs backend does).
 
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use relaycast_benches::limit::{BATCH, CmSealer, FRAME, GcmSealer, Gso, Loopback, Mmsg};
+use relaycast_benches::limit::{BATCH, CmSealer, Drain, FRAME, GcmSealer, Gso, Loopback, Mmsg};
 
 fn send(c: &mut Criterion) {
     let lo = Loopback::new().expect("loopback sockets");
@@ -27,6 +28,17 @@ fn send(c: &mut Criterion) {
         .send(&lo)
         .expect("UDP GSO is supported on this kernel");
     group.bench_function("sendmmsg_gso_frames_32x6", |b| b.iter(|| frames.send(&lo)));
+    // The same two sends to a receiver that another thread reads, as a subscriber's socket is.
+    let read = Loopback::new().expect("loopback sockets");
+    let _drain = Drain::spawn(&read.receiver, None).expect("reader thread");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    let mut mmsg = Mmsg::new(&read);
+    group.bench_function("sendmmsg_x32_read", |b| b.iter(|| mmsg.send(&read)));
+    group.throughput(Throughput::Elements((BATCH * FRAME) as u64));
+    let mut frames = Mmsg::frames(&read, FRAME);
+    group.bench_function("sendmmsg_gso_frames_32x6_read", |b| {
+        b.iter(|| frames.send(&read))
+    });
     group.finish();
 }
 

@@ -148,8 +148,11 @@ fn main() -> Result<()> {
         settings.server_cpus
     );
     pin_self(&args.server_cpus)?;
-    let limits = Limits::measure(Duration::from_secs_f64(args.limit_seconds))
-        .context("measuring the physical limit")?;
+    let limits = Limits::measure(
+        Duration::from_secs_f64(args.limit_seconds),
+        args.loadgen_cpus.first().copied(),
+    )
+    .context("measuring the physical limit")?;
     unpin_self()?;
     eprintln!("fanout: {limits:?}");
 
