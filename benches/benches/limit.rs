@@ -8,7 +8,9 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use relaycast_benches::limit::{BATCH, CmSealer, Drain, FRAME, GcmSealer, Gso, Loopback, Mmsg};
+use relaycast_benches::limit::{
+    BATCH, CmSealer, Drain, FRAME, GcmSealer, Gso, Loopback, Mmsg, pin_thread,
+};
 
 fn send(c: &mut Criterion) {
     let lo = Loopback::new().expect("loopback sockets");
@@ -28,9 +30,14 @@ fn send(c: &mut Criterion) {
         .send(&lo)
         .expect("UDP GSO is supported on this kernel");
     group.bench_function("sendmmsg_gso_frames_32x6", |b| b.iter(|| frames.send(&lo)));
-    // The same two sends to a receiver that another thread reads, as a subscriber's socket is.
+    // The same two sends to a receiver that a thread on another CPU reads, as a subscriber's
+    // socket is. Both ends are pinned, so the reader never takes the sender's CPU.
     let read = Loopback::new().expect("loopback sockets");
-    let _drain = Drain::spawn(&read.receiver, None).expect("reader thread");
+    let two_cpus = std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2);
+    if two_cpus {
+        pin_thread(0);
+    }
+    let _drain = Drain::spawn(&read.receiver, two_cpus.then_some(1)).expect("reader thread");
     group.throughput(Throughput::Elements(BATCH as u64));
     let mut mmsg = Mmsg::new(&read);
     group.bench_function("sendmmsg_x32_read", |b| b.iter(|| mmsg.send(&read)));

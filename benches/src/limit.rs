@@ -112,7 +112,8 @@ impl Drop for Drain {
     }
 }
 
-fn pin_thread(cpu: usize) {
+/// Pins the calling thread to `cpu` (best effort: a CPU the process may not use is ignored).
+pub fn pin_thread(cpu: usize) {
     // SAFETY: cpu_set_t is a plain bit set; all-zero is empty, and the call only changes this
     // thread's affinity.
     unsafe {
