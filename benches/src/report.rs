@@ -713,6 +713,17 @@ pub fn plots(run: &Run, dir: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(out)
 }
 
+/// Ticks for a log axis from `min` to `max`: 1, 2 and 5 times each power of ten, so the
+/// labels stay apart at the crowded end of each decade.
+fn log_ticks(min: f64, max: f64) -> Vec<f64> {
+    let first = min.max(1e-9).log10().floor() as i32;
+    let last = max.max(1e-9).log10().ceil() as i32;
+    (first..=last)
+        .flat_map(|e| [1.0, 2.0, 5.0].map(|d| d * 10f64.powi(e)))
+        .filter(|x| (min..=max).contains(x))
+        .collect()
+}
+
 /// Two panels side by side: the figure, and the same figure divided by `limit`.
 fn pair_plot(
     path: &Path,
@@ -750,22 +761,18 @@ fn pair_plot(
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(60)
-            .build_cartesian_2d((x_min..x_max).log_scale(), 0.0..y_max.max(1e-9))
+            .build_cartesian_2d(
+                (x_min..x_max)
+                    .log_scale()
+                    .with_key_points(log_ticks(x_min, x_max)),
+                0.0..y_max.max(1e-9),
+            )
             .map_err(|e| e.to_string())?;
         chart
             .configure_mesh()
             .light_line_style(WHITE)
-            .x_labels(10)
-            // The log axis puts a tick at every 100 from 100 to 1,000: label only those
-            // with a leading 1, 2 or 5, so the crowded end stays readable.
-            .x_label_formatter(&|x| {
-                let lead = x / 10f64.powi(x.log10().floor() as i32);
-                if [1.0, 2.0, 5.0].iter().any(|d| (lead - d).abs() < 1e-6) {
-                    format!("{x:.0}")
-                } else {
-                    String::new()
-                }
-            })
+            .x_labels(20)
+            .x_label_formatter(&|x| format!("{x:.0}"))
             .y_label_formatter(&|y| format!("{y:.1}"))
             .x_desc("players (log scale)")
             .y_desc(if scale == 1.0 { unit } else { "ratio" })
@@ -814,6 +821,15 @@ fn register_font() -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_ticks_are_1_2_5_per_decade_inside_the_range() {
+        assert_eq!(
+            log_ticks(40.0, 1300.0),
+            vec![50.0, 100.0, 200.0, 500.0, 1000.0]
+        );
+        assert_eq!(log_ticks(8.0, 25.0), vec![10.0, 20.0]);
+    }
 
     #[test]
     fn splice_keeps_the_hand_written_parts() {
