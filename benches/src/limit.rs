@@ -462,36 +462,23 @@ impl Limits {
     /// packet is shared by every subscriber. Results from before a figure existed fall back to
     /// the unread receiver, then to plain `sendmmsg`.
     pub fn cheapest_forward_ns(&self) -> f64 {
-        let send = [
-            self.gso_frames_read_ns,
-            self.gso_frames_ns,
-            self.sendmmsg_ns,
-        ]
-        .into_iter()
-        .find(|ns| *ns > 0.0)
-        .unwrap_or(0.0);
-        self.gcm128_ns + send
+        self.gcm128_ns
+            + first_measured(&[
+                self.gso_frames_read_ns,
+                self.gso_frames_ns,
+                self.sendmmsg_ns,
+            ])
     }
 
     /// The same with one plain datagram per message: the cheapest forward without GSO.
     pub fn cheapest_forward_plain_ns(&self) -> f64 {
-        let send = if self.sendmmsg_read_ns > 0.0 {
-            self.sendmmsg_read_ns
-        } else {
-            self.sendmmsg_ns
-        };
-        self.gcm128_ns + send
+        self.gcm128_ns + first_measured(&[self.sendmmsg_read_ns, self.sendmmsg_ns])
     }
 
     /// The cheapest forward with GSO to a receiver that is never read (the kernel drops at
     /// its full buffer): the definition used before the read receiver was measured.
     pub fn cheapest_forward_unread_ns(&self) -> f64 {
-        let send = if self.gso_frames_ns > 0.0 {
-            self.gso_frames_ns
-        } else {
-            self.sendmmsg_ns
-        };
-        self.gcm128_ns + send
+        self.gcm128_ns + first_measured(&[self.gso_frames_ns, self.sendmmsg_ns])
     }
 
     /// Whether the run measured sends to a read receiver.
@@ -573,6 +560,12 @@ impl Limits {
             loopback_p99_us,
         })
     }
+}
+
+/// The first of `figures` that was measured: a saved run from before a figure existed has 0
+/// in its place.
+fn first_measured(figures: &[f64]) -> f64 {
+    figures.iter().copied().find(|ns| *ns > 0.0).unwrap_or(0.0)
 }
 
 /// Median over 5 rounds of the time per packet of `f`, which handles `per_call` packets.

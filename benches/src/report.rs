@@ -256,6 +256,8 @@ pub fn markdown(run: &Run, plots: &[String]) -> String {
     }
     let _ = writeln!(md, "```\n");
 
+    // Which receiver the headline limits were measured with (older runs: unread only).
+    let receiver = if l.has_read() { ", read" } else { ", unread" };
     let read = |ns: f64| {
         if l.has_read() {
             format!("{ns:.0}")
@@ -299,10 +301,10 @@ pub fn markdown(run: &Run, plots: &[String]) -> String {
         l.gcm256_ns,
         l.cm_sha1_ns,
         l.cm_sha1_key_setup_ns,
-        if l.has_read() { ", read" } else { ", unread" },
+        receiver,
         l.cheapest_forward_plain_ns(),
         l.cheapest_forward_unread_ns(),
-        if l.has_read() { ", read" } else { ", unread" },
+        receiver,
         limit_ns,
         l.read_pct,
         l.loopback_p50_us,
