@@ -506,6 +506,7 @@ impl Config {
                 socket_buffer: self.media.socket_buffer_bytes,
                 quiet_batching: self.media.quiet_batching,
                 arrival_timestamps: false,
+                read_sweep: None,
                 ..DataPlaneConfig::default()
             },
             signalling: SignallingConfig {

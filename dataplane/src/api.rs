@@ -52,6 +52,15 @@ pub struct DataPlaneConfig {
     /// out the time the packet then waited for its core. On for clients (tests, the load
     /// generator), whose many players share a core; off for the server, which measures none.
     pub arrival_timestamps: bool,
+    /// Read the sockets of offering peers (clients' players, relays) on a sweep every this
+    /// long (one `epoll_wait` per core), instead of one readiness wait per socket. Each
+    /// socket's readiness wait is an io_uring poll, and each datagram arriving while one is
+    /// armed makes the sender's CPU interrupt this one to run it: on loopback the server
+    /// pays that, once per burst per player socket. A load generator with thousands of
+    /// sockets sweeps (with `arrival_timestamps`, the latency it measures is unchanged);
+    /// `None` (the server, whose relays must not wait, and the tests' clients) waits per
+    /// socket.
+    pub read_sweep: Option<Duration>,
 }
 
 impl Default for DataPlaneConfig {
@@ -70,6 +79,7 @@ impl Default for DataPlaneConfig {
             max_peers_per_core: 20_000,
             quiet_batching: false,
             arrival_timestamps: true,
+            read_sweep: None,
             socket_buffer: 4 << 20,
             ring_capacity: 4096,
         }

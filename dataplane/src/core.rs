@@ -8,7 +8,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
@@ -20,6 +20,7 @@ use futures_lite::FutureExt;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::UdpSocket;
 use glommio::{LocalExecutorBuilder, Placement};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use rustc_hash::FxHashMap;
 use str0m::config::DtlsCert;
 use str0m::media::KeyframeRequestKind;
@@ -351,6 +352,16 @@ async fn core_main(start: CoreStart) {
     let (stop_tx, stop_rx) = local_channel::new_bounded(1);
     let shared = Rc::new(into_glommio(socket));
     let candidates = candidate_addrs(&config, local.port());
+    let sweep = match config.read_sweep {
+        Some(every) => match Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC) {
+            Ok(epoll) => Some((Rc::new(epoll), every)),
+            Err(e) => {
+                let _ = ready.send(Err(format!("read sweep (epoll): {e}")));
+                return;
+            }
+        },
+        None => None,
+    };
     tracing::debug!(core = %id, %local, ?candidates, "core running");
 
     let core = Rc::new(RefCell::new(Core {
@@ -366,6 +377,7 @@ async fn core_main(start: CoreStart) {
         shared: SocketIo::new(Rc::clone(&shared), local, None),
         candidates,
         dedicated: FxHashMap::default(),
+        sweep: sweep.as_ref().map(|(epoll, _)| Rc::clone(epoll)),
         dirty: Vec::new(),
         sink,
         mesh,
@@ -393,6 +405,9 @@ async fn core_main(start: CoreStart) {
     ))
     .detach();
     glommio::spawn_local(command_reader(Rc::downgrade(&core), wake, commands, flag)).detach();
+    if let Some((epoll, every)) = sweep {
+        glommio::spawn_local(sweep_reader(Rc::downgrade(&core), epoll, every)).detach();
+    }
     glommio::spawn_local(timer_loop(Rc::downgrade(&core), timer_rx)).detach();
     for (from, rx) in mesh_receivers {
         let weak = Rc::downgrade(&core);
@@ -495,6 +510,9 @@ struct Core {
     shared: SocketIo,
     candidates: Vec<SocketAddr>,
     dedicated: FxHashMap<PeerId, SocketIo>,
+    /// With [`DataPlaneConfig::read_sweep`], the dedicated sockets are registered here (keyed
+    /// by peer) and read by [`sweep_reader`] instead of a reader task each.
+    sweep: Option<Rc<Epoll>>,
     dirty: Vec<PeerId>,
     sink: EventSink,
     mesh: Mesh,
@@ -954,18 +972,31 @@ impl Core {
         let built = catch_unwind(AssertUnwindSafe(|| Peer::offer(id, role, &setup)));
         match flatten(built) {
             Ok((peer, sdp, media)) => {
+                if let Some(sweep) = &self.sweep {
+                    let watched = EpollEvent::new(EpollFlags::EPOLLIN, id.0);
+                    if let Err(e) = sweep.add(&socket, watched) {
+                        self.emit_failed(id, PeerFailure::Socket(format!("epoll: {e}")));
+                        return;
+                    }
+                }
                 let socket = Rc::new(into_glommio(socket));
-                let (stop_tx, stop_rx) = local_channel::new_bounded(1);
-                let io = SocketIo::new(Rc::clone(&socket), local, Some(stop_tx));
-                self.dedicated.insert(id, io);
-                self.insert_peer(peer, attach);
-                spawn_later(socket_reader(
-                    self.this.clone(),
-                    SocketKey::Dedicated(id),
-                    socket,
-                    local,
-                    Some(stop_rx),
-                ));
+                if self.sweep.is_some() {
+                    let io = SocketIo::new(socket, local, None);
+                    self.dedicated.insert(id, io);
+                    self.insert_peer(peer, attach);
+                } else {
+                    let (stop_tx, stop_rx) = local_channel::new_bounded(1);
+                    let io = SocketIo::new(Rc::clone(&socket), local, Some(stop_tx));
+                    self.dedicated.insert(id, io);
+                    self.insert_peer(peer, attach);
+                    spawn_later(socket_reader(
+                        self.this.clone(),
+                        SocketKey::Dedicated(id),
+                        socket,
+                        local,
+                        Some(stop_rx),
+                    ));
+                }
                 self.sink.emit(Event::Sdp {
                     peer: id,
                     sdp,
@@ -1035,6 +1066,13 @@ impl Core {
         }
         if let Some(mut io) = self.dedicated.remove(&id) {
             let _ = io.tx.flush_from(io.socket.as_raw_fd(), io.local);
+            if let Some(sweep) = &self.sweep {
+                // SAFETY: `io` owns the socket, so the descriptor is open for this call.
+                let fd = unsafe { BorrowedFd::borrow_raw(io.socket.as_raw_fd()) };
+                if let Err(e) = sweep.delete(fd) {
+                    tracing::debug!(peer = %id, error = %e, "epoll delete");
+                }
+            }
             if let Some(stop) = io.stop.take() {
                 let _ = stop.try_send(());
             }
@@ -1315,25 +1353,8 @@ async fn socket_reader(
             glommio::timer::sleep(Duration::from_millis(1)).await;
         }
         let Some(core) = core.upgrade() else { return };
-        let mut drained = 0;
         let now = Instant::now();
-        loop {
-            let n = match batch.recv(fd, local) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::debug!(?key, error = %e, "recvmmsg failed");
-                    break;
-                }
-            };
-            core.borrow_mut().on_datagrams(key, &batch, n, now);
-            drained += n;
-            // A batch that was not full drained the socket: no second recvmmsg to hear
-            // EAGAIN (what arrives meanwhile makes the next readiness wait end at once).
-            if drained >= 1024 || n < batch.capacity() {
-                break;
-            }
-        }
+        let drained = drain(&core, key, fd, local, &mut batch, now);
         let hold = {
             let mut core = core.borrow_mut();
             if drained > 0 {
@@ -1350,6 +1371,76 @@ async fn socket_reader(
             Some((hold, unhold)) => glommio::timer::sleep(hold).or(unhold.notified()).await,
             None => glommio::yield_if_needed().await,
         }
+    }
+}
+
+/// Reads what is waiting on one socket, in batches, up to 1,024 datagrams (the rest is read
+/// on the next wake-up, so one busy socket cannot starve the others); returns how many.
+fn drain(
+    core: &RefCell<Core>,
+    key: SocketKey,
+    fd: RawFd,
+    local: SocketAddr,
+    batch: &mut RecvBatch,
+    now: Instant,
+) -> usize {
+    let mut drained = 0;
+    loop {
+        let n = match batch.recv(fd, local) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(?key, error = %e, "recvmmsg failed");
+                break;
+            }
+        };
+        core.borrow_mut().on_datagrams(key, batch, n, now);
+        drained += n;
+        // A batch that was not full drained the socket: no second recvmmsg to hear
+        // EAGAIN (what arrives meanwhile makes the next readiness wait end at once).
+        if drained >= 1024 || n < batch.capacity() {
+            break;
+        }
+    }
+    drained
+}
+
+/// Reads a core's dedicated sockets every `every` ([`DataPlaneConfig::read_sweep`]): one
+/// non-blocking `epoll_wait` lists the sockets with datagrams waiting, and each is drained.
+/// No socket has a readiness wait armed, so senders never have to interrupt this CPU.
+async fn sweep_reader(core: Weak<RefCell<Core>>, epoll: Rc<Epoll>, every: Duration) {
+    let mut batch = RecvBatch::new(64);
+    let mut ready = vec![EpollEvent::empty(); 1024];
+    loop {
+        glommio::timer::sleep(every).await;
+        let Some(core) = core.upgrade() else { return };
+        let now = Instant::now();
+        let n = match epoll.wait(&mut ready, 0) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(error = %e, "epoll_wait failed");
+                continue;
+            }
+        };
+        // Level-triggered: a socket left with datagrams (over 1,024, or more than `ready`
+        // holds) is listed again on the next sweep.
+        let mut drained = 0;
+        for event in &ready[..n] {
+            let id = PeerId(event.data());
+            let socket = core
+                .borrow()
+                .dedicated
+                .get(&id)
+                .map(|io| (io.socket.as_raw_fd(), io.local));
+            if let Some((fd, local)) = socket {
+                drained += drain(&core, SocketKey::Dedicated(id), fd, local, &mut batch, now);
+            }
+        }
+        let mut core = core.borrow_mut();
+        if drained > 0 {
+            core.counters.rx_wakeups.fetch_add(1, Ordering::Relaxed);
+        }
+        core.finish(now);
     }
 }
 

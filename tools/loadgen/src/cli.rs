@@ -63,6 +63,12 @@ pub struct Common {
     /// How long a player may take from the first signalling frame to PLAYING.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub join_timeout: Duration,
+    /// Read the players' sockets in a sweep this often (one `epoll_wait` per core) instead
+    /// of waiting on each socket. On loopback, a socket waiting for data makes the sending
+    /// server interrupt the loadgen's CPU once per burst, which counts in the server's CPU.
+    /// Latency is still measured to each packet's kernel arrival time. `0` waits per socket.
+    #[arg(long, default_value = "1ms", value_parser = parse_duration)]
+    pub read_sweep: Duration,
 }
 
 /// What the publishers send.

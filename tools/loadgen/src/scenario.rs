@@ -89,6 +89,7 @@ impl Run {
             cores: common.cores,
             pin: false,
             bind: common.bind,
+            read_sweep: (!common.read_sweep.is_zero()).then_some(common.read_sweep),
             ..DataPlaneConfig::default()
         })
         .map_err(|e| RunError::Setup(format!("cannot start the loadgen's media endpoint: {e}")))?;

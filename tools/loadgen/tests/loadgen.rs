@@ -215,7 +215,8 @@ fn publish_and_play_in_two_processes() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait for the stream to exist, then play it.
+    // Wait for the stream to exist, then play it. These players wait on each socket
+    // (`--read-sweep 0`); every other test here reads in the default 1 ms sweep.
     let mut played = None;
     for _ in 0..40 {
         std::thread::sleep(Duration::from_millis(250));
@@ -231,6 +232,8 @@ fn publish_and_play_in_two_processes() {
             "1s",
             "--duration",
             "2s",
+            "--read-sweep",
+            "0",
             "--json",
         ]);
         if out.status.success() {
