@@ -7,9 +7,9 @@
 //! Each send is measured twice. Once to a bound receiver socket that is never read: once its
 //! buffer is full the kernel drops every datagram at the receiving end, after the copy, the
 //! route and the loopback hand-off. And once to a receiver that a thread on another CPU reads
-//! ([`Drain`]), as the load generator reads the server's datagrams: on loopback the sender's
-//! system call also queues each datagram on the receiving socket and wakes its reader, work
-//! the drop skips. The second is the like-for-like limit for a server whose datagrams all
+//! ([`Drain`]), as the load generator reads the server's datagrams (a sweep every
+//! [`READ_SWEEP`]): on loopback the sender's system call also queues each datagram on the
+//! receiving socket, and frees it after the reader's CPU has touched it, work the drop skips. The second is the like-for-like limit for a server whose datagrams all
 //! arrive; the first is kept to compare with runs from before it existed.
 
 use std::io;
@@ -33,9 +33,14 @@ pub const BATCH: usize = 32;
 /// to one subscriber as one GSO message.
 pub const FRAME: usize = 6;
 
-/// A thread that reads every datagram arriving at a loopback receiver, as a subscriber's
-/// socket is read: the sender then pays for queueing each datagram and waking the reader, not
-/// only for a drop at a full buffer. Stops (and joins) when dropped.
+/// How often a [`Drain`] reads its socket: `relaycast-loadgen`'s default `--read-sweep`.
+pub const READ_SWEEP: Duration = Duration::from_millis(1);
+
+/// A thread that reads every datagram arriving at a loopback receiver, as the load generator
+/// reads a player's socket: until it is empty, then again after [`READ_SWEEP`], never
+/// waiting on the socket (a waiting reader would have the sender wake it, which the load
+/// generator's sweep spares the server). The sender then pays for queueing each datagram,
+/// not only for a drop at a full buffer. Stops (and joins) when dropped.
 pub struct Drain {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     received: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -47,7 +52,7 @@ impl Drain {
     pub fn spawn(receiver: &UdpSocket, cpu: Option<usize>) -> io::Result<Drain> {
         use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
         let socket = receiver.try_clone()?;
-        socket.set_read_timeout(Some(Duration::from_millis(50)))?;
+        socket.set_nonblocking(true)?;
         // The buffer the server's and the loadgen's media sockets ask for (capped by the
         // kernel's rmem_max).
         socket2::SockRef::from(&socket)
@@ -81,12 +86,16 @@ impl Drain {
                             socket.as_raw_fd(),
                             headers.as_mut_ptr(),
                             N as libc::c_uint,
-                            libc::MSG_WAITFORONE,
+                            0,
                             std::ptr::null_mut(),
                         )
                     };
                     if n > 0 {
                         thread_received.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    // Empty (EAGAIN) or emptied by a short batch: the next sweep.
+                    if n < N as i32 {
+                        std::thread::sleep(READ_SWEEP);
                     }
                 }
             })?;
