@@ -519,28 +519,7 @@ impl Limits {
         let gso_frames_ns = per_packet(budget, BATCH * FRAME, || {
             let _ = frames.send(&lo);
         });
-        // Sends to a read receiver settle, for a whole measurement, at one of two costs
-        // (1.1 or 1.6 us per GSO datagram on the 2-CPU VM of 2026-11-27, fresh sockets each
-        // time): each figure is the median of three measurements with fresh sockets.
-        let (mut plain, mut gso, mut read_pcts) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..3 {
-            let read = Loopback::new()?;
-            let drain = Drain::spawn(&read.receiver, reader_cpu)?;
-            let mut sent = 0u64;
-            let mut mmsg = Mmsg::new(&read);
-            plain.push(per_packet(budget, BATCH, || {
-                sent += mmsg.send(&read).unwrap_or(0) as u64;
-            }));
-            let mut frames = Mmsg::frames(&read, FRAME);
-            gso.push(per_packet(budget, BATCH * FRAME, || {
-                sent += frames.send(&read).unwrap_or(0) as u64;
-            }));
-            // Let the reader finish what is queued before counting.
-            std::thread::sleep(Duration::from_millis(100));
-            read_pcts.push(100.0 * drain.received() as f64 / sent.max(1) as f64);
-        }
-        let (sendmmsg_read_ns, gso_frames_read_ns) = (median(plain), median(gso));
-        let read_pct = read_pcts.into_iter().fold(f64::INFINITY, f64::min);
+        let (sendmmsg_read_ns, gso_frames_read_ns, read_pct) = read_sends(budget, reader_cpu)?;
         let mut n = 0u64;
         let mut g128 = GcmSealer::aes128();
         let gcm128_ns = per_packet(budget, 1, || {
@@ -587,6 +566,50 @@ fn first_measured(figures: &[f64]) -> f64 {
 }
 
 /// Median over 5 rounds of the time per packet of `f`, which handles `per_call` packets.
+impl Limits {
+    /// The cheapest forward alone ([`Limits::cheapest_forward_ns`]), measured afresh: the
+    /// fan-out driver takes it just before each step, so that each step is compared with the
+    /// machine as it is then (on the shared VM the same step's cost drifts by up to 2x within
+    /// minutes).
+    pub fn cheapest_forward_now(budget: Duration, reader_cpu: Option<usize>) -> io::Result<f64> {
+        let mut sealer = GcmSealer::aes128();
+        let mut n = 0u64;
+        let seal_ns = per_packet(budget, 1, || {
+            n += 1;
+            std::hint::black_box(sealer.seal(n));
+        });
+        let (_, gso_read_ns, _) = read_sends(budget, reader_cpu)?;
+        Ok(seal_ns + gso_read_ns)
+    }
+}
+
+/// Plain and frame-per-subscriber GSO `sendmmsg` to a receiver that a [`Drain`] reads:
+/// (plain ns, GSO ns, lowest share read in percent). Sends to a read receiver settle, for a
+/// whole measurement, at one of two costs (1.1 or 1.6 us per GSO datagram on the 2-CPU VM
+/// of 2026-11-27, fresh sockets each time), so each figure is the median of three
+/// measurements with fresh sockets.
+fn read_sends(budget: Duration, reader_cpu: Option<usize>) -> io::Result<(f64, f64, f64)> {
+    let (mut plain, mut gso, mut read_pcts) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let read = Loopback::new()?;
+        let drain = Drain::spawn(&read.receiver, reader_cpu)?;
+        let mut sent = 0u64;
+        let mut mmsg = Mmsg::new(&read);
+        plain.push(per_packet(budget, BATCH, || {
+            sent += mmsg.send(&read).unwrap_or(0) as u64;
+        }));
+        let mut frames = Mmsg::frames(&read, FRAME);
+        gso.push(per_packet(budget, BATCH * FRAME, || {
+            sent += frames.send(&read).unwrap_or(0) as u64;
+        }));
+        // Let the reader finish what is queued before counting.
+        std::thread::sleep(Duration::from_millis(100));
+        read_pcts.push(100.0 * drain.received() as f64 / sent.max(1) as f64);
+    }
+    let lowest = read_pcts.into_iter().fold(f64::INFINITY, f64::min);
+    Ok((median(plain), median(gso), lowest))
+}
+
 /// The median of an odd number of figures.
 fn median(mut figures: Vec<f64>) -> f64 {
     figures.sort_by(f64::total_cmp);

@@ -56,6 +56,10 @@ pub struct Settings {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Step {
     pub players: usize,
+    /// The cheapest forward measured just before this step, in ns (absent in runs from
+    /// before 2026-11-27 05:00 UTC, which compare every step with the run's limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_ns: Option<f64>,
     pub command: String,
     pub summary: Option<Summary>,
     pub error: Option<String>,
@@ -108,6 +112,16 @@ impl Run {
         self.steps
             .iter()
             .filter_map(|s| s.summary.as_ref().map(|m| (s.players, m)))
+    }
+
+    /// The cheapest forward a step is compared with: the one measured just before it, or
+    /// the run's.
+    pub fn limit_at(&self, players: usize) -> f64 {
+        self.steps
+            .iter()
+            .find(|s| s.players == players)
+            .and_then(|s| s.limit_ns)
+            .unwrap_or_else(|| self.limits.cheapest_forward_ns())
     }
 
     fn passes(&self, s: &Summary, players: usize) -> bool {
@@ -321,24 +335,26 @@ pub fn markdown(run: &Run, plots: &[String]) -> String {
         md,
         "### Fan-out: 1 publisher to N players\n\n\
          | players | connected | loss % | server CPU % of a core | packets/s to players | \
-         server CPU us/packet | x limit | latency p50 ms | p99 ms | p99 x loopback | join p50/p99 ms \
+         server CPU us/packet | limit us | x limit | latency p50 ms | p99 ms | p99 x loopback | join p50/p99 ms \
          | server RSS MB | loadgen CPU % |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for step in &run.steps {
+        let limit_ns = run.limit_at(step.players);
         match &step.summary {
             Some(s) => {
                 let cpu = s.cpu_us_per_forwarded_packet.unwrap_or(f64::NAN);
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {:.3} | {:.1} | {:.0} | {:.2} | {:.1} | {:.2} | {:.2} | {:.0} | \
-                     {:.0}/{:.0} | {:.1} | {:.1} |",
+                    "| {} | {} | {:.3} | {:.1} | {:.0} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} | \
+                     {:.0} | {:.0}/{:.0} | {:.1} | {:.1} |",
                     step.players,
                     s.connected,
                     s.loss_pct,
                     s.server_cpu_pct.unwrap_or(f64::NAN),
                     s.packets_per_s,
                     cpu,
+                    limit_ns / 1000.0,
                     cpu * 1000.0 / limit_ns,
                     s.latency_ms.p50,
                     s.latency_ms.p99,
@@ -352,7 +368,7 @@ pub fn markdown(run: &Run, plots: &[String]) -> String {
             None => {
                 let _ = writeln!(
                     md,
-                    "| {} | failed: {} |||||||||||| ",
+                    "| {} | failed: {} ||||||||||||| ",
                     step.players,
                     step.error
                         .as_deref()
@@ -537,18 +553,28 @@ fn paced_section(run: &Run, paced: &Paced) -> String {
 
 /// The issue's targets against this run's figures.
 fn targets(run: &Run) -> String {
-    let limit_ns = run.limits.cheapest_forward_ns();
     let mut md = String::from("### Targets\n\n| target | measured | verdict |\n|---|---|---|\n");
     let passing: Vec<(usize, &Summary)> =
         run.measured().filter(|(n, s)| run.passes(s, *n)).collect();
     let best = passing.last();
     if let Some((n, s)) = best {
         let cpu = s.cpu_us_per_forwarded_packet.unwrap_or(f64::NAN);
+        let limit_ns = run.limit_at(*n);
         let ratio = cpu * 1000.0 / limit_ns;
+        let when = if run
+            .steps
+            .iter()
+            .any(|t| t.players == *n && t.limit_ns.is_some())
+        {
+            "measured just before that step"
+        } else {
+            "the run's"
+        };
         let _ = writeln!(
             md,
             "| server CPU per forwarded packet within 2x the cheapest forward | {cpu:.2} us = \
-             {ratio:.1}x the limit ({:.2} us) at {n} players; {:.1}x the cheapest forward \
+             {ratio:.1}x the limit ({:.2} us, {when}) at {n} players; \
+             {:.1}x the cheapest forward \
              without GSO ({:.2} us); {:.1}x the cheapest forward to an unread socket \
              ({:.2} us) | {} |",
             limit_ns / 1000.0,
@@ -688,7 +714,6 @@ pub fn plots(run: &Run, dir: &Path) -> Result<Vec<PathBuf>, String> {
     if points.is_empty() {
         return Ok(Vec::new());
     }
-    let limit_us = run.limits.cheapest_forward_ns() / 1000.0;
     let loop_p99_ms = run.limits.loopback_p99_us / 1000.0;
     let cpu: Vec<(f64, f64)> = points
         .iter()
@@ -704,7 +729,7 @@ pub fn plots(run: &Run, dir: &Path) -> Result<Vec<PathBuf>, String> {
         "server CPU per forwarded packet",
         &[("us per packet", &cpu)],
         "us",
-        limit_us,
+        &|players| run.limit_at(players.round() as usize) / 1000.0,
         "x cheapest forward",
     )?;
     out.push(path);
@@ -714,7 +739,7 @@ pub fn plots(run: &Run, dir: &Path) -> Result<Vec<PathBuf>, String> {
         "one-way latency through the server",
         &[("p50", &p50), ("p99", &p99)],
         "ms",
-        loop_p99_ms,
+        &|_| loop_p99_ms,
         "x loopback datagram p99",
     )?;
     out.push(path);
@@ -732,13 +757,14 @@ fn log_ticks(min: f64, max: f64) -> Vec<f64> {
         .collect()
 }
 
-/// Two panels side by side: the figure, and the same figure divided by `limit`.
+/// Two panels side by side: the figure, and the same figure divided by `limit` at each
+/// point's x.
 fn pair_plot(
     path: &Path,
     title: &str,
     series: &[(&str, &Vec<(f64, f64)>)],
     unit: &str,
-    limit: f64,
+    limit: &dyn Fn(f64) -> f64,
     ratio_label: &str,
 ) -> Result<(), String> {
     let root = BitMapBackend::new(path, (1200, 480)).into_drawing_area();
@@ -751,17 +777,16 @@ fn pair_plot(
     let x_max = xs.iter().copied().fold(1.0, f64::max) * 1.3;
     let x_min = xs.iter().copied().fold(f64::MAX, f64::min).min(x_max) * 0.8;
     let colors = [&BLUE, &RED, &GREEN];
-    for (panel, scale, label) in [
-        (&left, 1.0, format!("{title} ({unit})")),
-        (
-            &right,
-            1.0 / limit.max(1e-12),
-            format!("{title} ({ratio_label})"),
-        ),
-    ] {
+    let ratio = |x: f64| 1.0 / limit(x).max(1e-12);
+    let unit_scale = |_: f64| 1.0;
+    let panels: [(_, &dyn Fn(f64) -> f64, String); 2] = [
+        (&left, &unit_scale, format!("{title} ({unit})")),
+        (&right, &ratio, format!("{title} ({ratio_label})")),
+    ];
+    for (i_panel, (panel, scale, label)) in panels.into_iter().enumerate() {
         let y_max = series
             .iter()
-            .flat_map(|(_, s)| s.iter().map(|p| p.1 * scale))
+            .flat_map(|(_, s)| s.iter().map(|p| p.1 * scale(p.0)))
             .fold(0.0, f64::max)
             * 1.2;
         let mut chart = ChartBuilder::on(panel)
@@ -783,12 +808,12 @@ fn pair_plot(
             .x_label_formatter(&|x| format!("{x:.0}"))
             .y_label_formatter(&|y| format!("{y:.1}"))
             .x_desc("players (log scale)")
-            .y_desc(if scale == 1.0 { unit } else { "ratio" })
+            .y_desc(if i_panel == 0 { unit } else { "ratio" })
             .draw()
             .map_err(|e| e.to_string())?;
         for (i, (name, s)) in series.iter().enumerate() {
             let color = colors[i % colors.len()];
-            let data: Vec<(f64, f64)> = s.iter().map(|(x, y)| (*x, y * scale)).collect();
+            let data: Vec<(f64, f64)> = s.iter().map(|(x, y)| (*x, y * scale(*x))).collect();
             chart
                 .draw_series(LineSeries::new(data.clone(), color))
                 .map_err(|e| e.to_string())?
@@ -829,6 +854,41 @@ fn register_font() -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_step_is_compared_with_the_limit_measured_before_it() {
+        let limits: Limits = serde_json::from_str(
+            r#"{"sendto_ns":1500,"sendmmsg_ns":1100,"gso_ns":500,"gso_frames_ns":900,
+            "gso_frames_read_ns":1200,"gcm128_ns":400,"gcm256_ns":390,"cm_sha1_ns":1400,
+            "cm_sha1_key_setup_ns":1600,"loopback_p50_us":20,"loopback_p99_us":60}"#,
+        )
+        .unwrap();
+        let step = |players, limit_ns| Step {
+            players,
+            limit_ns,
+            command: String::new(),
+            summary: None,
+            error: None,
+        };
+        let run = Run {
+            machine: Machine::default(),
+            settings: Settings::default(),
+            limits,
+            idle: None,
+            steps: vec![step(50, Some(2_000.0)), step(100, None)],
+            paced: None,
+            relay: Vec::new(),
+            micro: Vec::new(),
+        };
+        assert_eq!(run.limit_at(50), 2_000.0);
+        // A step without its own (a run from before) falls back to the run's: 400 + 1200.
+        assert_eq!(run.limit_at(100), 1_600.0);
+        // Older fanout.json files have no limit per step.
+        let json = serde_json::to_string(&step(100, None)).unwrap();
+        assert!(!json.contains("limit_ns"), "{json}");
+        let back: Step = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.limit_ns, None);
+    }
 
     #[test]
     fn a_step_is_carried_only_in_a_steady_state() {

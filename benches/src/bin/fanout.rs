@@ -173,7 +173,9 @@ fn main() -> Result<()> {
 
     let mut steps = Vec::new();
     for &players in &args.steps {
-        let step = fanout_step(&bins, &args, players, &[], "step", &mut commands)?;
+        let limit_ns = limit_now(&args)?;
+        let mut step = fanout_step(&bins, &args, players, &[], "step", &mut commands)?;
+        step.limit_ns = Some(limit_ns);
         let reference = steps
             .iter()
             .find_map(|s: &Step| s.summary.as_ref())
@@ -624,6 +626,21 @@ fn machine() -> Machine {
 
 /// One fan-out step on a fresh server: `players` players of a `--bitrate` stream,
 /// with `extra` loadgen options; a failed run is a step with its error.
+/// The cheapest forward, measured again on the server's CPU just before a step (a third of
+/// `--limit-seconds` per figure).
+fn limit_now(args: &Args) -> Result<f64> {
+    pin_self(&args.server_cpus)?;
+    let limit = Limits::cheapest_forward_now(
+        Duration::from_secs_f64(args.limit_seconds / 3.0),
+        args.loadgen_cpus.first().copied(),
+    )
+    .context("measuring the cheapest forward");
+    unpin_self()?;
+    let limit = limit?;
+    eprintln!("fanout: cheapest forward now: {:.2} us", limit / 1000.0);
+    Ok(limit)
+}
+
 fn fanout_step(
     bins: &Bins,
     args: &Args,
@@ -665,6 +682,7 @@ fn fanout_step(
             );
             Step {
                 players,
+                limit_ns: None,
                 command,
                 summary: Some(summary),
                 error: None,
@@ -674,6 +692,7 @@ fn fanout_step(
             eprintln!("fanout: {label}: {players} players failed: {e:#}");
             Step {
                 players,
+                limit_ns: None,
                 command,
                 summary: None,
                 error: Some(format!("{e:#}")),
