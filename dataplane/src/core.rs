@@ -980,15 +980,18 @@ impl Core {
                     }
                 }
                 let socket = Rc::new(into_glommio(socket));
-                if self.sweep.is_some() {
-                    let io = SocketIo::new(socket, local, None);
-                    self.dedicated.insert(id, io);
-                    self.insert_peer(peer, attach);
-                } else {
-                    let (stop_tx, stop_rx) = local_channel::new_bounded(1);
-                    let io = SocketIo::new(Rc::clone(&socket), local, Some(stop_tx));
-                    self.dedicated.insert(id, io);
-                    self.insert_peer(peer, attach);
+                // Swept sockets have no reader task of their own to stop.
+                let (stop_tx, stop_rx) = match self.sweep {
+                    Some(_) => (None, None),
+                    None => {
+                        let (tx, rx) = local_channel::new_bounded(1);
+                        (Some(tx), Some(rx))
+                    }
+                };
+                let io = SocketIo::new(Rc::clone(&socket), local, stop_tx);
+                self.dedicated.insert(id, io);
+                self.insert_peer(peer, attach);
+                if let Some(stop_rx) = stop_rx {
                     spawn_later(socket_reader(
                         self.this.clone(),
                         SocketKey::Dedicated(id),
