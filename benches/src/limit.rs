@@ -9,8 +9,9 @@
 //! route and the loopback hand-off. And once to a receiver that a thread on another CPU reads
 //! ([`Drain`]), as the load generator reads the server's datagrams (a sweep every
 //! [`READ_SWEEP`]): on loopback the sender's system call also queues each datagram on the
-//! receiving socket, and frees it after the reader's CPU has touched it, work the drop skips. The second is the like-for-like limit for a server whose datagrams all
-//! arrive; the first is kept to compare with runs from before it existed.
+//! receiving socket, and frees it after the reader's CPU has touched it, work the drop skips.
+//! The second is the like-for-like limit for a server whose datagrams all arrive; the first
+//! is kept to compare with runs from before it existed.
 
 use std::io;
 use std::mem::{size_of, zeroed};
@@ -449,7 +450,7 @@ pub struct Limits {
     #[serde(default)]
     pub sendmmsg_read_ns: f64,
     /// `gso_frames_ns` with the receiver read by a [`Drain`]. Both read figures are the
-    /// median of three measurements (one, in runs before 2026-11-27 04:30 UTC).
+    /// median of three measurements (one, in runs before commit c6e8ac5).
     #[serde(default)]
     pub gso_frames_read_ns: f64,
     /// Share of the datagrams sent to the read receiver that its reader got, in percent (the
@@ -497,6 +498,15 @@ impl Limits {
         self.gso_frames_read_ns > 0.0
     }
 
+    /// The cheapest forward alone ([`Limits::cheapest_forward_ns`]), measured afresh: the
+    /// fan-out driver takes it just before each step, so that each step is compared with the
+    /// machine as it is then (on the shared VM the same step's cost drifts by up to 2x within
+    /// minutes).
+    pub fn cheapest_forward_now(budget: Duration, reader_cpu: Option<usize>) -> io::Result<f64> {
+        let (_, gso_read_ns, _) = read_sends(budget, reader_cpu)?;
+        Ok(gcm128_seal_ns(budget) + gso_read_ns)
+    }
+
     /// Measures everything; `budget` is the time spent on each figure. The thread that reads
     /// the second receiver runs on `reader_cpu` when given (the load generator's CPU).
     pub fn measure(budget: Duration, reader_cpu: Option<usize>) -> io::Result<Limits> {
@@ -520,12 +530,8 @@ impl Limits {
             let _ = frames.send(&lo);
         });
         let (sendmmsg_read_ns, gso_frames_read_ns, read_pct) = read_sends(budget, reader_cpu)?;
+        let gcm128_ns = gcm128_seal_ns(budget);
         let mut n = 0u64;
-        let mut g128 = GcmSealer::aes128();
-        let gcm128_ns = per_packet(budget, 1, || {
-            n += 1;
-            std::hint::black_box(g128.seal(n));
-        });
         let mut g256 = GcmSealer::aes256();
         let gcm256_ns = per_packet(budget, 1, || {
             n += 1;
@@ -565,24 +571,6 @@ fn first_measured(figures: &[f64]) -> f64 {
     figures.iter().copied().find(|ns| *ns > 0.0).unwrap_or(0.0)
 }
 
-/// Median over 5 rounds of the time per packet of `f`, which handles `per_call` packets.
-impl Limits {
-    /// The cheapest forward alone ([`Limits::cheapest_forward_ns`]), measured afresh: the
-    /// fan-out driver takes it just before each step, so that each step is compared with the
-    /// machine as it is then (on the shared VM the same step's cost drifts by up to 2x within
-    /// minutes).
-    pub fn cheapest_forward_now(budget: Duration, reader_cpu: Option<usize>) -> io::Result<f64> {
-        let mut sealer = GcmSealer::aes128();
-        let mut n = 0u64;
-        let seal_ns = per_packet(budget, 1, || {
-            n += 1;
-            std::hint::black_box(sealer.seal(n));
-        });
-        let (_, gso_read_ns, _) = read_sends(budget, reader_cpu)?;
-        Ok(seal_ns + gso_read_ns)
-    }
-}
-
 /// Plain and frame-per-subscriber GSO `sendmmsg` to a receiver that a [`Drain`] reads:
 /// (plain ns, GSO ns, lowest share read in percent). Sends to a read receiver settle, for a
 /// whole measurement, at one of two costs (1.1 or 1.6 us per GSO datagram on the 2-CPU VM
@@ -616,6 +604,17 @@ fn median(mut figures: Vec<f64>) -> f64 {
     figures[figures.len() / 2]
 }
 
+/// One AEAD-AES-128-GCM seal of a 1200-byte packet, in ns.
+fn gcm128_seal_ns(budget: Duration) -> f64 {
+    let mut sealer = GcmSealer::aes128();
+    let mut n = 0u64;
+    per_packet(budget, 1, || {
+        n += 1;
+        std::hint::black_box(sealer.seal(n));
+    })
+}
+
+/// Median over 5 rounds of the time per packet of `f`, which handles `per_call` packets.
 fn per_packet(budget: Duration, per_call: usize, mut f: impl FnMut()) -> f64 {
     // Warm up, and size a round to about a fifth of the budget.
     let start = Instant::now();

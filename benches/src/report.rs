@@ -57,7 +57,7 @@ pub struct Settings {
 pub struct Step {
     pub players: usize,
     /// The cheapest forward measured just before this step, in ns (absent in runs from
-    /// before 2026-11-27 05:00 UTC, which compare every step with the run's limit).
+    /// before commit 86bcfc8, which compare every step with the run's limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit_ns: Option<f64>,
     pub command: String,
@@ -114,13 +114,18 @@ impl Run {
             .filter_map(|s| s.summary.as_ref().map(|m| (s.players, m)))
     }
 
-    /// The cheapest forward a step is compared with: the one measured just before it, or
-    /// the run's.
-    pub fn limit_at(&self, players: usize) -> f64 {
+    /// The cheapest forward measured just before the step of `players`, if it was.
+    fn own_limit(&self, players: usize) -> Option<f64> {
         self.steps
             .iter()
             .find(|s| s.players == players)
             .and_then(|s| s.limit_ns)
+    }
+
+    /// The cheapest forward a step is compared with: the one measured just before it, or
+    /// the run's.
+    pub fn limit_at(&self, players: usize) -> f64 {
+        self.own_limit(players)
             .unwrap_or_else(|| self.limits.cheapest_forward_ns())
     }
 
@@ -561,11 +566,7 @@ fn targets(run: &Run) -> String {
         let cpu = s.cpu_us_per_forwarded_packet.unwrap_or(f64::NAN);
         let limit_ns = run.limit_at(*n);
         let ratio = cpu * 1000.0 / limit_ns;
-        let when = if run
-            .steps
-            .iter()
-            .any(|t| t.players == *n && t.limit_ns.is_some())
-        {
+        let when = if run.own_limit(*n).is_some() {
             "measured just before that step"
         } else {
             "the run's"

@@ -624,8 +624,6 @@ fn machine() -> Machine {
     }
 }
 
-/// One fan-out step on a fresh server: `players` players of a `--bitrate` stream,
-/// with `extra` loadgen options; a failed run is a step with its error.
 /// The cheapest forward, measured again on the server's CPU just before a step (a third of
 /// `--limit-seconds` per figure).
 fn limit_now(args: &Args) -> Result<f64> {
@@ -641,6 +639,8 @@ fn limit_now(args: &Args) -> Result<f64> {
     Ok(limit)
 }
 
+/// One fan-out step on a fresh server: `players` players of a `--bitrate` stream,
+/// with `extra` loadgen options; a failed run is a step with its error.
 fn fanout_step(
     bins: &Bins,
     args: &Args,
