@@ -1,7 +1,9 @@
 //! The machine's physical limit for forwarding, per 1200-byte packet on one core: `sendto`,
 //! `sendmmsg` (32 per call), UDP GSO (32 segments per call), `sendmmsg` of 32 GSO messages
 //! of 6 segments (a video frame per subscriber) over loopback; the two `sendmmsg` shapes again
-//! to a receiver that another thread reads (`_read`); and one SRTP seal (AEAD-AES-128-GCM,
+//! to a receiver that another thread reads (`_read`); `sendmmsg` in a stream's shape (video
+//! frames and single audio datagrams) to 100 receivers that one thread sweeps; and one SRTP
+//! seal (AEAD-AES-128-GCM,
 //! AEAD-AES-256-GCM, AES-CM + HMAC-SHA1-80, and AES-CM with the key set up per packet as
 //! str0m's aws-lc-rs backend does).
 
@@ -9,7 +11,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use relaycast_benches::limit::{
-    BATCH, CmSealer, Drain, FRAME, GcmSealer, Gso, Loopback, Mmsg, pin_thread,
+    BATCH, CmSealer, Drain, FRAME, GcmSealer, Gso, Loopback, Mmsg, SWEPT_RECEIVERS, pin_thread,
 };
 
 fn send(c: &mut Criterion) {
@@ -45,6 +47,15 @@ fn send(c: &mut Criterion) {
     let mut frames = Mmsg::frames(&read, FRAME);
     group.bench_function("sendmmsg_gso_frames_32x6_read", |b| {
         b.iter(|| frames.send(&read))
+    });
+    let receivers: Vec<std::net::UdpSocket> = (0..SWEPT_RECEIVERS)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("loopback socket"))
+        .collect();
+    let _sweep = Drain::sweep(&receivers, two_cpus.then_some(1)).expect("reader thread");
+    let mut stream = Mmsg::stream(&receivers).expect("loopback receivers");
+    group.throughput(Throughput::Elements(stream.datagrams_per_call() as u64));
+    group.bench_function("sendmmsg_stream_shape_read", |b| {
+        b.iter(|| stream.send(&read))
     });
     group.finish();
 }

@@ -34,6 +34,17 @@ pub const BATCH: usize = 32;
 /// to one subscriber as one GSO message.
 pub const FRAME: usize = 6;
 
+/// Size of an audio datagram after SRTP: the load generator's 160-byte Opus-sized payload
+/// with its RTP header, extensions and tag.
+pub const AUDIO_DATAGRAM: usize = 200;
+/// The messages a server sends per subscriber in the stream's shape, as segments of each:
+/// a video frame ([`FRAME`] datagrams, one GSO message) to three audio datagrams out of
+/// five, as 30 video frames and 50 audio packets a second. Audio cannot join a frame's GSO
+/// message (only its last segment may be shorter), so each is a message of its own.
+pub const STREAM_SHAPE: [usize; 8] = [FRAME, 1, 1, FRAME, 1, FRAME, 1, 1];
+/// Receivers of the stream-shaped send: as many sockets as players, swept by one reader.
+pub const SWEPT_RECEIVERS: usize = 100;
+
 /// How often a [`Drain`] reads its socket: `relaycast-loadgen`'s default `--read-sweep`.
 pub const READ_SWEEP: Duration = Duration::from_millis(1);
 
@@ -51,13 +62,36 @@ pub struct Drain {
 impl Drain {
     /// Reads `receiver` on a new thread, pinned to `cpu` when given.
     pub fn spawn(receiver: &UdpSocket, cpu: Option<usize>) -> io::Result<Drain> {
+        Drain::start(std::slice::from_ref(receiver), false, cpu)
+    }
+
+    /// Reads every socket of `receivers` on one new thread as the load generator's sweep
+    /// does: a level-triggered epoll set asked, without waiting, which sockets hold
+    /// datagrams, each of those emptied, then again after [`READ_SWEEP`]. The epoll set
+    /// makes the sender's system call note each arrival (`ep_poll_callback`), as the server's
+    /// does for its players' sockets.
+    pub fn sweep(receivers: &[UdpSocket], cpu: Option<usize>) -> io::Result<Drain> {
+        Drain::start(receivers, true, cpu)
+    }
+
+    fn start(receivers: &[UdpSocket], epoll: bool, cpu: Option<usize>) -> io::Result<Drain> {
         use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-        let socket = receiver.try_clone()?;
-        socket.set_nonblocking(true)?;
-        // The buffer the server's and the loadgen's media sockets ask for (capped by the
-        // kernel's rmem_max).
-        socket2::SockRef::from(&socket)
-            .set_recv_buffer_size(relaycast_dataplane::DataPlaneConfig::default().socket_buffer)?;
+        let mut sockets = Vec::with_capacity(receivers.len());
+        for receiver in receivers {
+            let socket = receiver.try_clone()?;
+            socket.set_nonblocking(true)?;
+            // The buffer the server's and the loadgen's media sockets ask for (capped by the
+            // kernel's rmem_max).
+            socket2::SockRef::from(&socket).set_recv_buffer_size(
+                relaycast_dataplane::DataPlaneConfig::default().socket_buffer,
+            )?;
+            sockets.push(socket);
+        }
+        let mut set = if epoll {
+            Some(EpollSet::new(&sockets)?)
+        } else {
+            None
+        };
         let stop = std::sync::Arc::new(AtomicBool::new(false));
         let received = std::sync::Arc::new(AtomicU64::new(0));
         let (thread_stop, thread_received) = (stop.clone(), received.clone());
@@ -72,32 +106,43 @@ impl Drain {
                 // SAFETY: iovec and mmsghdr are plain C structs; all-zero is a valid value.
                 let mut iovecs = vec![unsafe { zeroed::<libc::iovec>() }; N];
                 let mut headers = vec![unsafe { zeroed::<libc::mmsghdr>() }; N];
+                let mut ready = Vec::with_capacity(sockets.len());
                 while !thread_stop.load(Ordering::Relaxed) {
-                    for i in 0..N {
-                        iovecs[i] = libc::iovec {
-                            iov_base: buffers[i].as_mut_ptr().cast(),
-                            iov_len: DATAGRAM,
-                        };
-                        headers[i].msg_hdr.msg_iov = &mut iovecs[i];
-                        headers[i].msg_hdr.msg_iovlen = 1;
+                    ready.clear();
+                    match &mut set {
+                        Some(set) => set.ready(&mut ready),
+                        None => ready.extend(0..sockets.len()),
                     }
-                    // SAFETY: every header points into buffers that outlive the call.
-                    let n = unsafe {
-                        libc::recvmmsg(
-                            socket.as_raw_fd(),
-                            headers.as_mut_ptr(),
-                            N as libc::c_uint,
-                            0,
-                            std::ptr::null_mut(),
-                        )
-                    };
-                    if n > 0 {
-                        thread_received.fetch_add(n as u64, Ordering::Relaxed);
+                    for &i in &ready {
+                        // Until the socket is empty (EAGAIN) or emptied by a short batch.
+                        loop {
+                            for i in 0..N {
+                                iovecs[i] = libc::iovec {
+                                    iov_base: buffers[i].as_mut_ptr().cast(),
+                                    iov_len: DATAGRAM,
+                                };
+                                headers[i].msg_hdr.msg_iov = &mut iovecs[i];
+                                headers[i].msg_hdr.msg_iovlen = 1;
+                            }
+                            // SAFETY: every header points into buffers that outlive the call.
+                            let n = unsafe {
+                                libc::recvmmsg(
+                                    sockets[i].as_raw_fd(),
+                                    headers.as_mut_ptr(),
+                                    N as libc::c_uint,
+                                    0,
+                                    std::ptr::null_mut(),
+                                )
+                            };
+                            if n > 0 {
+                                thread_received.fetch_add(n as u64, Ordering::Relaxed);
+                            }
+                            if n < N as i32 {
+                                break;
+                            }
+                        }
                     }
-                    // Empty (EAGAIN) or emptied by a short batch: the next sweep.
-                    if n < N as i32 {
-                        std::thread::sleep(READ_SWEEP);
-                    }
+                    std::thread::sleep(READ_SWEEP);
                 }
             })?;
         Ok(Drain {
@@ -119,6 +164,62 @@ impl Drop for Drain {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// A level-triggered epoll set of sockets, asked without waiting which hold datagrams.
+struct EpollSet {
+    fd: std::os::fd::OwnedFd,
+    events: Vec<libc::epoll_event>,
+}
+
+impl EpollSet {
+    /// Registers every socket of `sockets`, identified by its index.
+    fn new(sockets: &[UdpSocket]) -> io::Result<EpollSet> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: epoll_create1 has no memory arguments; a valid result is a new descriptor
+        // that the OwnedFd then owns.
+        let raw = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh descriptor owned by nothing else.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        for (i, socket) in sockets.iter().enumerate() {
+            let mut event = libc::epoll_event {
+                events: libc::EPOLLIN as u32,
+                u64: i as u64,
+            };
+            // SAFETY: both descriptors are open and `event` is valid for the call.
+            let r = unsafe {
+                libc::epoll_ctl(
+                    fd.as_raw_fd(),
+                    libc::EPOLL_CTL_ADD,
+                    socket.as_raw_fd(),
+                    &mut event,
+                )
+            };
+            if r < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        let events = vec![libc::epoll_event { events: 0, u64: 0 }; sockets.len().max(1)];
+        Ok(EpollSet { fd, events })
+    }
+
+    /// Appends the indices of the sockets that hold datagrams now to `ready`.
+    fn ready(&mut self, ready: &mut Vec<usize>) {
+        let events = &mut self.events;
+        // SAFETY: the buffer holds `events.len()` entries for the kernel to fill.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.fd.as_raw_fd(),
+                events.as_mut_ptr(),
+                events.len() as libc::c_int,
+                0,
+            )
+        };
+        ready.extend(events[..n.max(0) as usize].iter().map(|e| e.u64 as usize));
     }
 }
 
@@ -181,13 +282,18 @@ impl Loopback {
 
 /// `sendmmsg` of [`BATCH`] messages per call, each with its own destination address and
 /// control data (as a server sending to many subscribers does), reusing its headers. Each
-/// message is one datagram ([`Mmsg::new`]) or a UDP GSO message of several segments
-/// ([`Mmsg::frames`]: a video frame to one subscriber, the shape a fan-out can reach).
+/// message is one datagram ([`Mmsg::new`]), a UDP GSO message of several segments
+/// ([`Mmsg::frames`]: a video frame to one subscriber, the shape a fan-out can reach), or one
+/// of either in the stream's proportions to many receivers ([`Mmsg::stream`]).
 pub struct Mmsg {
-    segments: usize,
+    /// Segments and segment size of each message of a call.
+    shape: Vec<(usize, usize)>,
     buffers: Vec<Vec<u8>>,
     controls: Vec<Vec<u8>>,
     iovecs: Vec<libc::iovec>,
+    /// Where the messages go, in turn across calls.
+    destinations: Vec<libc::sockaddr_in>,
+    next: usize,
     names: Vec<libc::sockaddr_in>,
     headers: Vec<libc::mmsghdr>,
 }
@@ -200,31 +306,74 @@ impl Mmsg {
 
     /// `segments` datagrams per message, sent with UDP GSO when more than one.
     pub fn frames(lo: &Loopback, segments: usize) -> Mmsg {
+        Mmsg::with(vec![(segments, DATAGRAM); BATCH], vec![lo.dest_raw])
+    }
+
+    /// The server's send shape for a stream ([`STREAM_SHAPE`]): video frames as GSO messages
+    /// of [`FRAME`] datagrams of [`DATAGRAM`] bytes, audio as single [`AUDIO_DATAGRAM`]-byte
+    /// messages, to each of `receivers` in turn.
+    pub fn stream(receivers: &[UdpSocket]) -> io::Result<Mmsg> {
+        let shape = STREAM_SHAPE
+            .iter()
+            .cycle()
+            .take(BATCH)
+            .map(|&segments| match segments {
+                1 => (1, AUDIO_DATAGRAM),
+                n => (n, DATAGRAM),
+            })
+            .collect();
+        let mut destinations = Vec::with_capacity(receivers.len());
+        for receiver in receivers {
+            let SocketAddr::V4(v4) = receiver.local_addr()? else {
+                return Err(io::Error::other("loopback bound to a non-IPv4 address"));
+            };
+            destinations.push(sockaddr_in(v4));
+        }
+        Ok(Mmsg::with(shape, destinations))
+    }
+
+    fn with(shape: Vec<(usize, usize)>, destinations: Vec<libc::sockaddr_in>) -> Mmsg {
         Mmsg {
-            segments,
-            buffers: vec![vec![0x5au8; DATAGRAM * segments]; BATCH],
+            buffers: shape
+                .iter()
+                .map(|&(segments, size)| vec![0x5au8; segments * size])
+                .collect(),
             controls: vec![vec![0u8; udp_segment_space()]; BATCH],
             // SAFETY: iovec and mmsghdr are plain C structs; all-zero is a valid value.
             iovecs: vec![unsafe { zeroed::<libc::iovec>() }; BATCH],
-            names: vec![lo.dest_raw; BATCH],
+            names: vec![destinations[0]; BATCH],
             headers: vec![unsafe { zeroed::<libc::mmsghdr>() }; BATCH],
+            shape,
+            destinations,
+            next: 0,
         }
+    }
+
+    /// Datagrams (segments) in one call's messages.
+    pub fn datagrams_per_call(&self) -> usize {
+        self.shape.iter().map(|&(segments, _)| segments).sum()
     }
 
     /// Sends one batch; returns the datagrams (segments) the kernel took.
     pub fn send(&mut self, lo: &Loopback) -> io::Result<usize> {
         for i in 0..BATCH {
+            let (segments, size) = self.shape[i];
+            self.names[i] = self.destinations[self.next];
+            self.next = (self.next + 1) % self.destinations.len();
             self.iovecs[i] = libc::iovec {
                 iov_base: self.buffers[i].as_mut_ptr().cast(),
-                iov_len: DATAGRAM * self.segments,
+                iov_len: self.buffers[i].len(),
             };
             let h = &mut self.headers[i].msg_hdr;
             h.msg_name = (&mut self.names[i] as *mut libc::sockaddr_in).cast();
             h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
             h.msg_iov = &mut self.iovecs[i];
             h.msg_iovlen = 1;
-            if self.segments > 1 {
-                set_udp_segment(h, &mut self.controls[i]);
+            if segments > 1 {
+                set_udp_segment(h, &mut self.controls[i], size);
+            } else {
+                h.msg_control = std::ptr::null_mut();
+                h.msg_controllen = 0;
             }
         }
         // SAFETY: every header points into buffers owned by `self` for the call's duration.
@@ -239,7 +388,7 @@ impl Mmsg {
         if n < 0 {
             Err(io::Error::last_os_error())
         } else {
-            Ok(n as usize * self.segments)
+            Ok(self.shape[..n as usize].iter().map(|&(s, _)| s).sum())
         }
     }
 }
@@ -276,7 +425,7 @@ impl Gso {
             msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
             msg.msg_iov = &mut iov;
             msg.msg_iovlen = 1;
-            set_udp_segment(&mut msg, &mut self.control);
+            set_udp_segment(&mut msg, &mut self.control, DATAGRAM);
             libc::sendmsg(lo.sender.as_raw_fd(), &msg, libc::MSG_DONTWAIT)
         };
         if n < 0 {
@@ -299,9 +448,9 @@ fn udp_segment_space() -> usize {
     unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) as usize }
 }
 
-/// Makes `msg` a UDP GSO message of [`DATAGRAM`]-byte segments, with `control` (at least
+/// Makes `msg` a UDP GSO message of `size`-byte segments, with `control` (at least
 /// [`udp_segment_space`] bytes, alive until the send) as its control data.
-fn set_udp_segment(msg: &mut libc::msghdr, control: &mut [u8]) {
+fn set_udp_segment(msg: &mut libc::msghdr, control: &mut [u8], size: usize) {
     assert!(control.len() >= udp_segment_space());
     msg.msg_control = control.as_mut_ptr().cast();
     msg.msg_controllen = control.len() as _;
@@ -312,7 +461,7 @@ fn set_udp_segment(msg: &mut libc::msghdr, control: &mut [u8]) {
         (*cmsg).cmsg_level = libc::SOL_UDP;
         (*cmsg).cmsg_type = libc::UDP_SEGMENT;
         (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), DATAGRAM as u16);
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), size as u16);
     }
 }
 
@@ -453,6 +602,12 @@ pub struct Limits {
     /// median of three measurements (one, in runs before commit c6e8ac5).
     #[serde(default)]
     pub gso_frames_read_ns: f64,
+    /// Per datagram of a `sendmmsg` in the stream's shape ([`Mmsg::stream`]) to
+    /// [`SWEPT_RECEIVERS`] receivers that one reader sweeps ([`Drain::sweep`]), the median of
+    /// three measurements (0 in runs from before it existed). A reference for the server's
+    /// own send shape, not the limit.
+    #[serde(default)]
+    pub stream_read_ns: f64,
     /// Share of the datagrams sent to the read receiver that its reader got, in percent (the
     /// lowest of the three measurements).
     #[serde(default)]
@@ -493,6 +648,13 @@ impl Limits {
         self.gcm128_ns + first_measured(&[self.gso_frames_ns, self.sendmmsg_ns])
     }
 
+    /// A forward in the stream's own send shape: one AES-128-GCM seal plus one datagram of
+    /// [`Limits::stream_read_ns`]. Audio's single-datagram messages make it dearer than
+    /// [`Limits::cheapest_forward_ns`]; `None` in runs that did not measure it.
+    pub fn stream_forward_ns(&self) -> Option<f64> {
+        (self.stream_read_ns > 0.0).then_some(self.gcm128_ns + self.stream_read_ns)
+    }
+
     /// Whether the run measured sends to a read receiver.
     pub fn has_read(&self) -> bool {
         self.gso_frames_read_ns > 0.0
@@ -503,7 +665,7 @@ impl Limits {
     /// machine as it is then (on the shared VM the same step's cost drifts by up to 2x within
     /// minutes).
     pub fn cheapest_forward_now(budget: Duration, reader_cpu: Option<usize>) -> io::Result<f64> {
-        let (_, gso_read_ns, _) = read_sends(budget, reader_cpu)?;
+        let (_, gso_read_ns, _, _) = read_sends(budget, reader_cpu, false)?;
         Ok(gcm128_seal_ns(budget) + gso_read_ns)
     }
 
@@ -529,7 +691,8 @@ impl Limits {
         let gso_frames_ns = per_packet(budget, BATCH * FRAME, || {
             let _ = frames.send(&lo);
         });
-        let (sendmmsg_read_ns, gso_frames_read_ns, read_pct) = read_sends(budget, reader_cpu)?;
+        let (sendmmsg_read_ns, gso_frames_read_ns, stream_read_ns, read_pct) =
+            read_sends(budget, reader_cpu, true)?;
         let gcm128_ns = gcm128_seal_ns(budget);
         let mut n = 0u64;
         let mut g256 = GcmSealer::aes256();
@@ -554,6 +717,7 @@ impl Limits {
             gso_frames_ns,
             sendmmsg_read_ns,
             gso_frames_read_ns,
+            stream_read_ns,
             read_pct,
             gcm128_ns,
             gcm256_ns,
@@ -571,13 +735,19 @@ fn first_measured(figures: &[f64]) -> f64 {
     figures.iter().copied().find(|ns| *ns > 0.0).unwrap_or(0.0)
 }
 
-/// Plain and frame-per-subscriber GSO `sendmmsg` to a receiver that a [`Drain`] reads:
-/// (plain ns, GSO ns, lowest share read in percent). Sends to a read receiver settle, for a
-/// whole measurement, at one of two costs (1.1 or 1.6 us per GSO datagram on the 2-CPU VM
-/// of 2026-11-27, fresh sockets each time), so each figure is the median of three
-/// measurements with fresh sockets.
-fn read_sends(budget: Duration, reader_cpu: Option<usize>) -> io::Result<(f64, f64, f64)> {
-    let (mut plain, mut gso, mut read_pcts) = (Vec::new(), Vec::new(), Vec::new());
+/// Plain and frame-per-subscriber GSO `sendmmsg` to a receiver that a [`Drain`] reads, and
+/// when `shaped`, the stream-shaped `sendmmsg` to [`SWEPT_RECEIVERS`] swept receivers:
+/// (plain ns, GSO ns, stream ns or 0, lowest share read in percent). Sends to a read receiver settle, for a whole
+/// measurement, at one of two costs (1.1 or 1.6 us per GSO datagram on the 2-CPU VM of
+/// 2026-11-27, fresh sockets each time), so each figure is the median of three measurements
+/// with fresh sockets.
+fn read_sends(
+    budget: Duration,
+    reader_cpu: Option<usize>,
+    shaped: bool,
+) -> io::Result<(f64, f64, f64, f64)> {
+    let (mut plain, mut gso, mut stream, mut read_pcts) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..3 {
         let read = Loopback::new()?;
         let drain = Drain::spawn(&read.receiver, reader_cpu)?;
@@ -590,12 +760,29 @@ fn read_sends(budget: Duration, reader_cpu: Option<usize>) -> io::Result<(f64, f
         gso.push(per_packet(budget, BATCH * FRAME, || {
             sent += frames.send(&read).unwrap_or(0) as u64;
         }));
-        // Let the reader finish what is queued before counting.
+        let mut swept = None;
+        if shaped {
+            let receivers = (0..SWEPT_RECEIVERS)
+                .map(|_| UdpSocket::bind("127.0.0.1:0"))
+                .collect::<io::Result<Vec<_>>>()?;
+            let sweep = Drain::sweep(&receivers, reader_cpu)?;
+            let mut mix = Mmsg::stream(&receivers)?;
+            let mut mix_sent = 0u64;
+            stream.push(per_packet(budget, mix.datagrams_per_call(), || {
+                mix_sent += mix.send(&read).unwrap_or(0) as u64;
+            }));
+            swept = Some((sweep, mix_sent));
+        }
+        // Let the readers finish what is queued before counting.
         std::thread::sleep(Duration::from_millis(100));
         read_pcts.push(100.0 * drain.received() as f64 / sent.max(1) as f64);
+        if let Some((sweep, mix_sent)) = swept {
+            read_pcts.push(100.0 * sweep.received() as f64 / mix_sent.max(1) as f64);
+        }
     }
     let lowest = read_pcts.into_iter().fold(f64::INFINITY, f64::min);
-    Ok((median(plain), median(gso), lowest))
+    let stream = if shaped { median(stream) } else { 0.0 };
+    Ok((median(plain), median(gso), stream, lowest))
 }
 
 /// The median of an odd number of figures.
@@ -702,6 +889,38 @@ mod tests {
         assert_eq!(Mmsg::new(&lo).send(&lo).unwrap(), BATCH);
         assert_eq!(Gso::new().send(&lo).unwrap(), BATCH);
         assert_eq!(Mmsg::frames(&lo, FRAME).send(&lo).unwrap(), BATCH * FRAME);
+        let receivers: Vec<UdpSocket> = (0..3)
+            .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let mut stream = Mmsg::stream(&receivers).unwrap();
+        // 32 messages: four rounds of three video frames and five audio datagrams.
+        assert_eq!(stream.datagrams_per_call(), 4 * (3 * FRAME + 5));
+        assert_eq!(stream.send(&lo).unwrap(), 4 * (3 * FRAME + 5));
+    }
+
+    #[test]
+    fn a_sweep_reads_every_receiver_in_the_stream_shape() {
+        let lo = Loopback::new().unwrap();
+        let receivers: Vec<UdpSocket> = (0..5)
+            .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let sweep = Drain::sweep(&receivers, None).unwrap();
+        let mut stream = Mmsg::stream(&receivers).unwrap();
+        let sent = stream.send(&lo).unwrap() as u64;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while sweep.received() < sent && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(sweep.received(), sent);
+        // And none is left on any receiver.
+        let mut buf = [0u8; DATAGRAM];
+        for r in &receivers {
+            r.set_nonblocking(true).unwrap();
+            assert!(
+                r.recv(&mut buf).is_err(),
+                "the sweep left a datagram behind"
+            );
+        }
     }
 
     #[test]
@@ -726,6 +945,7 @@ mod tests {
             "loopback_p50_us":20,"loopback_p99_us":60}"#;
         let l: Limits = serde_json::from_str(old).unwrap();
         assert!(!l.has_read());
+        assert_eq!(l.stream_forward_ns(), None);
         assert_eq!(l.cheapest_forward_ns(), 1260.0);
         assert_eq!(l.cheapest_forward_unread_ns(), 1260.0);
         assert_eq!(l.cheapest_forward_plain_ns(), 1460.0);
@@ -738,6 +958,12 @@ mod tests {
         assert_eq!(new.cheapest_forward_ns(), 1560.0);
         assert_eq!(new.cheapest_forward_unread_ns(), 1260.0);
         assert_eq!(new.cheapest_forward_plain_ns(), 1760.0);
+        let shaped = Limits {
+            stream_read_ns: 1500.0,
+            ..new
+        };
+        assert_eq!(shaped.stream_forward_ns(), Some(1860.0));
+        assert_eq!(shaped.cheapest_forward_ns(), 1560.0);
     }
 
     #[test]
