@@ -12,6 +12,10 @@
 //! receiving socket, and frees it after the reader's CPU has touched it, work the drop skips.
 //! The second is the like-for-like limit for a server whose datagrams all arrive; the first
 //! is kept to compare with runs from before it existed.
+//!
+//! Beside the limit, the send is also measured in a stream's own shape ([`Mmsg::stream`]):
+//! video frames as GSO messages and audio as single datagrams, to many receivers. That is
+//! what the server's traffic costs the kernel at best, a reference rather than the limit.
 
 use std::io;
 use std::mem::{size_of, zeroed};
@@ -48,8 +52,9 @@ pub const SWEPT_RECEIVERS: usize = 100;
 /// How often a [`Drain`] reads its socket: `relaycast-loadgen`'s default `--read-sweep`.
 pub const READ_SWEEP: Duration = Duration::from_millis(1);
 
-/// A thread that reads every datagram arriving at a loopback receiver, as the load generator
-/// reads a player's socket: until it is empty, then again after [`READ_SWEEP`], never
+/// A thread that reads every datagram arriving at a loopback receiver ([`Drain::spawn`]) or
+/// at many ([`Drain::sweep`]), as the load generator reads its players' sockets: each until
+/// it is empty, then again after [`READ_SWEEP`], never
 /// waiting on the socket (a waiting reader would have the sender wake it, which the load
 /// generator's sweep spares the server). The sender then pays for queueing each datagram,
 /// not only for a drop at a full buffer. Stops (and joins) when dropped.
