@@ -27,6 +27,7 @@ use aws_lc_rs::aead::{AES_128_GCM, AES_256_GCM, Aad, LessSafeKey, Nonce, Unbound
 use aws_lc_rs::cipher::{AES_128, EncryptingKey, EncryptionContext, UnboundCipherKey};
 use aws_lc_rs::hmac;
 use aws_lc_rs::iv::FixedLength;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 
 /// Size of every datagram: a typical full video packet after SRTP.
 pub const DATAGRAM: usize = 1200;
@@ -118,7 +119,8 @@ impl Drain {
                         Some(set) => set.ready(&mut ready),
                         None => ready.extend(0..sockets.len()),
                     }
-                    for &i in &ready {
+                    for &ready_socket in &ready {
+                        let fd = sockets[ready_socket].as_raw_fd();
                         // Until the socket is empty (EAGAIN) or emptied by a short batch.
                         loop {
                             for i in 0..N {
@@ -132,7 +134,7 @@ impl Drain {
                             // SAFETY: every header points into buffers that outlive the call.
                             let n = unsafe {
                                 libc::recvmmsg(
-                                    sockets[i].as_raw_fd(),
+                                    fd,
                                     headers.as_mut_ptr(),
                                     N as libc::c_uint,
                                     0,
@@ -174,57 +176,27 @@ impl Drop for Drain {
 
 /// A level-triggered epoll set of sockets, asked without waiting which hold datagrams.
 struct EpollSet {
-    fd: std::os::fd::OwnedFd,
-    events: Vec<libc::epoll_event>,
+    epoll: Epoll,
+    events: Vec<EpollEvent>,
 }
 
 impl EpollSet {
     /// Registers every socket of `sockets`, identified by its index.
     fn new(sockets: &[UdpSocket]) -> io::Result<EpollSet> {
-        use std::os::fd::FromRawFd;
-        // SAFETY: epoll_create1 has no memory arguments; a valid result is a new descriptor
-        // that the OwnedFd then owns.
-        let raw = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a fresh descriptor owned by nothing else.
-        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         for (i, socket) in sockets.iter().enumerate() {
-            let mut event = libc::epoll_event {
-                events: libc::EPOLLIN as u32,
-                u64: i as u64,
-            };
-            // SAFETY: both descriptors are open and `event` is valid for the call.
-            let r = unsafe {
-                libc::epoll_ctl(
-                    fd.as_raw_fd(),
-                    libc::EPOLL_CTL_ADD,
-                    socket.as_raw_fd(),
-                    &mut event,
-                )
-            };
-            if r < 0 {
-                return Err(io::Error::last_os_error());
-            }
+            epoll.add(socket, EpollEvent::new(EpollFlags::EPOLLIN, i as u64))?;
         }
-        let events = vec![libc::epoll_event { events: 0, u64: 0 }; sockets.len().max(1)];
-        Ok(EpollSet { fd, events })
+        Ok(EpollSet {
+            epoll,
+            events: vec![EpollEvent::empty(); sockets.len().max(1)],
+        })
     }
 
     /// Appends the indices of the sockets that hold datagrams now to `ready`.
     fn ready(&mut self, ready: &mut Vec<usize>) {
-        let events = &mut self.events;
-        // SAFETY: the buffer holds `events.len()` entries for the kernel to fill.
-        let n = unsafe {
-            libc::epoll_wait(
-                self.fd.as_raw_fd(),
-                events.as_mut_ptr(),
-                events.len() as libc::c_int,
-                0,
-            )
-        };
-        ready.extend(events[..n.max(0) as usize].iter().map(|e| e.u64 as usize));
+        let n = self.epoll.wait(&mut self.events, 0).unwrap_or(0);
+        ready.extend(self.events[..n].iter().map(|e| e.data() as usize));
     }
 }
 

@@ -888,31 +888,40 @@ fn register_font() -> Result<(), String> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn each_step_is_compared_with_the_limit_measured_before_it() {
+    /// A run with a limit of 400 + 1200 ns (no stream-shaped figure: a run from before it)
+    /// and the given steps.
+    fn run_with(steps: Vec<Step>) -> Run {
         let limits: Limits = serde_json::from_str(
             r#"{"sendto_ns":1500,"sendmmsg_ns":1100,"gso_ns":500,"gso_frames_ns":900,
             "gso_frames_read_ns":1200,"gcm128_ns":400,"gcm256_ns":390,"cm_sha1_ns":1400,
             "cm_sha1_key_setup_ns":1600,"loopback_p50_us":20,"loopback_p99_us":60}"#,
         )
         .unwrap();
-        let step = |players, limit_ns| Step {
-            players,
-            limit_ns,
-            command: String::new(),
-            summary: None,
-            error: None,
-        };
-        let run = Run {
+        Run {
             machine: Machine::default(),
             settings: Settings::default(),
             limits,
             idle: None,
-            steps: vec![step(50, Some(2_000.0)), step(100, None)],
+            steps,
             paced: None,
             relay: Vec::new(),
             micro: Vec::new(),
-        };
+        }
+    }
+
+    fn step(players: usize, limit_ns: Option<f64>, summary: Option<Summary>) -> Step {
+        Step {
+            players,
+            limit_ns,
+            command: String::new(),
+            summary,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn each_step_is_compared_with_the_limit_measured_before_it() {
+        let run = run_with(vec![step(50, Some(2_000.0), None), step(100, None, None)]);
         assert_eq!(run.limit_at(50), 2_000.0);
         // A step without its own (a run from before) falls back to the run's: 400 + 1200.
         assert_eq!(run.limit_at(100), 1_600.0);
@@ -923,12 +932,15 @@ mod tests {
                 gso_frames_read_ns: 2_000.0,
                 ..run.limits.clone()
             },
-            steps: vec![step(50, Some(1_500.0)), step(100, Some(2_100.0))],
+            steps: vec![
+                step(50, Some(1_500.0), None),
+                step(100, Some(2_100.0), None),
+            ],
             ..run
         };
         assert_eq!(slow_start.lowest_limit(), 1_500.0);
         // Older fanout.json files have no limit per step.
-        let json = serde_json::to_string(&step(100, None)).unwrap();
+        let json = serde_json::to_string(&step(100, None, None)).unwrap();
         assert!(!json.contains("limit_ns"), "{json}");
         let back: Step = serde_json::from_str(&json).unwrap();
         assert_eq!(back.limit_ns, None);
@@ -936,12 +948,6 @@ mod tests {
 
     #[test]
     fn the_stream_shaped_forward_is_reported_when_measured() {
-        let limits: Limits = serde_json::from_str(
-            r#"{"sendto_ns":1500,"sendmmsg_ns":1100,"gso_ns":500,"gso_frames_ns":900,
-            "gso_frames_read_ns":1200,"gcm128_ns":400,"gcm256_ns":390,"cm_sha1_ns":1400,
-            "cm_sha1_key_setup_ns":1600,"loopback_p50_us":20,"loopback_p99_us":60}"#,
-        )
-        .unwrap();
         let summary = Summary {
             connected: 100,
             duration_s: 20.0,
@@ -949,22 +955,7 @@ mod tests {
             cpu_us_per_forwarded_packet: Some(4.8),
             ..Default::default()
         };
-        let mut run = Run {
-            machine: Machine::default(),
-            settings: Settings::default(),
-            limits,
-            idle: None,
-            steps: vec![Step {
-                players: 100,
-                limit_ns: Some(1_600.0),
-                command: String::new(),
-                summary: Some(summary),
-                error: None,
-            }],
-            paced: None,
-            relay: Vec::new(),
-            micro: Vec::new(),
-        };
+        let mut run = run_with(vec![step(100, Some(1_600.0), Some(summary))]);
         // A run from before the figure: its rows say so, and the target compares with the
         // limit alone.
         let old = markdown(&run, &[]);
