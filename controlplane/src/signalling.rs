@@ -27,8 +27,12 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use crate::hub::{Hub, Outgoing};
 use crate::protocol;
 
-/// Initial read buffer of one signalling WebSocket (tungstenite's default is 128 KiB).
-const SESSION_READ_BUFFER: usize = 4096;
+/// Initial read buffer of one signalling WebSocket, and the most it reads in one call
+/// (tungstenite's default is 128 KiB). Most frames fit. A larger one (an SDP, a few KiB)
+/// grows the buffer to about that frame's size, and tungstenite never shrinks it, so a
+/// smaller start leaves a smaller buffer: after the loadgen's SDP, 6.6 KiB with 1 KiB against
+/// 9.6 KiB with 4 KiB (dhat, 100 players, BENCHMARKS.md "Memory per player").
+const SESSION_READ_BUFFER: usize = 1024;
 
 /// How the signalling server treats its connections.
 #[derive(Clone, Debug)]
