@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use relaycast_controlplane::protocol::{
-    self, MediaSessionId, StreamName, StreamRequest, StreamStatus, StreamStatusEvent,
+    self, MediaSessionId, StreamName, StreamRequest, StreamStatus, StreamStatusEvent, TrackState,
 };
 use relaycast_dataplane::peer::{Peer, PeerSetup};
 use relaycast_dataplane::synth::SynthConfig;
@@ -79,6 +79,8 @@ fn signalling(c: &mut Criterion) {
         has_video: true,
         audio_codec: Some("opus".to_owned()),
         video_codec: Some("VP8".to_owned()),
+        audio_state: Some(TrackState::default()),
+        video_state: Some(TrackState::default()),
     };
     group.bench_function("serialize_streamStatusEvent", |b| {
         b.iter(|| protocol::stream_status(black_box(&status)))

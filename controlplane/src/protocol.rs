@@ -90,7 +90,9 @@ pub enum ClientMessage {
     Ping,
     /// `pong`: the answer to a server `ping`.
     Pong,
-    /// Any other message name, such as `sendStreamEvent`, `availableStream`, `sendData`,
+    /// `sendStreamEvent`: a publisher's event (mute, unmute, data) for its stream's players.
+    SendStreamEvent(StreamEventRequest),
+    /// Any other message name, such as `availableStream`, `sendData`,
     /// `snapshot`, `call` or `hangup`. Its data is not checked. The server answers with a
     /// `fail` frame that names it.
     Unsupported {
@@ -110,6 +112,7 @@ impl ClientMessage {
             Self::StopStream(_) => STOP_STREAM,
             Self::Ping => PING,
             Self::Pong => PONG,
+            Self::SendStreamEvent(_) => SEND_STREAM_EVENT,
             Self::Unsupported { message } => message,
         }
     }
@@ -184,6 +187,73 @@ pub struct StreamRef {
     pub name: Option<StreamName>,
 }
 
+/// What `sendStreamEvent` carries: the SDK's `stream.muteAudio()`, `unmuteAudio()`,
+/// `muteVideo()`, `unmuteVideo()` and `sendData(payload)` send it for a published stream.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StreamEventRequest {
+    /// `mediaSessionId`: the publisher's own stream.
+    pub media_session_id: MediaSessionId,
+    /// `type`, e.g. `audioMuted` or `data` (the SDK's `STREAM_EVENT_TYPE`).
+    pub typ: String,
+    /// `payload`, raw: the object `sendData` was given. `Null` when absent.
+    pub payload: Value,
+}
+
+/// A stream event type that a publisher may send, as the SDK's `STREAM_EVENT_TYPE` names
+/// them. The types the server itself sends (`resize`, `notEnoughBandwidth`, the snapshot
+/// results) are not among them: the SDK reads fields of their payloads that a client could
+/// leave out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PublisherEvent {
+    /// `audioMuted`.
+    AudioMuted,
+    /// `audioUnmuted`.
+    AudioUnmuted,
+    /// `videoMuted`.
+    VideoMuted,
+    /// `videoUnmuted`.
+    VideoUnmuted,
+    /// `data`: `stream.sendData(payload)`.
+    Data,
+}
+
+impl PublisherEvent {
+    /// Every type, in the SDK's order.
+    pub const ALL: [Self; 5] = [
+        Self::AudioMuted,
+        Self::AudioUnmuted,
+        Self::VideoMuted,
+        Self::VideoUnmuted,
+        Self::Data,
+    ];
+
+    /// The SDK's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AudioMuted => "audioMuted",
+            Self::AudioUnmuted => "audioUnmuted",
+            Self::VideoMuted => "videoMuted",
+            Self::VideoUnmuted => "videoUnmuted",
+            Self::Data => "data",
+        }
+    }
+
+    /// The type named `name`, if a publisher may send it.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.as_str() == name)
+    }
+}
+
+/// Whether a stream's audio or video is muted by its publisher: `audioState` and `videoState`
+/// in `notifyStreamStatusEvent`, which the SDK's `stream.getAudioState()` and
+/// `getVideoState()` return.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackState {
+    /// `muted`.
+    #[serde(default)]
+    pub muted: bool,
+}
+
 /// Parses one text frame from a client. The result is never a panic, whatever the input.
 ///
 /// `ping` and `pong` accept any `data`: absent, `[]` or `[null]`. The five stream and session
@@ -212,6 +282,10 @@ pub fn parse_client_frame(text: &str) -> Result<ClientMessage, FrameError> {
         }
         PING => ClientMessage::Ping,
         PONG => ClientMessage::Pong,
+        SEND_STREAM_EVENT => ClientMessage::SendStreamEvent(stream_event_request(first_object(
+            SEND_STREAM_EVENT,
+            data,
+        )?)?),
         _ => ClientMessage::Unsupported { message },
     };
     Ok(parsed)
@@ -275,6 +349,12 @@ pub struct StreamStatusEvent {
     /// `videoCodec`, e.g. `VP8` or `H264`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub video_codec: Option<String>,
+    /// `audioState`: whether the publisher muted the audio. Sent to players.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio_state: Option<TrackState>,
+    /// `videoState`: whether the publisher muted the video. Sent to players.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video_state: Option<TrackState>,
 }
 
 /// Builds `getUserData`: `data: [ {authToken, sessionId, appKey, mediaProviders, ...} ]`.
@@ -739,6 +819,28 @@ pub fn stop_stream(r: &StreamRef) -> String {
     frame(STOP_STREAM, [ref_frame(r, false)])
 }
 
+/// Builds `sendStreamEvent` as the SDK does: `{mediaSessionId, type, payload}`, without
+/// `payload` when there is none (the SDK leaves it undefined for the mute events).
+pub fn send_stream_event(id: &MediaSessionId, typ: &str, payload: Option<&Value>) -> String {
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct SendFrame<'a> {
+        media_session_id: &'a MediaSessionId,
+        #[serde(rename = "type")]
+        typ: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        payload: Option<&'a Value>,
+    }
+    frame(
+        SEND_STREAM_EVENT,
+        [SendFrame {
+            media_session_id: id,
+            typ,
+            payload,
+        }],
+    )
+}
+
 /// Builds a client's `ping` as the SDK does: `{"message":"ping","data":[null]}`.
 pub fn client_ping() -> String {
     frame(PING, [()])
@@ -883,6 +985,7 @@ const UN_PUBLISH_STREAM: &str = "unPublishStream";
 const STOP_STREAM: &str = "stopStream";
 const PING: &str = "ping";
 const PONG: &str = "pong";
+const SEND_STREAM_EVENT: &str = "sendStreamEvent";
 const GET_USER_DATA: &str = "getUserData";
 const SET_REMOTE_SDP: &str = "setRemoteSDP";
 const NOTIFY_STREAM_STATUS_EVENT: &str = "notifyStreamStatusEvent";
@@ -1112,6 +1215,22 @@ fn stream_ref(method: &'static str, object: Map<String, Value>) -> Result<Stream
     Ok(StreamRef {
         media_session_id: fields.string("mediaSessionId")?.map(MediaSessionId),
         name: fields.name("name")?.map(StreamName),
+    })
+}
+
+/// Reads `sendStreamEvent`'s object: `mediaSessionId` and `type` are required strings.
+fn stream_event_request(object: Map<String, Value>) -> Result<StreamEventRequest, FrameError> {
+    let mut fields = Fields::new(SEND_STREAM_EVENT, object);
+    let media_session_id = fields
+        .string("mediaSessionId")?
+        .ok_or_else(|| fields.error("mediaSessionId", A_STRING))?;
+    let typ = fields
+        .string("type")?
+        .ok_or_else(|| fields.error("type", A_STRING))?;
+    Ok(StreamEventRequest {
+        media_session_id: MediaSessionId(media_session_id),
+        typ,
+        payload: fields.take("payload").unwrap_or(Value::Null),
     })
 }
 
@@ -1446,9 +1565,95 @@ mod tests {
     }
 
     #[test]
+    fn parses_send_stream_event_as_the_sdk_sends_it() {
+        // stream.muteAudio(): no payload. stream.sendData({...}): the payload, raw.
+        let muted = client(
+            r#"{"message":"sendStreamEvent","data":[{"mediaSessionId":"m1","type":"audioMuted"}]}"#,
+        );
+        assert_eq!(
+            muted,
+            ClientMessage::SendStreamEvent(StreamEventRequest {
+                media_session_id: "m1".into(),
+                typ: "audioMuted".into(),
+                payload: Value::Null,
+            })
+        );
+        let data = client(
+            r#"{"message":"sendStreamEvent","data":[{"mediaSessionId":"m1","type":"data","payload":{"number":33,"list":[1,"a"]}}]}"#,
+        );
+        let ClientMessage::SendStreamEvent(req) = data else {
+            panic!("not a stream event: {data:?}");
+        };
+        assert_eq!(req.payload, json!({"number": 33, "list": [1, "a"]}));
+        // The builder the protocol client uses gives back the same request.
+        let built = send_stream_event(&"m1".into(), "data", Some(&req.payload));
+        assert_eq!(client(&built), ClientMessage::SendStreamEvent(req));
+        let built = send_stream_event(&"m1".into(), "videoMuted", None);
+        assert!(!built.contains("payload"), "{built}");
+    }
+
+    #[test]
+    fn rejects_send_stream_event_without_id_or_type() {
+        let cases = [
+            (
+                r#"{"message":"sendStreamEvent","data":[{"type":"audioMuted"}]}"#,
+                "mediaSessionId",
+            ),
+            (
+                r#"{"message":"sendStreamEvent","data":[{"mediaSessionId":"m1"}]}"#,
+                "type",
+            ),
+            (
+                r#"{"message":"sendStreamEvent","data":[{"mediaSessionId":"m1","type":5}]}"#,
+                "type",
+            ),
+            (
+                r#"{"message":"sendStreamEvent","data":[{"mediaSessionId":7,"type":"data"}]}"#,
+                "mediaSessionId",
+            ),
+        ];
+        for (text, field) in cases {
+            let err = parse_client_frame(text).unwrap_err();
+            assert_eq!(err.api_method(), Some("sendStreamEvent"), "{text}");
+            assert!(err.to_string().contains(field), "{text}: {err}");
+        }
+        let err = parse_client_frame(r#"{"message":"sendStreamEvent","data":[null]}"#).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "sendStreamEvent: data[0] must be an object"
+        );
+    }
+
+    #[test]
+    fn publisher_event_types_are_the_sdks() {
+        for e in PublisherEvent::ALL {
+            assert_eq!(PublisherEvent::parse(e.as_str()), Some(e));
+        }
+        for name in [
+            "resize",
+            "notEnoughBandwidth",
+            "snapshotCompleted",
+            "AUDIOMUTED",
+            "",
+        ] {
+            assert_eq!(PublisherEvent::parse(name), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn status_carries_track_state_only_when_set() {
+        let mut e = event();
+        assert!(!stream_status(&e).contains("State"));
+        e.audio_state = Some(TrackState { muted: true });
+        e.video_state = Some(TrackState { muted: false });
+        let v: Value = serde_json::from_str(&stream_status(&e)).unwrap();
+        assert_eq!(v["data"][0]["audioState"], json!({"muted": true}));
+        assert_eq!(v["data"][0]["videoState"], json!({"muted": false}));
+    }
+
+    #[test]
     fn keeps_unsupported_message_names() {
         let frames = [
-            r#"{"message":"sendStreamEvent","data":[{"mediaSessionId":"a","type":"audioMuted"}]}"#,
             r#"{"message":"availableStream","data":[{"mediaSessionId":"a","name":"s"}]}"#,
             r#"{"message":"sendData","data":[{"operationId":"1","payload":{"x":1}}]}"#,
             r#"{"message":"snapshot","data":[{"name":"s","mediaSessionId":"a"}]}"#,
@@ -1457,7 +1662,6 @@ mod tests {
             r#"{"message":"submitBugReport"}"#,
         ];
         let names = [
-            "sendStreamEvent",
             "availableStream",
             "sendData",
             "snapshot",
@@ -1726,6 +1930,8 @@ mod tests {
             has_video: true,
             audio_codec: Some("opus".into()),
             video_codec: Some("VP8".into()),
+            audio_state: None,
+            video_state: None,
         }
     }
 
@@ -2031,6 +2237,8 @@ mod tests {
             has_video: false,
             audio_codec: None,
             video_codec: None,
+            audio_state: Some(TrackState { muted: false }),
+            video_state: None,
         };
         assert_eq!(server(text), ServerMessage::StreamStatus(expected));
     }

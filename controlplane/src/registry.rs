@@ -15,8 +15,9 @@ use serde_json::{Value, json};
 
 use crate::auth::{SignallingAccess, TokenCheck};
 use crate::protocol::{
-    self, AppKey, ClientMessage, ConnectionInfo, Info, MEDIA_PROVIDER, MediaSessionId, SessionId,
-    StreamInfo, StreamName, StreamRef, StreamRequest, StreamStatus, StreamStatusEvent, UserData,
+    self, AppKey, ClientMessage, ConnectionInfo, Info, MEDIA_PROVIDER, MediaSessionId,
+    PublisherEvent, SessionId, StreamEventRequest, StreamInfo, StreamName, StreamRef,
+    StreamRequest, StreamStatus, StreamStatusEvent, TrackState, UserData,
 };
 
 /// A signalling connection (WebSocket), numbered by the signalling server.
@@ -200,6 +201,10 @@ pub struct Stream {
     pub via: Vec<String>,
     /// The video picture size its source's last keyframe announced.
     pub resolution: Option<(u32, u32)>,
+    /// The publisher muted its audio (`sendStreamEvent` `audioMuted`).
+    pub audio_muted: bool,
+    /// The publisher muted its video (`sendStreamEvent` `videoMuted`).
+    pub video_muted: bool,
 }
 
 struct MediaSession {
@@ -304,6 +309,7 @@ impl Registry {
             ClientMessage::StopStream(r) => self.stop_request(conn, r, false, out),
             ClientMessage::Ping => send(out, conn, protocol::pong()),
             ClientMessage::Pong => {}
+            ClientMessage::SendStreamEvent(req) => self.stream_event(conn, req, out),
             ClientMessage::Unsupported { message } => {
                 let info = format!("Unsupported method: {message}");
                 send(out, conn, protocol::fail(&message, &info, None));
@@ -396,7 +402,17 @@ impl Registry {
                 };
                 tracing::info!(media_session = %id, stream = %ms.name, %peer, core = %ms.core,
                     status = %ms.status, "stream live");
-                let event = status_event(ms);
+                let mut event = status_event(ms);
+                if !ms.published
+                    && let Some(stream) = self.streams.get(&ms.name)
+                {
+                    event.audio_state = Some(TrackState {
+                        muted: stream.audio_muted,
+                    });
+                    event.video_state = Some(TrackState {
+                        muted: stream.video_muted,
+                    });
+                }
                 send(out, ms.conn, protocol::stream_status(&event));
                 if !ms.published
                     && let Some((w, h)) = self.streams.get(&ms.name).and_then(|s| s.resolution)
@@ -555,6 +571,52 @@ impl Registry {
         }
     }
 
+    /// `sendStreamEvent`: a publisher's mute, unmute or data event. The stream keeps its mute
+    /// state (players that join later get it as `audioState` and `videoState` with PLAYING),
+    /// and every player of the stream gets `notifyStreamEvent` with its own media session id,
+    /// the type and the payload. A client that does not publish the stream named, or an event
+    /// type a publisher may not send, gets a `fail` and nothing else changes.
+    fn stream_event(&mut self, conn: ConnId, req: StreamEventRequest, out: &mut Vec<Effect>) {
+        const METHOD: &str = "sendStreamEvent";
+        let id = &req.media_session_id;
+        let Some(kind) = PublisherEvent::parse(&req.typ) else {
+            let info = format!("Unsupported stream event type: {}", req.typ);
+            send(out, conn, protocol::fail(METHOD, &info, Some(id)));
+            return;
+        };
+        let source = self
+            .media
+            .get(id)
+            .filter(|m| m.conn == conn && m.published)
+            .and_then(|m| self.streams.get_mut(&m.name))
+            .filter(|s| s.source == Source::Publisher(id.clone()));
+        let Some(stream) = source else {
+            let info = Info::StreamNotFound.as_str();
+            send(out, conn, protocol::fail(METHOD, info, Some(id)));
+            return;
+        };
+        match kind {
+            PublisherEvent::AudioMuted => stream.audio_muted = true,
+            PublisherEvent::AudioUnmuted => stream.audio_muted = false,
+            PublisherEvent::VideoMuted => stream.video_muted = true,
+            PublisherEvent::VideoUnmuted => stream.video_muted = false,
+            PublisherEvent::Data => {}
+        }
+        if kind == PublisherEvent::Data {
+            tracing::debug!(stream = %stream.name, media_session = %id,
+                players = stream.players.len(), "stream data event");
+        } else {
+            tracing::info!(stream = %stream.name, media_session = %id, event = kind.as_str(),
+                players = stream.players.len(), "stream event");
+        }
+        for player in &stream.players {
+            if let Some(p) = self.media.get(player) {
+                let frame = protocol::stream_event(player, kind.as_str(), req.payload.clone());
+                send(out, p.conn, frame);
+            }
+        }
+    }
+
     /// A pull relay becomes the source of local stream `name`: the stream exists (players get
     /// `Stream not found` until [`Registry::relay_source_media`]) and is listed with the
     /// relay's local media session id. Returns the stream's id and home core, or `None` when
@@ -584,6 +646,8 @@ impl Registry {
                 continuity: Continuity::default(),
                 via,
                 resolution: None,
+                audio_muted: false,
+                video_muted: false,
             },
         );
         self.add_media(RELAY_CONN, id, name, true, PeerId(0), core, now_ms);
@@ -727,6 +791,8 @@ impl Registry {
                 continuity: Continuity::default(),
                 via,
                 resolution: None,
+                audio_muted: false,
+                video_muted: false,
             },
         );
         self.add_media(conn, &id, &name, true, peer, core, now_ms);
@@ -1086,6 +1152,8 @@ fn status_event(ms: &MediaSession) -> StreamStatusEvent {
         has_video: ms.media.video.is_some(),
         audio_codec: ms.media.audio_codec().map(str::to_string),
         video_codec: ms.media.video_codec().map(str::to_string),
+        audio_state: None,
+        video_state: None,
     }
 }
 
@@ -1117,6 +1185,8 @@ fn fail_status(
         has_video: false,
         audio_codec: None,
         video_codec: None,
+        audio_state: None,
+        video_state: None,
     };
     send(out, conn, protocol::stream_status(&event));
 }
@@ -1151,6 +1221,8 @@ fn fail_status_text(
         has_video: false,
         audio_codec: None,
         video_codec: None,
+        audio_state: None,
+        video_state: None,
     };
     send(out, conn, protocol::stream_status(&event));
 }
@@ -1337,6 +1409,148 @@ mod tests {
         assert_eq!(r.media_by_kind(), (1, 1));
         assert_eq!((r.stats().published, r.stats().played), (1, 1));
         assert_eq!(r.core_load().iter().sum::<usize>(), 2);
+    }
+
+    /// `sendStreamEvent` as the SDK sends it for `stream.muteAudio()` and friends.
+    fn stream_event(
+        r: &mut Registry,
+        conn: u64,
+        id: &str,
+        typ: &str,
+        payload: Value,
+    ) -> Vec<Effect> {
+        let mut out = Vec::new();
+        let req = StreamEventRequest {
+            media_session_id: id.into(),
+            typ: typ.into(),
+            payload,
+        };
+        r.client_message(
+            ConnId(conn),
+            ClientMessage::SendStreamEvent(req),
+            0,
+            &mut out,
+        );
+        out
+    }
+
+    /// Every `notifyStreamEvent` sent to `conn`: (mediaSessionId, type, payload).
+    fn stream_events(effects: &[Effect], conn: u64) -> Vec<(String, String, Value)> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Send { conn: c, frame } if c.0 == conn => {
+                    match protocol::parse_server_frame(frame) {
+                        Ok(ServerMessage::StreamEvent(v)) => Some((
+                            v["mediaSessionId"].as_str()?.to_string(),
+                            v["type"].as_str()?.to_string(),
+                            v["payload"].clone(),
+                        )),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The `audioState` and `videoState` of the stream statuses sent to `conn`.
+    fn track_states(
+        effects: &[Effect],
+        conn: u64,
+    ) -> Vec<(Option<TrackState>, Option<TrackState>)> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Send { conn: c, frame } if c.0 == conn => {
+                    match protocol::parse_server_frame(frame) {
+                        Ok(ServerMessage::StreamStatus(s)) => Some((s.audio_state, s.video_state)),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn publisher_events_reach_every_player_of_the_stream() {
+        let mut r = with_sessions(&[1, 2, 3, 4]);
+        let out = publish(&mut r, 1, "p", "s");
+        answer_all(&mut r, &out);
+        for (conn, id) in [(2, "v2"), (3, "v3")] {
+            let out = play(&mut r, conn, id, "s");
+            answer_all(&mut r, &out);
+        }
+        let out = publish(&mut r, 4, "other", "t");
+        answer_all(&mut r, &out);
+
+        let out = stream_event(&mut r, 1, "p", "audioMuted", Value::Null);
+        assert_eq!(
+            stream_events(&out, 2),
+            [("v2".into(), "audioMuted".into(), json!({}))]
+        );
+        assert_eq!(
+            stream_events(&out, 3),
+            [("v3".into(), "audioMuted".into(), json!({}))]
+        );
+        assert!(stream_events(&out, 1).is_empty() && stream_events(&out, 4).is_empty());
+        assert!(fails(&out, 1).is_empty());
+
+        let payload = json!({"number": 33, "string": "hello", "boolean": true});
+        let out = stream_event(&mut r, 1, "p", "data", payload.clone());
+        assert_eq!(
+            stream_events(&out, 3),
+            [("v3".into(), "data".into(), payload)]
+        );
+    }
+
+    #[test]
+    fn a_player_that_joins_later_gets_the_mute_state() {
+        let mut r = with_sessions(&[1, 2, 3]);
+        let out = publish(&mut r, 1, "p", "s");
+        answer_all(&mut r, &out);
+        let out = play(&mut r, 2, "v2", "s");
+        let live = answer_all(&mut r, &out);
+        let unmuted = Some(TrackState { muted: false });
+        let muted = Some(TrackState { muted: true });
+        assert_eq!(track_states(&live, 2), [(unmuted, unmuted)]);
+
+        stream_event(&mut r, 1, "p", "videoMuted", Value::Null);
+        stream_event(&mut r, 1, "p", "audioMuted", Value::Null);
+        stream_event(&mut r, 1, "p", "audioUnmuted", Value::Null);
+        let stream = r.stream(&"s".into()).unwrap();
+        assert!(stream.video_muted && !stream.audio_muted);
+        let out = play(&mut r, 3, "v3", "s");
+        let live = answer_all(&mut r, &out);
+        assert_eq!(track_states(&live, 3), [(unmuted, muted)]);
+    }
+
+    #[test]
+    fn only_the_publisher_sends_its_streams_events() {
+        let mut r = with_sessions(&[1, 2, 3]);
+        let out = publish(&mut r, 1, "p", "s");
+        answer_all(&mut r, &out);
+        let out = play(&mut r, 2, "v2", "s");
+        answer_all(&mut r, &out);
+        let not_found = [Info::StreamNotFound.as_str().to_string()];
+        // A player cannot speak for the stream; a stranger cannot use the publisher's id;
+        // an unknown id is not found.
+        for (conn, id) in [(2, "v2"), (3, "p"), (1, "nope")] {
+            let out = stream_event(&mut r, conn, id, "audioMuted", Value::Null);
+            assert_eq!(fails(&out, conn), not_found, "conn {conn} id {id}");
+            assert!(stream_events(&out, 2).is_empty());
+        }
+        // The types the server sends itself are refused: the SDK reads their payloads.
+        let out = stream_event(&mut r, 1, "p", "notEnoughBandwidth", json!({}));
+        assert_eq!(
+            fails(&out, 1),
+            ["Unsupported stream event type: notEnoughBandwidth".to_string()]
+        );
+        assert!(stream_events(&out, 2).is_empty());
+        assert!(!r.stream(&"s".into()).unwrap().audio_muted);
+        // None of it touched the stream.
+        assert_eq!((r.stream_count(), r.media_count()), (1, 2));
     }
 
     /// A pull relay from another relaycast names the servers it comes through
