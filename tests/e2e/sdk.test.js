@@ -117,6 +117,50 @@ test('official SDK player gets audio and video in one MediaStream', { timeout: 6
     });
 });
 
+// The SDK's stream.muteAudio(), muteVideo(), unmuteAudio() and sendData() send
+// sendStreamEvent; WCS passes each to the stream's players as STREAM_EVENT, and a player that
+// joins later reads the mute state with getAudioState() and getVideoState().
+test('official SDK stream events reach players, and a late player sees the mute state',
+    { timeout: 60000 }, async () => {
+        await withPages('events', ['pub', 'play', 'late'], async ({ pub, play, late }) => {
+            for (const page of [pub, play, late]) await page.evaluate((url) => h.connect(url), server.wsUrl);
+            const published = await pub.evaluate(() => h.publish('pub', 'test-events'));
+            assert.equal(published.status, 'PUBLISHING', JSON.stringify(published));
+            const played = await play.evaluate(() => h.play('play', 'test-events'));
+            assert.equal(played.status, 'PLAYING', JSON.stringify(played));
+            assert.deepEqual(await play.evaluate(() => h.trackStates('play')),
+                { audio: { muted: false }, video: { muted: false } });
+
+            await pub.evaluate(() => h.streams.pub.stream.muteAudio());
+            const muted = await play.evaluate(() => h.waitStreamEvent('play', 'audioMuted'));
+            assert.ok(muted, 'the player got no audioMuted event');
+
+            const data = { number: 33, string: 'hello', boolean: true, list: [1, 'two'] };
+            await pub.evaluate((d) => h.streams.pub.stream.sendData(d), data);
+            const got = await play.evaluate(() => h.waitStreamEvent('play', 'data'));
+            assert.ok(got, 'the player got no data event');
+            assert.deepEqual(got.payload, data);
+
+            await pub.evaluate(() => h.streams.pub.stream.muteVideo());
+            assert.ok(await play.evaluate(() => h.waitStreamEvent('play', 'videoMuted')),
+                'the player got no videoMuted event');
+            const joined = await late.evaluate(() => h.play('late', 'test-events'));
+            assert.equal(joined.status, 'PLAYING', JSON.stringify(joined));
+            assert.deepEqual(await late.evaluate(() => h.trackStates('late')),
+                { audio: { muted: true }, video: { muted: true } });
+
+            await pub.evaluate(() => h.streams.pub.stream.unmuteAudio());
+            for (const [page, key] of [[play, 'play'], [late, 'late']]) {
+                const e = await page.evaluate((k) => h.waitStreamEvent(k, 'audioUnmuted'), key);
+                assert.ok(e, `${key} got no audioUnmuted event`);
+            }
+            // The publisher's session saw no fail frame (the SDK reports those as WARN).
+            assert.deepEqual(await pub.evaluate(() => h.warnings), []);
+            // Media kept flowing to the first player through it all.
+            assert.ok(await play.evaluate(() => h.firstFrame('play', 10000)) !== null, 'no video frame');
+        });
+    });
+
 test('playing an unknown stream fails with "Stream not found"', { timeout: 30000 }, async () => {
     await withPages('unknown', ['play'], async ({ play }) => {
         await play.evaluate((url) => h.connect(url), server.wsUrl);
