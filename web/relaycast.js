@@ -70,6 +70,18 @@
         RESTRICTED_ACCESS: 'Restricted access',
     });
 
+    // Stream events (the SDK's STREAM_EVENT and STREAM_EVENT_TYPE): a publisher's mute,
+    // unmute and sendData reach its players; the server also sends `resize`.
+    var STREAM_EVENT = 'STREAM_EVENT';
+    var STREAM_EVENT_TYPE = Object.freeze({
+        AUDIO_MUTED: 'audioMuted',
+        AUDIO_UNMUTED: 'audioUnmuted',
+        VIDEO_MUTED: 'videoMuted',
+        VIDEO_UNMUTED: 'videoUnmuted',
+        DATA: 'data',
+        RESIZE: 'resize',
+    });
+
     var MEDIA_PROVIDER = 'WebRTC';
     var CLIENT_VERSION = '2.0';
 
@@ -339,7 +351,9 @@
                 if (stream) stream._serverEvent(first);
                 break;
             case 'fail':
-                stream = (first.id && this._streams[first.id]) || this._awaiting(first.apiMethod);
+                // A refused stream event does not end the stream (the SDK only warns).
+                stream = first.apiMethod === 'sendStreamEvent' ? null
+                    : (first.id && this._streams[first.id]) || this._awaiting(first.apiMethod);
                 if (stream) {
                     stream._finish(STREAM_STATUS.FAILED, first.info || 'Failed by error');
                 } else {
@@ -670,6 +684,35 @@
             this._height = payload.streamerVideoHeight || payload.height || this._height;
             this._fire(STREAM_STATUS.RESIZE);
         }
+        var cb = this._callbacks[STREAM_EVENT];
+        if (!cb) return;
+        try {
+            cb(event);
+        } catch (e) {
+            console.error('[relaycast] stream STREAM_EVENT callback threw', e);
+        }
+    };
+
+    /** Tells the server about this published stream (mute, unmute, data) for its players. */
+    Stream.prototype._sendStreamEvent = function (type, payload) {
+        if (!this._published || !this._sent || isFinal(this._status)) return;
+        var data = {mediaSessionId: this._id, type: type};
+        if (payload !== undefined) data.payload = payload;
+        this._session._send('sendStreamEvent', data);
+    };
+
+    /** Sends `payload` to every player of this published stream (their STREAM_EVENT `data`). */
+    Stream.prototype.sendData = function (payload) {
+        if (this._status !== STREAM_STATUS.PUBLISHING) throw new Error('Invalid stream state');
+        this._sendStreamEvent(STREAM_EVENT_TYPE.DATA, payload);
+    };
+
+    /** A played stream's {muted} audio and video state, as the server last told it. */
+    Stream.prototype.getAudioState = function () {
+        return (this._serverData && this._serverData.audioState) || undefined;
+    };
+    Stream.prototype.getVideoState = function () {
+        return (this._serverData && this._serverData.videoState) || undefined;
     };
 
     /** Stops publishing or playing; the final status comes from the server. */
@@ -778,11 +821,18 @@
         var tracks = kind === 'audio' ? media.getAudioTracks() : media.getVideoTracks();
         return tracks.length > 0 && tracks.every(function (t) { return !t.enabled; });
     }
-    Stream.prototype.muteAudio = function () { setEnabled(this._localMedia, 'audio', false); };
-    Stream.prototype.unmuteAudio = function () { setEnabled(this._localMedia, 'audio', true); };
+    function muter(kind, enabled, type) {
+        return function () {
+            if (!this._localMedia) return;
+            setEnabled(this._localMedia, kind, enabled);
+            this._sendStreamEvent(type);
+        };
+    }
+    Stream.prototype.muteAudio = muter('audio', false, STREAM_EVENT_TYPE.AUDIO_MUTED);
+    Stream.prototype.unmuteAudio = muter('audio', true, STREAM_EVENT_TYPE.AUDIO_UNMUTED);
     Stream.prototype.isAudioMuted = function () { return allDisabled(this._localMedia, 'audio'); };
-    Stream.prototype.muteVideo = function () { setEnabled(this._localMedia, 'video', false); };
-    Stream.prototype.unmuteVideo = function () { setEnabled(this._localMedia, 'video', true); };
+    Stream.prototype.muteVideo = muter('video', false, STREAM_EVENT_TYPE.VIDEO_MUTED);
+    Stream.prototype.unmuteVideo = muter('video', true, STREAM_EVENT_TYPE.VIDEO_UNMUTED);
     Stream.prototype.isVideoMuted = function () { return allDisabled(this._localMedia, 'video'); };
 
     Stream.prototype.fullScreen = function () {
@@ -880,6 +930,8 @@
             SESSION_STATUS: SESSION_STATUS,
             STREAM_STATUS: STREAM_STATUS,
             STREAM_STATUS_INFO: STREAM_STATUS_INFO,
+            STREAM_EVENT: STREAM_EVENT,
+            STREAM_EVENT_TYPE: STREAM_EVENT_TYPE,
             MEDIA_PROVIDERS: names(['WebRTC']),
         }),
 

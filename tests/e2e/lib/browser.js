@@ -11,6 +11,8 @@ const { ARTIFACTS, E2E_DIR } = require('./server');
 const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
 const SDK_BUNDLE = require.resolve('@flashphoner/websdk/flashphoner.js');
 const FIXTURES = path.join(E2E_DIR, 'fixtures');
+/** The web apps' own Flashphoner-compatible client, served in place of the official SDK. */
+const BUNDLED_CLIENT = path.join(E2E_DIR, '../../web/relaycast.js');
 
 // Fake camera (a moving test pattern) and microphone (a beep), no permission prompts,
 // loopback peer connections, autoplay without a click, and the network-quiet flags.
@@ -75,11 +77,11 @@ async function routeOfficialSdk(page) {
  * Starts the fixture server on 127.0.0.1:0: `/` is fixtures/sdk.html (loads the official
  * SDK and fixtures/harness.js, which defines `window.h`). Resolves `{url, close()}`.
  */
-async function startFixtureServer() {
+async function startFixtureServer(bundle = SDK_BUNDLE) {
     const files = {
         '/': ['text/html; charset=utf-8', path.join(FIXTURES, 'sdk.html')],
         '/harness.js': ['text/javascript; charset=utf-8', path.join(FIXTURES, 'harness.js')],
-        '/flashphoner.js': ['text/javascript; charset=utf-8', SDK_BUNDLE],
+        '/flashphoner.js': ['text/javascript; charset=utf-8', bundle],
     };
     const server = http.createServer((req, res) => {
         const file = files[new URL(req.url, 'http://x').pathname];
@@ -129,6 +131,6 @@ async function screenshot(page, name) {
 }
 
 module.exports = {
-    CHROMIUM_ARGS, launchBrowser, launchKillableBrowser, newPage, routeOfficialSdk, startFixtureServer, openSdkPage,
+    BUNDLED_CLIENT, CHROMIUM_ARGS, launchBrowser, launchKillableBrowser, newPage, routeOfficialSdk, startFixtureServer, openSdkPage,
     dumpPage, screenshot,
 };
