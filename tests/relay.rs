@@ -10,8 +10,8 @@ use common::{
     Server, ended, endpoint, eventually, keyframe_requests, metric, metrics, player_figures,
     session,
 };
-use relaycast_controlplane::client::ClientStream;
-use relaycast_controlplane::protocol::StreamStatus;
+use relaycast_controlplane::client::{ClientStream, Session, StreamSignal};
+use relaycast_controlplane::protocol::{StreamStatus, TrackState};
 use relaycast_dataplane::synth::{SynthConfig, VideoCodec};
 use serde_json::{Value, json};
 
@@ -336,6 +336,129 @@ async fn chains_push_push_and_push_pull() {
         body["info"].as_str().unwrap_or("").contains("Relay loop"),
         "{body}"
     );
+}
+
+/// The next publisher's stream event (`notifyStreamEvent`, skipping the server's own
+/// `resize`) a player gets within 5 s: (type, payload).
+async fn next_event(player: &mut ClientStream, what: &str) -> (String, Value) {
+    let wait = async {
+        loop {
+            match player.handle.next_signal().await {
+                Ok(StreamSignal::Event(e)) if e["type"] == "resize" => {}
+                Ok(StreamSignal::Event(e)) => {
+                    return (
+                        e["type"].as_str().unwrap_or("").to_owned(),
+                        e["payload"].clone(),
+                    );
+                }
+                Ok(StreamSignal::Status(s)) => panic!("{what}: status {} instead", s.status),
+                Err(e) => panic!("{what}: {e}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), wait)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no stream event within 5 s"))
+}
+
+/// The (audio, video) mute state a new player of `name` on `viewers` gets with PLAYING.
+async fn mute_state(viewers: &Session, name: &str) -> (bool, bool) {
+    let player = viewers.play(&endpoint(), name).await.expect("play");
+    let status = player.handle.last_status().expect("a PLAYING status");
+    let muted = |t: Option<TrackState>| t.expect("a player's status has the track state").muted;
+    let state = (muted(status.audio_state), muted(status.video_state));
+    player
+        .stop(Duration::from_secs(2))
+        .await
+        .expect("stop the player");
+    state
+}
+
+/// A publisher's stream events (mute, unmute, `sendData`) cross push and pull relays, and a
+/// relay brings the mute state along when it starts: a player joining far away later sees
+/// the stream muted.
+#[tokio::test]
+async fn stream_events_cross_push_and_pull_relays() {
+    let a = Server::start(&[]);
+    let b = Server::start(&[]);
+    let c = Server::start(&[]);
+    let ep = endpoint();
+    let pub_session = session(&a).await;
+    let publisher = pub_session.publish(&ep, "ev", synth()).await.unwrap();
+    let on_a = session(&a).await;
+    let mut local = on_a.play(&ep, "ev").await.unwrap();
+
+    // Muted before any relay exists: A's player sees it, so A has it.
+    publisher
+        .handle
+        .send_stream_event("videoMuted", None)
+        .unwrap();
+    assert_eq!(next_event(&mut local, "A's player").await.0, "videoMuted");
+
+    push(&a, &b, "ev").await;
+    let on_b = session(&b).await;
+    let synced = eventually(Duration::from_secs(5), || async {
+        (mute_state(&on_b, "ev").await == (false, true)).then_some(())
+    });
+    assert!(
+        synced.await.is_some(),
+        "the push relay did not bring the mute state to B"
+    );
+    push(&b, &c, "ev").await;
+    let (code, body) = relay(
+        &c,
+        "pull",
+        json!({"uri": b.ws_url(), "remoteStreamName": "ev", "localStreamName": "ev2"}),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let viewers = session(&c).await;
+    let synced = eventually(Duration::from_secs(5), || async {
+        let both = (
+            mute_state(&viewers, "ev").await,
+            mute_state(&viewers, "ev2").await,
+        );
+        (both == ((false, true), (false, true))).then_some(())
+    });
+    assert!(
+        synced.await.is_some(),
+        "the mute state did not reach C (push, push and push, pull)"
+    );
+
+    let mut pushed = viewers.play(&ep, "ev").await.unwrap();
+    let mut pulled = viewers.play(&ep, "ev2").await.unwrap();
+    publisher
+        .handle
+        .send_stream_event("audioMuted", None)
+        .unwrap();
+    let data = json!({"number": 33, "list": [1, "two"], "nested": {"ok": true}});
+    publisher
+        .handle
+        .send_stream_event("data", Some(&data))
+        .unwrap();
+    publisher
+        .handle
+        .send_stream_event("videoUnmuted", None)
+        .unwrap();
+    for (label, player) in [("push, push", &mut pushed), ("push, pull", &mut pulled)] {
+        assert_eq!(
+            next_event(player, label).await,
+            ("audioMuted".into(), json!({}))
+        );
+        assert_eq!(
+            next_event(player, label).await,
+            ("data".into(), data.clone())
+        );
+        assert_eq!(
+            next_event(player, label).await,
+            ("videoUnmuted".into(), json!({}))
+        );
+    }
+    // A player joining now sees the latest state, on both paths.
+    assert_eq!(mute_state(&viewers, "ev").await, (true, false));
+    assert_eq!(mute_state(&viewers, "ev2").await, (true, false));
+    // Media kept flowing to the relayed players.
+    check_players("events A->B->C", &[pushed, pulled]).await;
 }
 
 #[tokio::test]

@@ -83,7 +83,17 @@ impl Default for ClientTimeouts {
 enum StreamUpdate {
     Answer(String),
     Status(StreamStatusEvent),
+    /// `notifyStreamEvent`'s object, raw.
+    Event(Value),
     Fail(String),
+}
+
+/// What the server says about a negotiated stream: a status, or a `notifyStreamEvent`
+/// (`{mediaSessionId, type, payload}`, e.g. a publisher's `audioMuted` or `data`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum StreamSignal {
+    Status(StreamStatusEvent),
+    Event(Value),
 }
 
 type Routes = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<StreamUpdate>>>>;
@@ -350,6 +360,7 @@ impl Session {
             status: StreamStatus::Pending,
             info: None,
             early: Vec::new(),
+            last: None,
             rx: None,
             closed: self.closed.clone(),
         };
@@ -369,6 +380,8 @@ impl Session {
                         }
                         handle.early.push(e);
                     }
+                    // No player can get a stream event before its answer.
+                    Some(StreamUpdate::Event(_)) => {}
                     Some(StreamUpdate::Fail(info)) => return Err(ClientError::Fail(info)),
                     None => {
                         return Err(ClientError::Closed(
@@ -501,6 +514,19 @@ fn dispatch(text: &str, routes: &Routes, out: &mpsc::UnboundedSender<Message>) {
             event.media_session_id.0.clone(),
             StreamUpdate::Status(event),
         ),
+        ServerMessage::StreamEvent(event) => match event["mediaSessionId"].as_str() {
+            Some(id) => (id.to_owned(), StreamUpdate::Event(event)),
+            None => return,
+        },
+        // A refused stream event does not end the stream (the SDK only warns, too).
+        ServerMessage::Fail {
+            api_method: Some(method),
+            info,
+            ..
+        } if method == "sendStreamEvent" => {
+            tracing::warn!(?info, "server refused a stream event");
+            return;
+        }
         ServerMessage::Fail {
             id: Some(id), info, ..
         } => (id.0, StreamUpdate::Fail(info.unwrap_or_default())),
@@ -528,6 +554,8 @@ pub struct StreamHandle {
     status: StreamStatus,
     info: Option<String>,
     early: Vec<StreamStatusEvent>,
+    /// The last status event the server sent.
+    last: Option<StreamStatusEvent>,
     rx: Option<mpsc::UnboundedReceiver<StreamUpdate>>,
     closed: watch::Receiver<Option<String>>,
 }
@@ -551,10 +579,36 @@ impl StreamHandle {
         self.info.as_deref()
     }
 
-    /// The next status event; `Err` when the session ends first.
+    /// The last status event the server sent (with a player's `audioState`/`videoState`).
+    pub fn last_status(&self) -> Option<&StreamStatusEvent> {
+        self.last.as_ref()
+    }
+
+    /// Sends `sendStreamEvent` for this (published) stream: `audioMuted`, `data`, ... The
+    /// server passes it to the stream's players.
+    pub fn send_stream_event(&self, typ: &str, payload: Option<&Value>) -> Result<(), ClientError> {
+        let frame = protocol::send_stream_event(&self.id, typ, payload);
+        self.out
+            .send(Message::text(frame))
+            .map_err(|_| ClientError::Closed("connection ended".into()))
+    }
+
+    /// The next status event; stream events before it are dropped. `Err` when the session
+    /// ends first.
     pub async fn next_status(&mut self) -> Result<StreamStatusEvent, ClientError> {
+        loop {
+            if let StreamSignal::Status(e) = self.next_signal().await? {
+                return Ok(e);
+            }
+        }
+    }
+
+    /// The next status or stream event; `Err` when the session ends first.
+    pub async fn next_signal(&mut self) -> Result<StreamSignal, ClientError> {
         if !self.early.is_empty() {
-            return Ok(self.early.remove(0));
+            let e = self.early.remove(0);
+            self.last = Some(e.clone());
+            return Ok(StreamSignal::Status(e));
         }
         let Some(rx) = self.rx.as_mut() else {
             return Err(ClientError::Closed("stream is not negotiated".into()));
@@ -564,8 +618,10 @@ impl StreamHandle {
                 Some(StreamUpdate::Status(e)) => {
                     self.status = e.status;
                     self.info = e.info.clone();
-                    return Ok(e);
+                    self.last = Some(e.clone());
+                    return Ok(StreamSignal::Status(e));
                 }
+                Some(StreamUpdate::Event(e)) => return Ok(StreamSignal::Event(e)),
                 Some(StreamUpdate::Fail(info)) => return Err(ClientError::Fail(info)),
                 Some(StreamUpdate::Answer(_)) => {}
                 None => {

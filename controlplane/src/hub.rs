@@ -236,6 +236,11 @@ impl Hub {
                 }
                 Effect::StreamEnded { name } => ended.push(name),
                 Effect::StreamLive { name } => live.push(name),
+                Effect::StreamEvent {
+                    name,
+                    kind,
+                    payload,
+                } => self.relays.stream_event(&name, kind, &payload),
             }
         }
         for name in ended {

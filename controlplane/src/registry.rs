@@ -37,6 +37,13 @@ pub enum Effect {
     StreamEnded { name: StreamName },
     /// A stream got its media: relays waiting to push it may start.
     StreamLive { name: StreamName },
+    /// A stream's source sent an event (mute, unmute, data): relays pushing the stream pass
+    /// it on to the remote server.
+    StreamEvent {
+        name: StreamName,
+        kind: PublisherEvent,
+        payload: Value,
+    },
 }
 
 /// Fixed facts the registry reports.
@@ -574,8 +581,9 @@ impl Registry {
     /// `sendStreamEvent`: a publisher's mute, unmute or data event. The stream keeps its mute
     /// state (players that join later get it as `audioState` and `videoState` with PLAYING),
     /// and every player of the stream gets `notifyStreamEvent` with its own media session id,
-    /// the type and the payload. A client that does not publish the stream named, or an event
-    /// type a publisher may not send, gets a `fail` and nothing else changes.
+    /// the type and the payload; relays pushing the stream pass it on. A client that does not
+    /// publish the stream named, or an event type a publisher may not send, gets a `fail` and
+    /// nothing else changes.
     fn stream_event(&mut self, conn: ConnId, req: StreamEventRequest, out: &mut Vec<Effect>) {
         const METHOD: &str = "sendStreamEvent";
         let id = &req.media_session_id;
@@ -584,15 +592,35 @@ impl Registry {
             send(out, conn, protocol::fail(METHOD, &info, Some(id)));
             return;
         };
-        let source = self
+        let name = self
             .media
             .get(id)
             .filter(|m| m.conn == conn && m.published)
-            .and_then(|m| self.streams.get_mut(&m.name))
-            .filter(|s| s.source == Source::Publisher(id.clone()));
-        let Some(stream) = source else {
+            .map(|m| m.name.clone())
+            .filter(|name| {
+                self.streams
+                    .get(name)
+                    .is_some_and(|s| s.source == Source::Publisher(id.clone()))
+            });
+        let Some(name) = name else {
             let info = Info::StreamNotFound.as_str();
             send(out, conn, protocol::fail(METHOD, info, Some(id)));
+            return;
+        };
+        self.source_event(&name, id, kind, req.payload, out);
+    }
+
+    /// An event of stream `name`'s source (its publisher, or the remote stream a pull relay
+    /// plays): the mute state is kept, every player gets it, and push relays pass it on.
+    fn source_event(
+        &mut self,
+        name: &StreamName,
+        source: &MediaSessionId,
+        kind: PublisherEvent,
+        payload: Value,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(stream) = self.streams.get_mut(name) else {
             return;
         };
         match kind {
@@ -603,17 +631,76 @@ impl Registry {
             PublisherEvent::Data => {}
         }
         if kind == PublisherEvent::Data {
-            tracing::debug!(stream = %stream.name, media_session = %id,
+            tracing::debug!(stream = %name, media_session = %source,
                 players = stream.players.len(), "stream data event");
         } else {
-            tracing::info!(stream = %stream.name, media_session = %id, event = kind.as_str(),
+            tracing::info!(stream = %name, media_session = %source, event = kind.as_str(),
                 players = stream.players.len(), "stream event");
         }
         for player in &stream.players {
             if let Some(p) = self.media.get(player) {
-                let frame = protocol::stream_event(player, kind.as_str(), req.payload.clone());
+                let frame = protocol::stream_event(player, kind.as_str(), payload.clone());
                 send(out, p.conn, frame);
             }
+        }
+        out.push(Effect::StreamEvent {
+            name: name.clone(),
+            kind,
+            payload,
+        });
+    }
+
+    /// The remote stream that pull relay `id` plays sent an event: the local stream takes it
+    /// as its own source's.
+    pub fn relay_source_event(
+        &mut self,
+        id: &MediaSessionId,
+        kind: PublisherEvent,
+        payload: Value,
+        out: &mut Vec<Effect>,
+    ) {
+        let name = self.media.get(id).map(|m| m.name.clone());
+        if let Some(name) = name
+            && self
+                .streams
+                .get(&name)
+                .is_some_and(|s| s.source == Source::Relay(id.clone()))
+        {
+            self.source_event(&name, id, kind, payload, out);
+        }
+    }
+
+    /// Pull relay `id`'s remote stream is playing with this mute state (`audioState` and
+    /// `videoState` of its PLAYING status): where the local stream's state differs, the
+    /// change is passed on as the matching event.
+    pub fn relay_source_tracks(
+        &mut self,
+        id: &MediaSessionId,
+        audio: Option<TrackState>,
+        video: Option<TrackState>,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(stream) = self.media.get(id).and_then(|m| self.streams.get(&m.name)) else {
+            return;
+        };
+        let (audio_muted, video_muted) = (stream.audio_muted, stream.video_muted);
+        let mut changes = Vec::new();
+        if let Some(a) = audio.filter(|a| a.muted != audio_muted) {
+            changes.push(if a.muted {
+                PublisherEvent::AudioMuted
+            } else {
+                PublisherEvent::AudioUnmuted
+            });
+        }
+        if let Some(v) = video.filter(|v| v.muted != video_muted) {
+            changes.push(if v.muted {
+                PublisherEvent::VideoMuted
+            } else {
+                PublisherEvent::VideoUnmuted
+            });
+        }
+        for kind in changes {
+            self.relay_source_event(id, kind, Value::Null, out);
         }
     }
 
@@ -1501,8 +1588,21 @@ mod tests {
         let out = stream_event(&mut r, 1, "p", "data", payload.clone());
         assert_eq!(
             stream_events(&out, 3),
-            [("v3".into(), "data".into(), payload)]
+            [("v3".into(), "data".into(), payload.clone())]
         );
+        // Relays pushing the stream are handed the event too.
+        let relayed: Vec<_> = out
+            .iter()
+            .filter_map(|e| match e {
+                Effect::StreamEvent {
+                    name,
+                    kind,
+                    payload,
+                } => Some((name.0.clone(), *kind, payload.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(relayed, [("s".into(), PublisherEvent::Data, payload)]);
     }
 
     #[test]

@@ -9,6 +9,11 @@
 //! connection drops reconnects with exponential backoff while its source lives; a pull
 //! relay's local players keep their peers (the data plane keeps the stream's route and its
 //! sequence numbers continue), so they see a pause, never a renegotiation.
+//!
+//! Stream events (a publisher's mute, unmute and `sendData`) cross relays too: a push relay
+//! sends its local stream's events to the remote stream, and a pull relay hands the remote
+//! stream's events to the local one. On every (re)connect the mute state is brought up to
+//! date: a push relay sends the local stream's, a pull relay takes the remote's from PLAYING.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -22,9 +27,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
-use crate::client::{ClientError, ClientTimeouts, Session, StreamHandle};
+use crate::client::{ClientError, ClientTimeouts, Session, StreamHandle, StreamSignal};
 use crate::hub::{Hub, now_ms};
-use crate::protocol::{ConnectionRequest, Info, MediaSessionId, StreamName, StreamStatus};
+use crate::protocol::{
+    self, ConnectionRequest, Info, MediaSessionId, PublisherEvent, StreamName, StreamStatus,
+};
 use crate::registry::{RELAY_LOOP, RestReply, error_reply};
 
 /// How relays behave.
@@ -152,7 +159,12 @@ struct Relay {
     /// Bumped on every state change, for REST calls waiting on the relay.
     changed: watch::Sender<u64>,
     finished: Cell<bool>,
+    /// The local stream's events, for a push relay to pass on.
+    events: mpsc::UnboundedSender<(PublisherEvent, Value)>,
 }
+
+/// A relay's receiving end of its local stream's events.
+type EventsRx = mpsc::UnboundedReceiver<(PublisherEvent, Value)>;
 
 impl Relay {
     fn update(&self, f: impl FnOnce(&mut RelayInfo)) {
@@ -230,6 +242,19 @@ impl Relays {
                         false
                     }
                 });
+            }
+        }
+    }
+
+    /// Local stream `name`'s source sent an event: push relays of it pass it on.
+    pub fn stream_event(&self, name: &StreamName, kind: PublisherEvent, payload: &Value) {
+        for relay in self.list.borrow().iter() {
+            let info = relay.info.borrow();
+            if info.direction == Direction::Push
+                && info.local_stream_name == name.0
+                && !relay.finished.get()
+            {
+                let _ = relay.events.send((kind, payload.clone()));
             }
         }
     }
@@ -393,6 +418,7 @@ async fn start(hub: &Rc<Hub>, direction: Direction, body: RelayBody) -> RestRepl
     });
     let (stop, stop_rx) = watch::channel(None);
     let (changed, mut changed_rx) = watch::channel(0);
+    let (events, events_rx) = mpsc::unbounded_channel();
     let relay = Rc::new(Relay {
         info: RefCell::new(RelayInfo {
             uri,
@@ -411,10 +437,17 @@ async fn start(hub: &Rc<Hub>, direction: Direction, body: RelayBody) -> RestRepl
         stop,
         changed,
         finished: Cell::new(false),
+        events,
     });
     relays.list.borrow_mut().push(Rc::clone(&relay));
     tracing::info!(?direction, relay = %local_id, "relay requested");
-    tokio::task::spawn_local(run(Rc::clone(hub), Rc::clone(&relay), stop_rx, pull_stream));
+    tokio::task::spawn_local(run(
+        Rc::clone(hub),
+        Rc::clone(&relay),
+        stop_rx,
+        events_rx,
+        pull_stream,
+    ));
 
     // Answer once the relay is established or has failed, or at the REST deadline.
     let wait = async {
@@ -640,6 +673,7 @@ async fn run(
     hub: Rc<Hub>,
     relay: Rc<Relay>,
     mut stop: watch::Receiver<Option<StopReason>>,
+    mut events: EventsRx,
     pull_stream: Option<(StreamId, CoreId)>,
 ) {
     let config = hub.relays().config.clone();
@@ -659,6 +693,7 @@ async fn run(
             &hub,
             &relay,
             &mut stop,
+            &mut events,
             pull_stream,
             &mut continuity,
             &mut established,
@@ -752,6 +787,7 @@ async fn attempt(
     hub: &Rc<Hub>,
     relay: &Rc<Relay>,
     stop: &mut watch::Receiver<Option<StopReason>>,
+    events: &mut EventsRx,
     pull_stream: Option<(StreamId, CoreId)>,
     continuity: &mut Continuity,
     established: &mut bool,
@@ -941,6 +977,7 @@ async fn attempt(
         };
         i.info = None;
     });
+    sync_mute_state(hub, direction, &local, &local_id, &handle, &session, events);
 
     // Established: run until something ends it.
     let mut link = tokio::time::interval(LINK_INTERVAL);
@@ -968,8 +1005,25 @@ async fn attempt(
                 Some(_) => {}
                 None => return Outcome::Retry("data plane stopped".into()),
             },
-            status = handle.next_status() => match status {
-                Ok(e) if e.status.is_final() => {
+            Some((kind, payload)) = events.recv() => {
+                let payload = (!payload.is_null()).then_some(&payload);
+                let id = MediaSessionId(handle.media_session_id().to_owned());
+                let frame = protocol::send_stream_event(&id, kind.as_str(), payload);
+                if session.send_raw(frame).is_err() {
+                    tracing::debug!(relay = %local_id, "stream event not sent: signalling closed");
+                }
+            }
+            signal = handle.next_signal() => match signal {
+                Ok(StreamSignal::Event(event)) => {
+                    let kind = event["type"].as_str().and_then(PublisherEvent::parse);
+                    if let (Direction::Pull, Some(kind)) = (direction, kind) {
+                        let payload = event["payload"].clone();
+                        hub.with_registry(|r, out| {
+                            r.relay_source_event(&local_id, kind, payload, out)
+                        });
+                    }
+                }
+                Ok(StreamSignal::Status(e)) if e.status.is_final() => {
                     let info = e.info.unwrap_or_default();
                     peer.close().await;
                     if let Some(c) = peer.continuity { *continuity = c; }
@@ -986,7 +1040,7 @@ async fn attempt(
                     }
                     return Outcome::Retry(format!("remote stream {}: {info}", e.status));
                 }
-                Ok(_) => {}
+                Ok(StreamSignal::Status(_)) => {}
                 Err(e) => {
                     peer.close().await;
                     if let Some(c) = peer.continuity { *continuity = c; }
@@ -998,6 +1052,46 @@ async fn attempt(
                 peer.close().await;
                 return Outcome::Stopped(reason);
             }
+        }
+    }
+}
+
+/// Brings the far side's mute state up to date once a relay is established. A push relay
+/// sends the local stream's mute state to the remote stream (events queued while the relay
+/// was down are dropped: the state replaces them). A pull relay takes the remote stream's
+/// `audioState`/`videoState` from its PLAYING status.
+fn sync_mute_state(
+    hub: &Rc<Hub>,
+    direction: Direction,
+    local: &StreamName,
+    local_id: &MediaSessionId,
+    handle: &StreamHandle,
+    session: &Session,
+    events: &mut EventsRx,
+) {
+    match direction {
+        Direction::Push => {
+            while events.try_recv().is_ok() {}
+            let state =
+                hub.with_registry(|r, _| r.stream(local).map(|s| (s.audio_muted, s.video_muted)));
+            let Some((audio_muted, video_muted)) = state else {
+                return;
+            };
+            let id = MediaSessionId(handle.media_session_id().to_owned());
+            let muted = [
+                (audio_muted, PublisherEvent::AudioMuted),
+                (video_muted, PublisherEvent::VideoMuted),
+            ];
+            for (_, kind) in muted.into_iter().filter(|(m, _)| *m) {
+                let _ = session.send_raw(protocol::send_stream_event(&id, kind.as_str(), None));
+            }
+        }
+        Direction::Pull => {
+            let Some(playing) = handle.last_status() else {
+                return;
+            };
+            let (audio, video) = (playing.audio_state, playing.video_state);
+            hub.with_registry(|r, out| r.relay_source_tracks(local_id, audio, video, out));
         }
     }
 }
