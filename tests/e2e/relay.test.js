@@ -1,7 +1,8 @@
 // The official Flashphoner WebSDK through a server-to-server relay, as in WCS's test guide:
 // a browser publishes to server A, A pushes the stream to server B (or B pulls it from A),
 // another browser tab plays it on B. Statuses, getStats() on both ends, the codec forced
-// either way, the relay's end, a player that comes too early, a publisher that vanishes.
+// either way, the publisher's stream events, the relay's end, a player that comes too early,
+// a publisher that vanishes.
 'use strict';
 
 const assert = require('node:assert/strict');
@@ -148,6 +149,17 @@ for (const mode of ['push', 'pull']) {
                 const video = await play.evaluate(() => h.video('play'));
                 assert.ok(video && video.videoWidth > 0, `B's <video> has no picture: ${JSON.stringify(video)}`);
                 assert.deepEqual(video.tracks, ['audio', 'video'], 'B\'s <video> plays audio and video');
+
+                if (!variant.video) {
+                    // The publisher's mute and sendData on A reach the player on B.
+                    await pub.evaluate(() => h.streams.pub.stream.muteVideo());
+                    assert.ok(await play.evaluate(() => h.waitStreamEvent('play', 'videoMuted')),
+                        `B's player got no videoMuted through the ${mode} relay`);
+                    await pub.evaluate(() => h.streams.pub.stream.sendData({ hop: 'A->B' }));
+                    const data = await play.evaluate(() => h.waitStreamEvent('play', 'data'));
+                    assert.deepEqual(data && data.payload, { hop: 'A->B' },
+                        `B's player got no data event through the ${mode} relay`);
+                }
 
                 const stopped = await play.evaluate(() => h.stop('play'));
                 assert.equal(stopped.status, 'STOPPED', `player stop on B: ${JSON.stringify(stopped)}`);
