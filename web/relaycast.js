@@ -350,6 +350,10 @@
                 stream = this._streams[first.mediaSessionId];
                 if (stream) stream._serverEvent(first);
                 break;
+            case 'availableStream':
+                stream = this._streams[first.id];
+                if (stream) stream._availability(first);
+                break;
             case 'fail':
                 // A refused stream event does not end the stream (the SDK only warns).
                 stream = first.apiMethod === 'sendStreamEvent' ? null
@@ -691,6 +695,31 @@
         } catch (e) {
             console.error('[relaycast] stream STREAM_EVENT callback threw', e);
         }
+    };
+
+    /**
+     * Asks the server whether this stream's name can be played now. Resolves with the stream
+     * when it can; rejects with the stream (its getInfo() says why) when it cannot.
+     */
+    Stream.prototype.available = function () {
+        var self = this;
+        return new Promise(function (resolve, reject) {
+            self._availableWaiters = (self._availableWaiters || []).concat([{resolve: resolve, reject: reject}]);
+            if (!self._session._send('availableStream', {mediaSessionId: self._id, name: self._name})) {
+                self._info = 'Session is not established';
+                self._availability({status: 'false', info: self._info});
+            }
+        });
+    };
+
+    Stream.prototype._availability = function (answer) {
+        var waiters = this._availableWaiters || [];
+        this._availableWaiters = [];
+        if (answer.info !== undefined) this._info = answer.info;
+        var self = this;
+        waiters.forEach(function (w) {
+            if (answer.status === 'true' || answer.status === true) w.resolve(self); else w.reject(self);
+        });
     };
 
     /** Tells the server about this published stream (mute, unmute, data) for its players. */

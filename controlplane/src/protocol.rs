@@ -92,7 +92,9 @@ pub enum ClientMessage {
     Pong,
     /// `sendStreamEvent`: a publisher's event (mute, unmute, data) for its stream's players.
     SendStreamEvent(StreamEventRequest),
-    /// Any other message name, such as `availableStream`, `sendData`,
+    /// `availableStream`: the SDK's `stream.available()` asks whether `name` can be played.
+    AvailableStream(StreamRef),
+    /// Any other message name, such as `sendData`,
     /// `snapshot`, `call` or `hangup`. Its data is not checked. The server answers with a
     /// `fail` frame that names it.
     Unsupported {
@@ -113,6 +115,7 @@ impl ClientMessage {
             Self::Ping => PING,
             Self::Pong => PONG,
             Self::SendStreamEvent(_) => SEND_STREAM_EVENT,
+            Self::AvailableStream(_) => AVAILABLE_STREAM,
             Self::Unsupported { message } => message,
         }
     }
@@ -286,6 +289,10 @@ pub fn parse_client_frame(text: &str) -> Result<ClientMessage, FrameError> {
             SEND_STREAM_EVENT,
             data,
         )?)?),
+        AVAILABLE_STREAM => ClientMessage::AvailableStream(stream_ref(
+            AVAILABLE_STREAM,
+            first_object(AVAILABLE_STREAM, data)?,
+        )?),
         _ => ClientMessage::Unsupported { message },
     };
     Ok(parsed)
@@ -405,6 +412,25 @@ pub fn stream_event(id: &MediaSessionId, typ: &str, payload: Value) -> String {
             payload,
         }],
     )
+}
+
+/// Builds the answer to `availableStream`: `data: [ {id, status, info?} ]`, where `status` is
+/// the string `"true"` or `"false"` (the SDK compares it with `== "true"`) and `info` is the
+/// reason a stream is not available, which the SDK keeps as `stream.getInfo()`.
+pub fn available_stream(
+    id: Option<&MediaSessionId>,
+    available: bool,
+    info: Option<&str>,
+) -> String {
+    #[derive(Serialize)]
+    struct AvailableFrame<'a> {
+        id: Option<&'a MediaSessionId>,
+        status: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        info: Option<&'a str>,
+    }
+    let status = if available { "true" } else { "false" };
+    frame(AVAILABLE_STREAM, [AvailableFrame { id, status, info }])
 }
 
 /// Builds the server's `ping`: `{"message":"ping","data":[]}`. The SDK answers with `pong`.
@@ -986,6 +1012,7 @@ const STOP_STREAM: &str = "stopStream";
 const PING: &str = "ping";
 const PONG: &str = "pong";
 const SEND_STREAM_EVENT: &str = "sendStreamEvent";
+const AVAILABLE_STREAM: &str = "availableStream";
 const GET_USER_DATA: &str = "getUserData";
 const SET_REMOTE_SDP: &str = "setRemoteSDP";
 const NOTIFY_STREAM_STATUS_EVENT: &str = "notifyStreamStatusEvent";
@@ -1625,6 +1652,38 @@ mod tests {
     }
 
     #[test]
+    fn available_stream_as_the_sdk_asks_and_reads_it() {
+        let asked = client(
+            r#"{"message":"availableStream","data":[{"mediaSessionId":"m1","name":"cam"}]}"#,
+        );
+        assert_eq!(
+            asked,
+            ClientMessage::AvailableStream(StreamRef {
+                media_session_id: Some("m1".into()),
+                name: Some("cam".into()),
+            })
+        );
+        // The SDK resolves available() on `status == "true"` (a string), else rejects and
+        // keeps `info` as getInfo().
+        let yes: Value =
+            serde_json::from_str(&available_stream(Some(&"m1".into()), true, None)).unwrap();
+        assert_eq!(
+            yes,
+            json!({"message": "availableStream", "data": [{"id": "m1", "status": "true"}]})
+        );
+        let no: Value = serde_json::from_str(&available_stream(
+            Some(&"m1".into()),
+            false,
+            Some("Stream not found"),
+        ))
+        .unwrap();
+        assert_eq!(
+            no["data"][0],
+            json!({"id": "m1", "status": "false", "info": "Stream not found"})
+        );
+    }
+
+    #[test]
     fn publisher_event_types_are_the_sdks() {
         for e in PublisherEvent::ALL {
             assert_eq!(PublisherEvent::parse(e.as_str()), Some(e));
@@ -1654,21 +1713,13 @@ mod tests {
     #[test]
     fn keeps_unsupported_message_names() {
         let frames = [
-            r#"{"message":"availableStream","data":[{"mediaSessionId":"a","name":"s"}]}"#,
             r#"{"message":"sendData","data":[{"operationId":"1","payload":{"x":1}}]}"#,
             r#"{"message":"snapshot","data":[{"name":"s","mediaSessionId":"a"}]}"#,
             r#"{"message":"call","data":[{"callId":"c","sdp":5}]}"#,
             r#"{"message":"hangup","data":"nonsense"}"#,
             r#"{"message":"submitBugReport"}"#,
         ];
-        let names = [
-            "availableStream",
-            "sendData",
-            "snapshot",
-            "call",
-            "hangup",
-            "submitBugReport",
-        ];
+        let names = ["sendData", "snapshot", "call", "hangup", "submitBugReport"];
         for (frame, name) in frames.into_iter().zip(names) {
             let parsed = client(frame);
             assert_eq!(

@@ -317,6 +317,7 @@ impl Registry {
             ClientMessage::Ping => send(out, conn, protocol::pong()),
             ClientMessage::Pong => {}
             ClientMessage::SendStreamEvent(req) => self.stream_event(conn, req, out),
+            ClientMessage::AvailableStream(r) => self.available(conn, &r, out),
             ClientMessage::Unsupported { message } => {
                 let info = format!("Unsupported method: {message}");
                 send(out, conn, protocol::fail(&message, &info, None));
@@ -576,6 +577,40 @@ impl Registry {
                 send(out, p.conn, resize_event(player, width, height));
             }
         }
+    }
+
+    /// `availableStream` (`stream.available()`): whether stream `name` can be played now, that
+    /// is, it is published and its media is negotiated. A session that is not established, or
+    /// that needs the token it did not give, is told so as the reason instead.
+    fn available(&self, conn: ConnId, r: &StreamRef, out: &mut Vec<Effect>) {
+        let id = r.media_session_id.as_ref();
+        let refusal = match self.sessions.get(&conn) {
+            Some(s) if !s.established => Some(Info::SessionNotReady),
+            None => Some(Info::SessionNotReady),
+            Some(s)
+                if !s.authorized
+                    && self.config.access.token(&Value::Null) != TokenCheck::Granted =>
+            {
+                Some(Info::RestrictedAccess)
+            }
+            Some(_) => None,
+        };
+        let live = refusal.is_none()
+            && r.name
+                .as_ref()
+                .and_then(|name| self.streams.get(name))
+                .is_some_and(|s| s.media.is_some());
+        let info = match refusal {
+            Some(info) => Some(info),
+            None if !live => Some(Info::StreamNotFound),
+            None => None,
+        };
+        tracing::debug!(conn = conn.0, stream = ?r.name, available = live, "stream availability");
+        send(
+            out,
+            conn,
+            protocol::available_stream(id, live, info.map(Info::as_str)),
+        );
     }
 
     /// `sendStreamEvent`: a publisher's mute, unmute or data event. The stream keeps its mute
@@ -1651,6 +1686,73 @@ mod tests {
         assert!(!r.stream(&"s".into()).unwrap().audio_muted);
         // None of it touched the stream.
         assert_eq!((r.stream_count(), r.media_count()), (1, 2));
+    }
+
+    /// `availableStream` for `name` from `conn`: the answer's (id, status, info).
+    fn availability(r: &mut Registry, conn: u64, name: &str) -> (Value, Value, Value) {
+        let mut out = Vec::new();
+        let asked = StreamRef {
+            media_session_id: Some("ask".into()),
+            name: Some(name.into()),
+        };
+        r.client_message(
+            ConnId(conn),
+            ClientMessage::AvailableStream(asked),
+            0,
+            &mut out,
+        );
+        let [Effect::Send { conn: to, frame }] = out.as_slice() else {
+            panic!("one answer expected: {out:?}");
+        };
+        assert_eq!(to.0, conn);
+        let v: Value = serde_json::from_str(frame).unwrap();
+        assert_eq!(v["message"], "availableStream");
+        let d = &v["data"][0];
+        (d["id"].clone(), d["status"].clone(), d["info"].clone())
+    }
+
+    #[test]
+    fn a_stream_is_available_once_its_media_is_negotiated() {
+        let mut r = with_sessions(&[1, 2]);
+        let not_found = (json!("ask"), json!("false"), json!("Stream not found"));
+        assert_eq!(availability(&mut r, 2, "s"), not_found);
+        let out = publish(&mut r, 1, "p", "s");
+        // Published, but its SDP is not negotiated yet: not playable.
+        assert_eq!(availability(&mut r, 2, "s"), not_found);
+        answer_all(&mut r, &out);
+        assert_eq!(
+            availability(&mut r, 2, "s"),
+            (json!("ask"), json!("true"), Value::Null)
+        );
+        assert_eq!(availability(&mut r, 2, "other"), not_found);
+        // Asking changes nothing.
+        assert_eq!((r.stream_count(), r.media_count()), (1, 1));
+    }
+
+    #[test]
+    fn availability_needs_an_established_and_authorized_session() {
+        let access = SignallingAccess {
+            app_keys: Vec::new(),
+            token: Some("secret".into()),
+        };
+        let mut r = registry(RegistryLimits::default(), access);
+        let with_token = ConnectionRequest {
+            custom: json!({"token": "secret"}),
+            ..ConnectionRequest::default()
+        };
+        connect(&mut r, 1, with_token);
+        let out = publish(&mut r, 1, "p", "s");
+        answer_all(&mut r, &out);
+        assert_eq!(availability(&mut r, 1, "s").1, json!("true"));
+        // Connected without the token: every request needs it, this one has no place for it.
+        connect(&mut r, 2, ConnectionRequest::default());
+        assert_eq!(
+            availability(&mut r, 2, "s"),
+            (json!("ask"), json!("false"), json!("Restricted access"))
+        );
+        // A socket that never sent `connection`.
+        r.session_opened(ConnId(3), "127.0.0.1:3".into(), 0);
+        assert_eq!(availability(&mut r, 3, "s").2, json!("Session not ready"));
     }
 
     /// A pull relay from another relaycast names the servers it comes through

@@ -174,6 +174,26 @@ for (const client of ['official SDK', 'bundled relaycast.js']) {
     });
 }
 
+// stream.available() (the Two Way Streaming demo's Available button) asks the server
+// whether a stream can be played.
+for (const client of ['official SDK', 'bundled relaycast.js']) {
+    test(`${client}: stream.available() tells a playable stream from a missing one`,
+        { timeout: 30000 }, async () => {
+            const official = client === 'official SDK';
+            const name = official ? 'test-available' : 'test-available-bundled';
+            await withPages(official ? 'available' : 'available-bundled', ['pub', 'ask'], async ({ pub, ask }) => {
+                for (const page of [pub, ask]) await page.evaluate((url) => h.connect(url), server.wsUrl);
+                assert.deepEqual(await ask.evaluate((n) => h.available('before', n), name),
+                    { available: false, info: 'Stream not found' });
+                const published = await pub.evaluate((n) => h.publish('pub', n), name);
+                assert.equal(published.status, 'PUBLISHING', JSON.stringify(published));
+                assert.deepEqual(await ask.evaluate((n) => h.available('after', n), name),
+                    { available: true, info: null });
+                assert.deepEqual(await ask.evaluate(() => h.warnings), []);
+            }, official ? fixture : bundled);
+        });
+}
+
 test('playing an unknown stream fails with "Stream not found"', { timeout: 30000 }, async () => {
     await withPages('unknown', ['play'], async ({ play }) => {
         await play.evaluate((url) => h.connect(url), server.wsUrl);
