@@ -5,6 +5,10 @@
  *
  * Status labels (#sessionStatus, #publishStatus, #playStatus) hold exactly the SDK's
  * status word; the accompanying info goes to #sessionInfo, #publishInfo, #playInfo.
+ * While publishing, the Mute boxes and Send data reach the stream's players (stream
+ * events); the Play panel shows the publisher's mute state (#playMuted), the last data it
+ * sent (#receivedData), and asks whether the play name is available (#availableStatus
+ * AVAILABLE or UNAVAILABLE, the reason in #availableInfo).
  * Query parameters: urlServer, publishName, playName, sdk.
  * For tests, window.twoWay exposes {session, publishStream, playStream}.
  */
@@ -35,11 +39,17 @@
     function start(Flashphoner) {
         var SESSION_STATUS = Flashphoner.constants.SESSION_STATUS;
         var STREAM_STATUS = Flashphoner.constants.STREAM_STATUS;
+        var STREAM_EVENT = Flashphoner.constants.STREAM_EVENT;
+        var EVENT = Flashphoner.constants.STREAM_EVENT_TYPE;
 
         $('connectBtn').disabled = false;
         $('connectBtn').onclick = onConnectClick;
         $('publishBtn').onclick = onPublishClick;
         $('playBtn').onclick = onPlayClick;
+        $('availableBtn').onclick = onAvailableClick;
+        $('sendDataBtn').onclick = onSendDataClick;
+        $('muteAudio').onchange = function () { mute('Audio', $('muteAudio').checked); };
+        $('muteVideo').onchange = function () { mute('Video', $('muteVideo').checked); };
         RC.watchVideoSize($('remoteVideo'), function (size) {
             if (state.playStream) RC.setText('playResolution', size.width + 'x' + size.height);
         });
@@ -81,6 +91,7 @@
                 $('connectBtn').disabled = false;
                 $('publishBtn').disabled = false;
                 $('playBtn').disabled = false;
+                $('availableBtn').disabled = false;
             }).on(SESSION_STATUS.DISCONNECTED, function () {
                 sessionEnded(session, SESSION_STATUS.DISCONNECTED);
             }).on(SESSION_STATUS.FAILED, function () {
@@ -101,6 +112,8 @@
             setButton('playBtn', 'play', 'Play');
             $('publishBtn').disabled = true;
             $('playBtn').disabled = true;
+            $('availableBtn').disabled = true;
+            publishControls(false);
         }
 
         function showSession(status, info) {
@@ -141,11 +154,15 @@
             var ended = function (s) {
                 if (state.publishStream !== s) return;
                 show(s);
+                publishControls(false);
                 setButton('publishBtn', 'publish', 'Publish');
                 $('publishBtn').disabled = !sessionUp();
             };
             stream.on(STREAM_STATUS.PENDING, show)
-                .on(STREAM_STATUS.PUBLISHING, show)
+                .on(STREAM_STATUS.PUBLISHING, function (s) {
+                    show(s);
+                    if (state.publishStream === s) publishControls(true);
+                })
                 .on(STREAM_STATUS.UNPUBLISHED, ended)
                 .on(STREAM_STATUS.STOPPED, ended)
                 .on(STREAM_STATUS.FAILED, ended);
@@ -174,6 +191,8 @@
             state.playStream = stream;
             RC.setText('playId', stream.id());
             RC.setText('playResolution', '');
+            RC.setText('playMuted', '');
+            RC.setText('receivedData', '');
             showStatus('playStatus', 'playInfo', stream.status(), '');
             setButton('playBtn', 'stop', 'Stop');
 
@@ -192,16 +211,83 @@
                 var text = RC.resolutionText(s, $('remoteVideo'));
                 if (text) RC.setText('playResolution', text);
             };
+            var muted = {audio: false, video: false};
+            var showMuted = function () {
+                RC.setText('playMuted', 'audio ' + (muted.audio ? 'muted' : 'on') +
+                    ', video ' + (muted.video ? 'muted' : 'on'));
+            };
             stream.on(STREAM_STATUS.PENDING, show)
                 .on(STREAM_STATUS.PLAYING, function (s) {
                     show(s);
+                    if (state.playStream !== s) return;
+                    muted.audio = !!(s.getAudioState() && s.getAudioState().muted);
+                    muted.video = !!(s.getVideoState() && s.getVideoState().muted);
+                    showMuted();
                     setTimeout(function () { resized(s); }, 1000);
+                })
+                .on(STREAM_EVENT, function (e) {
+                    if (state.playStream !== stream) return;
+                    switch (e.type) {
+                    case EVENT.AUDIO_MUTED: muted.audio = true; break;
+                    case EVENT.AUDIO_UNMUTED: muted.audio = false; break;
+                    case EVENT.VIDEO_MUTED: muted.video = true; break;
+                    case EVENT.VIDEO_UNMUTED: muted.video = false; break;
+                    case EVENT.DATA: RC.setText('receivedData', JSON.stringify(e.payload)); return;
+                    default: return;
+                    }
+                    showMuted();
                 })
                 .on(STREAM_STATUS.RESIZE, resized)
                 .on(STREAM_STATUS.UNPUBLISHED, ended)
                 .on(STREAM_STATUS.STOPPED, ended)
                 .on(STREAM_STATUS.FAILED, ended);
             stream.play();
+        }
+
+        // ------------------------------------------- stream events, availability
+
+        function publishControls(on) {
+            ['muteAudio', 'muteVideo', 'sendDataBtn'].forEach(function (id) { $(id).disabled = !on; });
+            if (!on) {
+                $('muteAudio').checked = false;
+                $('muteVideo').checked = false;
+            }
+        }
+
+        function mute(kind, on) {
+            var s = state.publishStream;
+            if (s) s[(on ? 'mute' : 'unmute') + kind]();
+        }
+
+        function onSendDataClick() {
+            var s = state.publishStream;
+            if (!s) return;
+            var payload;
+            try {
+                payload = JSON.parse($('sendData').value);
+            } catch (e) {
+                RC.setText('publishInfo', 'Send data: not JSON (' + e.message + ')');
+                return;
+            }
+            try {
+                s.sendData(payload);
+            } catch (e) {
+                RC.setText('publishInfo', 'Send data: ' + e.message);
+            }
+        }
+
+        function onAvailableClick() {
+            if (!sessionUp()) return;
+            var name = $('playName').value.trim();
+            if (!name) return;
+            showStatus('availableStatus', 'availableInfo', '', '');
+            // A stream object only to ask: it is never played.
+            var probe = state.session.createStream({name: name, display: document.createElement('div')});
+            probe.available().then(function () {
+                showStatus('availableStatus', 'availableInfo', 'AVAILABLE', '');
+            }, function (s) {
+                showStatus('availableStatus', 'availableInfo', 'UNAVAILABLE', (s && s.getInfo()) || '');
+            });
         }
     }
 

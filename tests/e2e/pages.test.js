@@ -50,6 +50,18 @@ for (const sdk of [null, 'flashphoner.js']) {
             t.diagnostic(`two-way remote video ${looped.width}x${looped.height}`);
             await expectText(twoWay, '#playResolution', `${looped.width}x${looped.height}`, 5000);
 
+            // Stream events and availability, as in WCS's Two Way Streaming demo.
+            await expectText(twoWay, '#playMuted', 'audio on, video on');
+            await twoWay.check('#muteAudio');
+            await expectText(twoWay, '#playMuted', 'audio muted, video on', 5000);
+            await twoWay.fill('#sendData', '{"n": 1, "s": "hi"}');
+            await twoWay.click('#sendDataBtn');
+            await expectText(twoWay, '#receivedData', '{"n":1,"s":"hi"}', 5000);
+            await twoWay.uncheck('#muteAudio');
+            await expectText(twoWay, '#playMuted', 'audio on, video on', 5000);
+            await twoWay.click('#availableBtn');
+            await expectText(twoWay, '#availableStatus', 'AVAILABLE', 5000);
+
             player = await openAppPage('player', 'player.html', { streamName: name }, sdk);
             assert.equal(await player.inputValue('#streamName'), name);
             const clicked = Date.now();
