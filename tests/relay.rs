@@ -457,6 +457,11 @@ async fn stream_events_cross_push_and_pull_relays() {
     // A player joining now sees the latest state, on both paths.
     assert_eq!(mute_state(&viewers, "ev").await, (true, false));
     assert_eq!(mute_state(&viewers, "ev2").await, (true, false));
+    // Each server counts the events its streams passed on: A's one stream, C's two.
+    let data = ["type=\"data\""];
+    let counted = |text: String| metric(&text, "relaycast_stream_events_total", &data);
+    assert_eq!(counted(metrics(&a).await), 1.0);
+    assert_eq!(counted(metrics(&c).await), 2.0);
     // Media kept flowing to the relayed players.
     check_players("events A->B->C", &[pushed, pulled]).await;
 }

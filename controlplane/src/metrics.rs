@@ -132,6 +132,17 @@ pub fn render(hub: &Hub) -> String {
             "Media sessions ended, by final status and info",
             ended,
         );
+        let events = Family::<Labels, Counter>::default();
+        for (typ, n) in &stats.stream_events {
+            events
+                .get_or_create(&vec![("type", (*typ).to_owned())])
+                .inc_by(*n);
+        }
+        r.register(
+            "stream_events",
+            "Stream events (mute, unmute, data) of publishers and pull relays passed to players, by type",
+            events,
+        );
     }
 
     let relays = hub.relays().snapshot();

@@ -105,6 +105,8 @@ pub struct RegistryStats {
     pub refused: BTreeMap<&'static str, u64>,
     /// Media sessions ended, by final status and `info`.
     pub ended: BTreeMap<(StreamStatus, &'static str), u64>,
+    /// Stream events of sources (publishers, pull relays) passed to players, by type.
+    pub stream_events: BTreeMap<&'static str, u64>,
 }
 
 /// The connection that owns a pull relay's local media session: no WebSocket has it, so
@@ -658,6 +660,7 @@ impl Registry {
         let Some(stream) = self.streams.get_mut(name) else {
             return;
         };
+        *self.stats.stream_events.entry(kind.as_str()).or_default() += 1;
         match kind {
             PublisherEvent::AudioMuted => stream.audio_muted = true,
             PublisherEvent::AudioUnmuted => stream.audio_muted = false,
@@ -1638,6 +1641,8 @@ mod tests {
             })
             .collect();
         assert_eq!(relayed, [("s".into(), PublisherEvent::Data, payload)]);
+        let counted: Vec<_> = r.stats().stream_events.clone().into_iter().collect();
+        assert_eq!(counted, [("audioMuted", 1), ("data", 1)]);
     }
 
     #[test]
