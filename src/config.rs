@@ -224,6 +224,10 @@ pub struct Limits {
     pub max_streams_per_session: usize,
     /// Players one stream may have.
     pub max_players_per_stream: usize,
+    /// Largest stream event payload (`sendData`), bytes of JSON.
+    pub max_stream_event_bytes: usize,
+    /// Stream events (mute, unmute, data) one publisher may send per second (0: no limit).
+    pub max_stream_events_per_sec: u32,
 }
 
 impl Default for Config {
@@ -283,6 +287,8 @@ impl Default for Limits {
             max_sessions_per_ip: SignallingConfig::default().max_sessions_per_ip,
             max_streams_per_session: RegistryLimits::default().streams_per_session,
             max_players_per_stream: RegistryLimits::default().players_per_stream,
+            max_stream_event_bytes: RegistryLimits::default().stream_event_bytes,
+            max_stream_events_per_sec: RegistryLimits::default().stream_events_per_sec,
         }
     }
 }
@@ -547,6 +553,8 @@ impl Config {
                 streams_per_session: self.limits.max_streams_per_session,
                 players_per_stream: self.limits.max_players_per_stream,
                 peers_per_core: self.limits.max_peers_per_core,
+                stream_event_bytes: self.limits.max_stream_event_bytes,
+                stream_events_per_sec: self.limits.max_stream_events_per_sec,
             },
             relay: relaycast_controlplane::relay::RelayConfig {
                 rest_timeout: Duration::from_millis(self.relay.rest_timeout_ms),
@@ -624,6 +632,7 @@ mod tests {
              metrics = true\napp_keys = [\"live\"]\ntoken = \"s\"\n\
              [limits]\nmax_messages_per_sec = 7\nmax_sessions_per_ip = 8\n\
              max_streams_per_session = 9\nmax_players_per_stream = 10\nmax_peers_per_core = 11\n\
+             max_stream_event_bytes = 12\nmax_stream_events_per_sec = 13\n\
              [relay]\ntls_insecure = true\ntoken = \"r\"\n\
              [media]\nquiet_batching = false\n",
         )
@@ -648,6 +657,10 @@ mod tests {
                 s.limits.peers_per_core
             ),
             (9, 10, 11)
+        );
+        assert_eq!(
+            (s.limits.stream_event_bytes, s.limits.stream_events_per_sec),
+            (12, 13)
         );
         assert_eq!(s.data.max_peers_per_core, 11);
         assert!(!s.data.quiet_batching);

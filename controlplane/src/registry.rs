@@ -82,6 +82,11 @@ pub struct RegistryLimits {
     pub players_per_stream: usize,
     /// Peers on one core (the data plane refuses more too; checking here gives a clear error).
     pub peers_per_core: usize,
+    /// Largest stream event payload (`sendData`'s object, as JSON), bytes. Every player gets
+    /// a copy, so it is kept far below the frame limit.
+    pub stream_event_bytes: usize,
+    /// Stream events one publisher may send per second (0: no limit).
+    pub stream_events_per_sec: u32,
 }
 
 impl Default for RegistryLimits {
@@ -90,6 +95,8 @@ impl Default for RegistryLimits {
             streams_per_session: 16,
             players_per_stream: 10_000,
             peers_per_core: relaycast_dataplane::DataPlaneConfig::default().max_peers_per_core,
+            stream_event_bytes: 16 * 1024,
+            stream_events_per_sec: 20,
         }
     }
 }
@@ -214,6 +221,8 @@ pub struct Stream {
     pub audio_muted: bool,
     /// The publisher muted its video (`sendStreamEvent` `videoMuted`).
     pub video_muted: bool,
+    /// Stream events its publisher sent in the current second: (second, count).
+    pub events_sent: (u64, u32),
 }
 
 struct MediaSession {
@@ -318,7 +327,7 @@ impl Registry {
             ClientMessage::StopStream(r) => self.stop_request(conn, r, false, out),
             ClientMessage::Ping => send(out, conn, protocol::pong()),
             ClientMessage::Pong => {}
-            ClientMessage::SendStreamEvent(req) => self.stream_event(conn, req, out),
+            ClientMessage::SendStreamEvent(req) => self.stream_event(conn, req, now_ms, out),
             ClientMessage::AvailableStream(r) => self.available(conn, &r, out),
             ClientMessage::Unsupported { message } => {
                 let info = format!("Unsupported method: {message}");
@@ -621,7 +630,13 @@ impl Registry {
     /// the type and the payload; relays pushing the stream pass it on. A client that does not
     /// publish the stream named, or an event type a publisher may not send, gets a `fail` and
     /// nothing else changes.
-    fn stream_event(&mut self, conn: ConnId, req: StreamEventRequest, out: &mut Vec<Effect>) {
+    fn stream_event(
+        &mut self,
+        conn: ConnId,
+        req: StreamEventRequest,
+        now_ms: u64,
+        out: &mut Vec<Effect>,
+    ) {
         const METHOD: &str = "sendStreamEvent";
         let id = &req.media_session_id;
         let Some(kind) = PublisherEvent::parse(&req.typ) else {
@@ -644,6 +659,46 @@ impl Registry {
             send(out, conn, protocol::fail(METHOD, info, Some(id)));
             return;
         };
+        let limits = self.config.limits;
+        let size = if req.payload.is_null() {
+            0
+        } else {
+            req.payload.to_string().len()
+        };
+        if size > limits.stream_event_bytes {
+            tracing::warn!(stream = %name, media_session = %id, size,
+                limit = limits.stream_event_bytes, "stream event refused: payload too large");
+            self.stats.refuse("stream_event_bytes");
+            let info = format!(
+                "Stream event payload too large (limit {} bytes)",
+                limits.stream_event_bytes
+            );
+            send(out, conn, protocol::fail(METHOD, &info, Some(id)));
+            return;
+        }
+        if let Some(stream) = self.streams.get_mut(&name)
+            && limits.stream_events_per_sec > 0
+        {
+            let second = now_ms / 1000;
+            if stream.events_sent.0 != second {
+                stream.events_sent = (second, 0);
+            }
+            stream.events_sent.1 += 1;
+            if stream.events_sent.1 > limits.stream_events_per_sec {
+                // One warning per second of excess, not one per event.
+                if stream.events_sent.1 == limits.stream_events_per_sec + 1 {
+                    tracing::warn!(stream = %name, media_session = %id,
+                        limit = limits.stream_events_per_sec, "stream events refused: too many");
+                }
+                self.stats.refuse("stream_events_per_sec");
+                let info = format!(
+                    "Too many stream events (limit {} per second)",
+                    limits.stream_events_per_sec
+                );
+                send(out, conn, protocol::fail(METHOD, &info, Some(id)));
+                return;
+            }
+        }
         self.source_event(&name, id, kind, req.payload, out);
     }
 
@@ -773,6 +828,7 @@ impl Registry {
                 resolution: None,
                 audio_muted: false,
                 video_muted: false,
+                events_sent: (0, 0),
             },
         );
         self.add_media(RELAY_CONN, id, name, true, PeerId(0), core, now_ms);
@@ -918,6 +974,7 @@ impl Registry {
                 resolution: None,
                 audio_muted: false,
                 video_muted: false,
+                events_sent: (0, 0),
             },
         );
         self.add_media(conn, &id, &name, true, peer, core, now_ms);
@@ -1643,6 +1700,60 @@ mod tests {
         assert_eq!(relayed, [("s".into(), PublisherEvent::Data, payload)]);
         let counted: Vec<_> = r.stats().stream_events.clone().into_iter().collect();
         assert_eq!(counted, [("audioMuted", 1), ("data", 1)]);
+    }
+
+    #[test]
+    fn stream_events_are_limited_in_size_and_rate() {
+        let limits = RegistryLimits {
+            stream_event_bytes: 20,
+            stream_events_per_sec: 3,
+            ..RegistryLimits::default()
+        };
+        let mut r = registry(limits, SignallingAccess::default());
+        for conn in [1, 2] {
+            connect(&mut r, conn, ConnectionRequest::default());
+        }
+        let out = publish(&mut r, 1, "p", "s");
+        answer_all(&mut r, &out);
+        let out = play(&mut r, 2, "v", "s");
+        answer_all(&mut r, &out);
+        let send_at = |r: &mut Registry, now_ms: u64, payload: Value| {
+            let mut out = Vec::new();
+            let req = StreamEventRequest {
+                media_session_id: "p".into(),
+                typ: "data".into(),
+                payload,
+            };
+            r.client_message(
+                ConnId(1),
+                ClientMessage::SendStreamEvent(req),
+                now_ms,
+                &mut out,
+            );
+            out
+        };
+        // {"t":"0123456789abc"} is 21 bytes of JSON: one over.
+        let out = send_at(&mut r, 1_000, json!({"t": "0123456789abc"}));
+        assert_eq!(
+            fails(&out, 1),
+            ["Stream event payload too large (limit 20 bytes)".to_string()]
+        );
+        assert!(stream_events(&out, 2).is_empty());
+        // Three a second pass; the fourth in the same second does not; the next second does.
+        for ms in [1_000, 1_300, 1_600] {
+            let out = send_at(&mut r, ms, json!({"t": 1}));
+            assert_eq!(stream_events(&out, 2).len(), 1, "at {ms} ms");
+        }
+        let out = send_at(&mut r, 1_900, json!({"t": 1}));
+        assert_eq!(
+            fails(&out, 1),
+            ["Too many stream events (limit 3 per second)".to_string()]
+        );
+        assert!(stream_events(&out, 2).is_empty());
+        let out = send_at(&mut r, 2_000, json!({"t": 1}));
+        assert_eq!(stream_events(&out, 2).len(), 1);
+        assert_eq!(r.stats().refused.get("stream_event_bytes"), Some(&1));
+        assert_eq!(r.stats().refused.get("stream_events_per_sec"), Some(&1));
     }
 
     #[test]
