@@ -13,7 +13,7 @@ use common::{
     request_with, session, tls_addrs,
 };
 use relaycast_controlplane::client::{
-    ClientError, ClientStream, ClientTimeouts, ClientTls, Session,
+    ClientError, ClientStream, ClientTimeouts, ClientTls, Session, StreamSignal,
 };
 use relaycast_controlplane::protocol::{AppKey, ConnectionRequest, StreamStatus};
 use relaycast_dataplane::synth::{SynthConfig, VideoCodec};
@@ -424,6 +424,105 @@ async fn message_rate_limit() {
     .await;
     assert!(closed.is_some(), "{}", server.log_text());
     assert!(server.log_text().contains("messages per second limit"));
+}
+
+/// A client that stops reading while its stream's publisher sends large `sendData` payloads
+/// is dropped once more than the queue bound waits for it; a player that reads gets every
+/// event, and the publisher goes on.
+#[tokio::test]
+async fn a_player_that_stops_reading_is_dropped_and_the_others_get_every_event() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let server = Server::with_config(
+        "[limits]\nmax_stream_event_bytes = 700000\nmax_stream_events_per_sec = 0\n\
+         [media]\nconnect_timeout_secs = 60\n",
+        &[],
+    );
+    let ep = endpoint();
+    let pub_session = session(&server).await;
+    let publisher = pub_session.publish(&ep, "big", synth()).await.unwrap();
+    let readers = session(&server).await;
+    let mut reader = readers.play(&ep, "big").await.unwrap();
+
+    // A raw WebSocket that asks to play and then never reads: its peer never connects (the
+    // offer is fake), but the registry counts it a player from the answer on.
+    let (mut stalled, _) = tokio_tungstenite::connect_async(server.ws_url())
+        .await
+        .expect("connect the raw WebSocket");
+    let connection = json!({"message": "connection", "data": [{"appKey": "defaultApp",
+        "mediaProviders": ["WebRTC"], "clientVersion": "2.0"}]});
+    let play = json!({"message": "playStream", "data": [{"mediaSessionId": "stalled",
+        "name": "big", "sdp": fake_offer(), "hasVideo": true, "hasAudio": false}]});
+    for frame in [connection, play] {
+        stalled
+            .send(Message::text(frame.to_string()))
+            .await
+            .unwrap();
+    }
+    let listed = eventually(Duration::from_secs(5), || async {
+        let (_, body) = server
+            .rest("/rest-api/stream/find", r#"{"name":"big"}"#)
+            .await;
+        (body.as_array()?.len() == 3).then_some(())
+    })
+    .await;
+    assert!(listed.is_some(), "the raw player was not accepted");
+
+    // 40 payloads of 600 KB: far more than loopback TCP buffers plus the 4 MiB queue hold.
+    let payload = json!({"blob": "x".repeat(600_000)});
+    let sent = 40;
+    for _ in 0..sent {
+        publisher
+            .handle
+            .send_stream_event("data", Some(&payload))
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut got = 0;
+    while got < sent {
+        let signal = tokio::time::timeout(Duration::from_secs(10), reader.handle.next_signal())
+            .await
+            .expect("the reading player gets every event")
+            .expect("the reading player's session stays up");
+        if let StreamSignal::Event(e) = signal
+            && e["type"] == "data"
+        {
+            assert_eq!(e["payload"], payload);
+            got += 1;
+        }
+    }
+    let dropped = eventually(Duration::from_secs(5), || async {
+        let text = metrics(&server).await;
+        let n = metric(
+            &text,
+            "relaycast_signalling_errors_total",
+            &["kind=\"slow_consumer\""],
+        );
+        (n == 1.0).then_some(())
+    })
+    .await;
+    assert!(dropped.is_some(), "{}", server.log_text());
+    assert!(
+        server
+            .log_text()
+            .contains("dropping a session that does not read what it is sent")
+    );
+    // Its player is gone; the publisher and the reading player stay.
+    let gone = eventually(Duration::from_secs(5), || async {
+        let (_, body) = server
+            .rest("/rest-api/stream/find", r#"{"name":"big"}"#)
+            .await;
+        (body.as_array()?.len() == 2).then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "the stalled player is still listed");
+    assert!(pub_session.closed_reason().is_none() && readers.closed_reason().is_none());
+    assert!(
+        figures(&reader).await.0 > 0,
+        "media still reaches the reading player"
+    );
+    drop(stalled);
 }
 
 #[tokio::test]

@@ -6,11 +6,12 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use relaycast_dataplane::{Command, DataPlane, Event};
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use crate::metrics::Metrics;
 use crate::protocol::{self, ClientMessage, StreamName};
@@ -24,6 +25,33 @@ pub enum Outgoing {
     Text(String),
     /// Send a close frame with this code and reason, then end.
     Close(u16, String),
+}
+
+/// Bytes of text frames queued for one connection beyond which it is closed as too slow
+/// (1008): a client that stops reading must not make the server hold an ever longer queue of
+/// the frames its streams produce (a publisher's `sendData` reaches every player).
+pub const MAX_QUEUED_BYTES: usize = 4 << 20;
+
+/// A connection's outgoing queue. `queued` counts the bytes of the text frames in it: the
+/// hub adds what it queues, the connection's task subtracts what it has written.
+struct ConnOut {
+    tx: mpsc::UnboundedSender<Outgoing>,
+    queued: Rc<Cell<usize>>,
+    /// Tells the connection's task to drop the connection now.
+    kill: Rc<Notify>,
+    /// The queue overflowed and the connection is being dropped: later frames are not queued.
+    overflowed: Cell<bool>,
+}
+
+/// What a connection's task gets from [`Hub::open`].
+pub struct ConnQueue {
+    pub conn: ConnId,
+    /// The frames to send, in order.
+    pub rx: mpsc::UnboundedReceiver<Outgoing>,
+    /// Bytes of text frames queued: subtract each one once written.
+    pub queued: Rc<Cell<usize>>,
+    /// Notified when the client is too slow for its queue: drop the connection at once.
+    pub kill: Rc<Notify>,
 }
 
 /// Facts about the running server, for `/rest-api/server/info` and logs.
@@ -40,7 +68,7 @@ pub struct ServerFacts {
 
 pub struct Hub {
     registry: RefCell<Registry>,
-    conns: RefCell<HashMap<ConnId, mpsc::UnboundedSender<Outgoing>>>,
+    conns: RefCell<HashMap<ConnId, ConnOut>>,
     next_conn: Cell<u64>,
     data: DataPlane,
     facts: RefCell<ServerFacts>,
@@ -107,17 +135,30 @@ impl Hub {
         self.stopping.get()
     }
 
-    /// A WebSocket connection opened: returns its id and the queue of frames to send it.
-    pub fn open(&self, remote: SocketAddr) -> (ConnId, mpsc::UnboundedReceiver<Outgoing>) {
+    /// A WebSocket connection opened: its id and its outgoing queue.
+    pub fn open(&self, remote: SocketAddr) -> ConnQueue {
         let conn = ConnId(self.next_conn.get());
         self.next_conn.set(conn.0 + 1);
         let (tx, rx) = mpsc::unbounded_channel();
-        self.conns.borrow_mut().insert(conn, tx);
+        let queued = Rc::new(Cell::new(0));
+        let kill = Rc::new(Notify::new());
+        let out = ConnOut {
+            tx,
+            queued: Rc::clone(&queued),
+            kill: Rc::clone(&kill),
+            overflowed: Cell::new(false),
+        };
+        self.conns.borrow_mut().insert(conn, out);
         self.registry
             .borrow_mut()
             .session_opened(conn, remote.to_string(), now_ms());
         tracing::debug!(conn = conn.0, %remote, "signalling connection opened");
-        (conn, rx)
+        ConnQueue {
+            conn,
+            rx,
+            queued,
+            kill,
+        }
     }
 
     /// One text frame from a connection.
@@ -219,9 +260,30 @@ impl Hub {
     }
 
     fn send(&self, conn: ConnId, message: Outgoing) {
-        if let Some(tx) = self.conns.borrow().get(&conn) {
-            let _ = tx.send(message);
+        let conns = self.conns.borrow();
+        let Some(out) = conns.get(&conn) else {
+            return;
+        };
+        if out.overflowed.get() {
+            return;
         }
+        if let Outgoing::Text(text) = &message {
+            let queued = out.queued.get() + text.len();
+            if queued > MAX_QUEUED_BYTES {
+                out.overflowed.set(true);
+                self.metrics.signalling_error("slow_consumer");
+                tracing::warn!(
+                    conn = conn.0,
+                    queued,
+                    limit = MAX_QUEUED_BYTES,
+                    "dropping a session that does not read what it is sent"
+                );
+                out.kill.notify_one();
+                return;
+            }
+            out.queued.set(queued);
+        }
+        let _ = out.tx.send(message);
     }
 
     pub(crate) fn apply(&self, effects: Vec<Effect>) {

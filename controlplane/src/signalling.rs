@@ -5,7 +5,10 @@
 //! (`wss://`) when an acceptor is given. Two limits live here, each answered with a `fail`
 //! frame and a log line: sessions per client IP address (the extra session is closed with
 //! 1008) and messages per second per session (a token bucket; excess messages are dropped,
-//! and a session that keeps flooding is closed with 1008).
+//! and a session that keeps flooding is closed with 1008). A client that stops reading is
+//! dropped: when a frame cannot be written within [`WRITE_TIMEOUT`], or when more than
+//! [`crate::hub::MAX_QUEUED_BYTES`] of frames wait for it. Its session then ends as if it had
+//! disconnected.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -33,6 +36,23 @@ use crate::protocol;
 /// smaller start leaves a smaller buffer: after the loadgen's SDP, 6.6 KiB with 1 KiB against
 /// 9.6 KiB with 4 KiB (dhat, 100 players, BENCHMARKS.md "Memory per player").
 const SESSION_READ_BUFFER: usize = 1024;
+
+/// How long one frame may take to reach a client's socket. A client that takes nothing for
+/// this long has stopped reading (its TCP window stays shut), and its session is closed:
+/// waiting longer would also stop its keep-alive pings and let its queue grow.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Writes one frame within [`WRITE_TIMEOUT`]; false when the socket failed or the client
+/// stopped reading.
+async fn write<K>(sink: &mut K, message: Message) -> bool
+where
+    K: futures_util::Sink<Message> + Unpin,
+{
+    matches!(
+        tokio::time::timeout(WRITE_TIMEOUT, sink.send(message)).await,
+        Ok(Ok(()))
+    )
+}
 
 /// How the signalling server treats its connections.
 #[derive(Clone, Debug)]
@@ -253,15 +273,18 @@ async fn refuse_extra_session<S: AsyncRead + AsyncWrite + Unpin>(
     tracing::warn!(%remote, limit, "session refused: sessions per IP address limit");
     hub.metrics().signalling_error("sessions_per_ip");
     let info = format!("Too many sessions from {} (limit {limit})", remote.ip());
-    let _ = ws
-        .send(Message::text(protocol::fail("connection", &info, None)))
-        .await;
-    let _ = ws
-        .send(Message::Close(Some(CloseFrame {
+    if write(
+        &mut ws,
+        Message::text(protocol::fail("connection", &info, None)),
+    )
+    .await
+    {
+        let close = Message::Close(Some(CloseFrame {
             code: CloseCode::Policy,
             reason: "too many sessions from this address".into(),
-        })))
-        .await;
+        }));
+        let _ = write(&mut ws, close).await;
+    }
     let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
 }
 
@@ -327,7 +350,17 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     config: SignallingConfig,
 ) {
     let (mut sink, mut source) = ws.split();
-    let (conn, mut outgoing) = hub.open(remote);
+    let crate::hub::ConnQueue {
+        conn,
+        rx: mut outgoing,
+        queued,
+        kill,
+    } = hub.open(remote);
+    let stalled = |hub: &Hub| {
+        hub.metrics().signalling_error("write_timeout");
+        tracing::warn!(conn = conn.0, %remote, timeout = ?WRITE_TIMEOUT,
+            "dropping a session that stopped reading");
+    };
     let mut ping = tokio::time::interval_at(
         tokio::time::Instant::now() + config.ping_interval,
         config.ping_interval,
@@ -358,12 +391,11 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                             hub.metrics().signalling_error("rate_limited");
                             tracing::warn!(conn = conn.0, %remote, limit,
                                 "closing a session that keeps exceeding the message rate");
-                            let _ = sink
-                                .send(Message::Close(Some(CloseFrame {
-                                    code: CloseCode::Policy,
-                                    reason: "message rate limit exceeded".into(),
-                                })))
-                                .await;
+                            let close = Message::Close(Some(CloseFrame {
+                                code: CloseCode::Policy,
+                                reason: "message rate limit exceeded".into(),
+                            }));
+                            let _ = write(&mut sink, close).await;
                             break;
                         }
                     }
@@ -389,13 +421,13 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                     };
                     tracing::info!(conn = conn.0, %remote, %info, "oversized frame; closing");
                     hub.metrics().signalling_error("oversized_frame");
-                    let _ = sink.send(Message::text(protocol::fail("unknown", &info, None))).await;
-                    let _ = sink
-                        .send(Message::Close(Some(CloseFrame {
+                    if write(&mut sink, Message::text(protocol::fail("unknown", &info, None))).await {
+                        let close = Message::Close(Some(CloseFrame {
                             code: CloseCode::Size,
                             reason: "frame too large".into(),
-                        })))
-                        .await;
+                        }));
+                        let _ = write(&mut sink, close).await;
+                    }
                     break;
                 }
                 Some(Err(e)) => {
@@ -406,45 +438,64 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             }
             message = outgoing.recv() => match message {
                 Some(Outgoing::Text(text)) => {
-                    if sink.send(Message::text(text)).await.is_err() {
-                        break;
+                    let len = text.len();
+                    let written = tokio::select! {
+                        w = tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::text(text))) => w,
+                        // The queue overflowed (the hub logged and counted it).
+                        () = kill.notified() => break,
+                    };
+                    queued.set(queued.get().saturating_sub(len));
+                    match written {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => break,
+                        Err(_) => {
+                            stalled(&hub);
+                            break;
+                        }
                     }
                 }
                 Some(Outgoing::Close(code, reason)) => {
-                    // Flush what was queued before the close (final statuses).
+                    // Flush what was queued before the close (final statuses), as long as
+                    // the client takes it.
+                    let mut open = true;
                     while let Ok(Outgoing::Text(text)) = outgoing.try_recv() {
-                        let _ = sink.send(Message::text(text)).await;
+                        if !write(&mut sink, Message::text(text)).await {
+                            open = false;
+                            break;
+                        }
                     }
-                    let _ = sink
-                        .send(Message::Close(Some(CloseFrame {
+                    if open {
+                        let close = Message::Close(Some(CloseFrame {
                             code: CloseCode::from(code),
                             reason: reason.into(),
-                        })))
-                        .await;
+                        }));
+                        let _ = write(&mut sink, close).await;
+                    }
                     break;
                 }
                 None => break,
             },
+            () = kill.notified() => break,
             _ = ping.tick() => {
                 if missed >= config.max_missed_pings {
                     tracing::info!(conn = conn.0, %remote, missed, "keep-alive timeout; closing");
                     hub.metrics().signalling_error("keepalive_timeout");
-                    let _ = sink
-                        .send(Message::Close(Some(CloseFrame {
-                            code: CloseCode::Away,
-                            reason: "keep-alive timeout".into(),
-                        })))
-                        .await;
+                    let close = Message::Close(Some(CloseFrame {
+                        code: CloseCode::Away,
+                        reason: "keep-alive timeout".into(),
+                    }));
+                    let _ = write(&mut sink, close).await;
                     break;
                 }
                 missed += 1;
-                if sink.send(Message::text(protocol::ping())).await.is_err() {
+                if !write(&mut sink, Message::text(protocol::ping())).await {
                     break;
                 }
             }
         }
     }
-    let _ = sink.close().await;
+    // A client that reads nothing takes no close frame either: give it a moment, not more.
+    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
     hub.closed(conn);
     tracing::debug!(conn = conn.0, %remote, "signalling connection closed");
 }
