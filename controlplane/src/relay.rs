@@ -246,12 +246,15 @@ impl Relays {
         }
     }
 
-    /// Local stream `name`'s source sent an event: push relays of it pass it on.
+    /// Local stream `name`'s source sent an event: push relays of it that are up pass it on.
+    /// One that is reconnecting does not queue it (its queue would grow for as long as the
+    /// remote is away); it sends the mute state when it is back.
     pub fn stream_event(&self, name: &StreamName, kind: PublisherEvent, payload: &Value) {
         for relay in self.list.borrow().iter() {
             let info = relay.info.borrow();
             if info.direction == Direction::Push
                 && info.local_stream_name == name.0
+                && info.status == RelayStatus::Publishing
                 && !relay.finished.get()
             {
                 let _ = relay.events.send((kind, payload.clone()));
