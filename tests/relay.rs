@@ -624,10 +624,15 @@ async fn push_heals_when_the_remote_restarts() {
     let mut b = Server::start(&["--ws-port", &port_arg]);
     let ep = endpoint();
     let pub_session = session(&a).await;
-    let _publisher = pub_session.publish(&ep, "up", synth()).await.unwrap();
+    let publisher = pub_session.publish(&ep, "up", synth()).await.unwrap();
     push(&a, &b, "up").await;
 
     b.kill();
+    // Muted while the remote is away: the relay brings the state along when it is back.
+    publisher
+        .handle
+        .send_stream_event("audioMuted", None)
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let b2 = Server::start(&["--ws-port", &port_arg]);
     let restarted = Instant::now();
@@ -649,6 +654,13 @@ async fn push_heals_when_the_remote_restarts() {
     );
     let relays = relay_status(&a).await;
     assert_eq!(relays[0]["status"], json!("PUBLISHING"), "{relays:?}");
+    let synced = eventually(Duration::from_secs(5), || async {
+        (mute_state(&viewers, "up").await == (true, false)).then_some(())
+    });
+    assert!(
+        synced.await.is_some(),
+        "the restarted remote does not know the stream is muted"
+    );
 }
 
 #[tokio::test]
