@@ -1,13 +1,15 @@
 //! Signalling messages: parsing a client's `publishStream` (with a real str0m offer) and
-//! `playStream`, parsing a server's `setRemoteSDP`, and serializing `setRemoteSDP` and
-//! `StreamStatusEvent` frames.
+//! `playStream`, parsing a server's `setRemoteSDP`, serializing `setRemoteSDP` and
+//! `StreamStatusEvent` frames, and the frames of one 16 KiB `sendData` event for 1,000
+//! players (serialized per player, against once for all).
 
 use std::hint::black_box;
 use std::time::Instant;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use relaycast_controlplane::protocol::{
-    self, MediaSessionId, StreamName, StreamRequest, StreamStatus, StreamStatusEvent, TrackState,
+    self, MediaSessionId, StreamEventFrames, StreamName, StreamRequest, StreamStatus,
+    StreamStatusEvent, TrackState,
 };
 use relaycast_dataplane::peer::{Peer, PeerSetup};
 use relaycast_dataplane::synth::SynthConfig;
@@ -84,6 +86,33 @@ fn signalling(c: &mut Criterion) {
     };
     group.bench_function("serialize_streamStatusEvent", |b| {
         b.iter(|| protocol::stream_status(black_box(&status)))
+    });
+    group.finish();
+
+    // One `sendData` event of the largest payload the default limit lets through, to 1,000
+    // players: the frames the registry queues.
+    let payload = serde_json::json!({"text": "x".repeat(16 * 1024 - 12)});
+    let players: Vec<MediaSessionId> = (0..1000)
+        .map(|n| MediaSessionId(format!("b0f1d3c2-5e6a-4f7b-8c9d-{n:012}")))
+        .collect();
+    let mut group = c.benchmark_group("stream_event_16KiB_to_1000_players");
+    group.throughput(Throughput::Elements(players.len() as u64));
+    group.bench_function("serialize_per_player", |b| {
+        b.iter(|| {
+            players
+                .iter()
+                .map(|id| protocol::stream_event(id, "data", payload.clone()).len())
+                .sum::<usize>()
+        })
+    });
+    group.bench_function("serialize_once", |b| {
+        b.iter(|| {
+            let frames = StreamEventFrames::new("data", black_box(&payload));
+            players
+                .iter()
+                .map(|id| frames.frame(id).len())
+                .sum::<usize>()
+        })
     });
     group.finish();
 }

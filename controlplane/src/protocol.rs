@@ -433,6 +433,45 @@ pub fn available_stream(
     frame(AVAILABLE_STREAM, [AvailableFrame { id, status, info }])
 }
 
+/// The `notifyStreamEvent` frames of one event for many players. The type and payload are
+/// serialized once; each player's frame is that text with its own `mediaSessionId` put in,
+/// so a payload going to N players costs one serialization and N copies, not N of each. The
+/// frames are the same text [`stream_event`] builds.
+pub struct StreamEventFrames {
+    /// From after the mediaSessionId's value to the end.
+    tail: String,
+}
+
+/// A `notifyStreamEvent` frame up to its mediaSessionId's value.
+const EVENT_FRAME_HEAD: &str = r#"{"message":"notifyStreamEvent","data":[{"mediaSessionId":"#;
+
+impl StreamEventFrames {
+    pub fn new(typ: &str, payload: &Value) -> Self {
+        #[derive(Serialize)]
+        struct Rest<'a> {
+            #[serde(rename = "type")]
+            typ: &'a str,
+            payload: &'a Value,
+        }
+        let empty = Value::Object(Map::new());
+        let payload = if payload.is_null() { &empty } else { payload };
+        // `{"type":..,"payload":..}` without its opening brace closes the object.
+        let rest = serde_json::to_string(&Rest { typ, payload }).unwrap_or_default();
+        let tail = format!(",{}]}}", rest.strip_prefix('{').unwrap_or(&rest));
+        StreamEventFrames { tail }
+    }
+
+    /// The frame for player `id`.
+    pub fn frame(&self, id: &MediaSessionId) -> String {
+        let id = serde_json::to_string(id).unwrap_or_default();
+        let mut text = String::with_capacity(EVENT_FRAME_HEAD.len() + id.len() + self.tail.len());
+        text.push_str(EVENT_FRAME_HEAD);
+        text.push_str(&id);
+        text.push_str(&self.tail);
+        text
+    }
+}
+
 /// Builds the server's `ping`: `{"message":"ping","data":[]}`. The SDK answers with `pong`.
 pub fn ping() -> String {
     frame(PING, [(); 0])
@@ -1681,6 +1720,25 @@ mod tests {
             no["data"][0],
             json!({"id": "m1", "status": "false", "info": "Stream not found"})
         );
+    }
+
+    #[test]
+    fn stream_event_frames_are_the_single_frames_text() {
+        let payloads = [
+            Value::Null,
+            json!({}),
+            json!({"text": "quote \" backslash \\ ü", "list": [1, 2.5, null, true]}),
+        ];
+        let ids = ["p1", "5d6c-\"odd\"-id", ""];
+        for payload in &payloads {
+            let frames = StreamEventFrames::new("data", payload);
+            for id in ids {
+                let id = MediaSessionId(id.to_owned());
+                let one = stream_event(&id, "data", payload.clone());
+                assert_eq!(frames.frame(&id), one);
+                assert!(serde_json::from_str::<Value>(&one).is_ok(), "{one}");
+            }
+        }
     }
 
     #[test]

@@ -16,8 +16,8 @@ use serde_json::{Value, json};
 use crate::auth::{SignallingAccess, TokenCheck};
 use crate::protocol::{
     self, AppKey, ClientMessage, ConnectionInfo, Info, MEDIA_PROVIDER, MediaSessionId,
-    PublisherEvent, SessionId, StreamEventRequest, StreamInfo, StreamName, StreamRef,
-    StreamRequest, StreamStatus, StreamStatusEvent, TrackState, UserData,
+    PublisherEvent, SessionId, StreamEventFrames, StreamEventRequest, StreamInfo, StreamName,
+    StreamRef, StreamRequest, StreamStatus, StreamStatusEvent, TrackState, UserData,
 };
 
 /// A signalling connection (WebSocket), numbered by the signalling server.
@@ -730,10 +730,10 @@ impl Registry {
             tracing::info!(stream = %name, media_session = %source, event = kind.as_str(),
                 players = stream.players.len(), "stream event");
         }
+        let frames = StreamEventFrames::new(kind.as_str(), &payload);
         for player in &stream.players {
             if let Some(p) = self.media.get(player) {
-                let frame = protocol::stream_event(player, kind.as_str(), payload.clone());
-                send(out, p.conn, frame);
+                send(out, p.conn, frames.frame(player));
             }
         }
         out.push(Effect::StreamEvent {
