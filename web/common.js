@@ -187,5 +187,35 @@
         return r && r.width ? r.width + 'x' + r.height : '';
     };
 
+    /**
+     * Follows the publisher of a played `stream`: its mute state, from getAudioState() and
+     * getVideoState() at PLAYING and the STREAM_EVENTs after it, goes to `onMute` as text
+     * ("audio on, video muted"); its sendData payloads go to `onData`. Returns the function
+     * the page's PLAYING handler calls with the stream.
+     */
+    RC.followPublisher = function (Flashphoner, stream, onMute, onData) {
+        var EVENT = Flashphoner.constants.STREAM_EVENT_TYPE;
+        var muted = {audio: false, video: false};
+        var show = function () {
+            onMute('audio ' + (muted.audio ? 'muted' : 'on') + ', video ' + (muted.video ? 'muted' : 'on'));
+        };
+        stream.on(Flashphoner.constants.STREAM_EVENT, function (e) {
+            switch (e.type) {
+            case EVENT.AUDIO_MUTED: muted.audio = true; break;
+            case EVENT.AUDIO_UNMUTED: muted.audio = false; break;
+            case EVENT.VIDEO_MUTED: muted.video = true; break;
+            case EVENT.VIDEO_UNMUTED: muted.video = false; break;
+            case EVENT.DATA: if (onData) onData(e.payload); return;
+            default: return;
+            }
+            show();
+        });
+        return function (s) {
+            muted.audio = !!(s.getAudioState() && s.getAudioState().muted);
+            muted.video = !!(s.getVideoState() && s.getVideoState().muted);
+            show();
+        };
+    };
+
     global.RC = RC;
 })(window);

@@ -1,7 +1,8 @@
 /*
  * player.js: the Player page. Start opens a session (or reuses the open one to the same
  * URL) and plays the named stream into #display; Stop stops the stream and keeps the
- * session. #status holds exactly the SDK's status word, #info its info text.
+ * session. #status holds exactly the SDK's status word, #info its info text, and
+ * #publisherState the publisher's mute state ("audio on, video muted").
  *
  * Query parameters, as WCS's player takes them: streamName, autoplay=true, urlServer;
  * plus sdk (see common.js). For tests, window.player exposes {session, stream}.
@@ -123,7 +124,11 @@
             var stream = session.createStream({name: name, display: $('display')});
             state.stream = stream;
             RC.setText('resolution', '');
+            RC.setText('publisherState', '');
             showStatus(stream.status(), '');
+            var playing = RC.followPublisher(Flashphoner, stream, function (text) {
+                if (state.stream === stream) RC.setText('publisherState', text);
+            });
             var show = function (s) {
                 if (state.stream === s) showStatus(s.status(), s.getInfo());
             };
@@ -141,6 +146,7 @@
             stream.on(STREAM_STATUS.PENDING, show)
                 .on(STREAM_STATUS.PLAYING, function (s) {
                     show(s);
+                    if (state.stream === s) playing(s);
                     s.setVolume(Number($('volume').value));
                     if ($('muteBtn').dataset.muted === 'true') s.muteRemoteAudio();
                     // The browser may have refused sound without a click: show what it did.

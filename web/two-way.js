@@ -39,8 +39,6 @@
     function start(Flashphoner) {
         var SESSION_STATUS = Flashphoner.constants.SESSION_STATUS;
         var STREAM_STATUS = Flashphoner.constants.STREAM_STATUS;
-        var STREAM_EVENT = Flashphoner.constants.STREAM_EVENT;
-        var EVENT = Flashphoner.constants.STREAM_EVENT_TYPE;
 
         $('connectBtn').disabled = false;
         $('connectBtn').onclick = onConnectClick;
@@ -211,31 +209,18 @@
                 var text = RC.resolutionText(s, $('remoteVideo'));
                 if (text) RC.setText('playResolution', text);
             };
-            var muted = {audio: false, video: false};
-            var showMuted = function () {
-                RC.setText('playMuted', 'audio ' + (muted.audio ? 'muted' : 'on') +
-                    ', video ' + (muted.video ? 'muted' : 'on'));
+            var current = function (f) {
+                return function (x) { if (state.playStream === stream) f(x); };
             };
+            var playing = RC.followPublisher(Flashphoner, stream,
+                current(function (text) { RC.setText('playMuted', text); }),
+                current(function (payload) { RC.setText('receivedData', JSON.stringify(payload)); }));
             stream.on(STREAM_STATUS.PENDING, show)
                 .on(STREAM_STATUS.PLAYING, function (s) {
                     show(s);
                     if (state.playStream !== s) return;
-                    muted.audio = !!(s.getAudioState() && s.getAudioState().muted);
-                    muted.video = !!(s.getVideoState() && s.getVideoState().muted);
-                    showMuted();
+                    playing(s);
                     setTimeout(function () { resized(s); }, 1000);
-                })
-                .on(STREAM_EVENT, function (e) {
-                    if (state.playStream !== stream) return;
-                    switch (e.type) {
-                    case EVENT.AUDIO_MUTED: muted.audio = true; break;
-                    case EVENT.AUDIO_UNMUTED: muted.audio = false; break;
-                    case EVENT.VIDEO_MUTED: muted.video = true; break;
-                    case EVENT.VIDEO_UNMUTED: muted.video = false; break;
-                    case EVENT.DATA: RC.setText('receivedData', JSON.stringify(e.payload)); return;
-                    default: return;
-                    }
-                    showMuted();
                 })
                 .on(STREAM_STATUS.RESIZE, resized)
                 .on(STREAM_STATUS.UNPUBLISHED, ended)

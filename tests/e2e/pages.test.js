@@ -72,6 +72,13 @@ for (const sdk of [null, 'flashphoner.js']) {
             t.diagnostic(`player: Start click -> picture ${played.pictureAt - clicked} ms, ` +
                 `${played.width}x${played.height}`);
             await expectText(player, '#resolution', `${played.width}x${played.height}`, 5000);
+            // The player follows the publisher's mute state too.
+            await expectText(player, '#publisherState', 'audio on, video on');
+            await twoWay.check('#muteVideo');
+            await expectText(player, '#publisherState', 'audio on, video muted', 5000);
+            await expectText(twoWay, '#playMuted', 'audio on, video muted', 5000);
+            await twoWay.uncheck('#muteVideo');
+            await expectText(player, '#publisherState', 'audio on, video on', 5000);
             assert.equal(await player.textContent('#playBtn'), 'Stop');
 
             await screenshot(twoWay, `two-way-${shot}`);
