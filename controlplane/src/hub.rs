@@ -27,9 +27,10 @@ pub enum Outgoing {
     Close(u16, String),
 }
 
-/// Bytes of text frames queued for one connection beyond which it is closed as too slow
-/// (1008): a client that stops reading must not make the server hold an ever longer queue of
-/// the frames its streams produce (a publisher's `sendData` reaches every player).
+/// Bytes of text frames queued for one connection beyond which the connection is dropped as
+/// too slow (no close frame: it would wait behind the rest): a client that stops reading must
+/// not make the server hold an ever longer queue of the frames its streams produce (a
+/// publisher's `sendData` reaches every player).
 pub const MAX_QUEUED_BYTES: usize = 4 << 20;
 
 /// A connection's outgoing queue. `queued` counts the bytes of the text frames in it: the

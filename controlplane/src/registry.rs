@@ -598,12 +598,8 @@ impl Registry {
         let refusal = match self.sessions.get(&conn) {
             Some(s) if !s.established => Some(Info::SessionNotReady),
             None => Some(Info::SessionNotReady),
-            Some(s)
-                if !s.authorized
-                    && self.config.access.token(&Value::Null) != TokenCheck::Granted =>
-            {
-                Some(Info::RestrictedAccess)
-            }
+            // Without `connection`'s token, every request must carry it; this one cannot.
+            Some(s) if !s.authorized => Some(Info::RestrictedAccess),
             Some(_) => None,
         };
         let live = refusal.is_none()
@@ -659,47 +655,53 @@ impl Registry {
             send(out, conn, protocol::fail(METHOD, info, Some(id)));
             return;
         };
+        if let Some((kind, info)) = self.over_event_limits(&name, &req.payload, now_ms) {
+            self.stats.refuse(kind);
+            send(out, conn, protocol::fail(METHOD, &info, Some(id)));
+            return;
+        }
+        self.source_event(&name, id, kind, req.payload, out);
+    }
+
+    /// Whether a publisher's event for stream `name` goes beyond the stream event limits: the
+    /// refusal's kind (for the metrics) and `info`. An event within them is counted against
+    /// the stream's rate. The first refusal of each second is logged.
+    fn over_event_limits(
+        &mut self,
+        name: &StreamName,
+        payload: &Value,
+        now_ms: u64,
+    ) -> Option<(&'static str, String)> {
         let limits = self.config.limits;
-        let size = if req.payload.is_null() {
+        let size = if payload.is_null() {
             0
         } else {
-            req.payload.to_string().len()
+            payload.to_string().len()
         };
         if size > limits.stream_event_bytes {
-            tracing::warn!(stream = %name, media_session = %id, size,
-                limit = limits.stream_event_bytes, "stream event refused: payload too large");
-            self.stats.refuse("stream_event_bytes");
+            tracing::warn!(stream = %name, size, limit = limits.stream_event_bytes,
+                "stream event refused: payload too large");
             let info = format!(
                 "Stream event payload too large (limit {} bytes)",
                 limits.stream_event_bytes
             );
-            send(out, conn, protocol::fail(METHOD, &info, Some(id)));
-            return;
+            return Some(("stream_event_bytes", info));
         }
-        if let Some(stream) = self.streams.get_mut(&name)
-            && limits.stream_events_per_sec > 0
-        {
-            let second = now_ms / 1000;
-            if stream.events_sent.0 != second {
-                stream.events_sent = (second, 0);
-            }
-            stream.events_sent.1 += 1;
-            if stream.events_sent.1 > limits.stream_events_per_sec {
-                // One warning per second of excess, not one per event.
-                if stream.events_sent.1 == limits.stream_events_per_sec + 1 {
-                    tracing::warn!(stream = %name, media_session = %id,
-                        limit = limits.stream_events_per_sec, "stream events refused: too many");
-                }
-                self.stats.refuse("stream_events_per_sec");
-                let info = format!(
-                    "Too many stream events (limit {} per second)",
-                    limits.stream_events_per_sec
-                );
-                send(out, conn, protocol::fail(METHOD, &info, Some(id)));
-                return;
-            }
+        let limit = limits.stream_events_per_sec;
+        let stream = self.streams.get_mut(name).filter(|_| limit > 0)?;
+        let second = now_ms / 1000;
+        if stream.events_sent.0 != second {
+            stream.events_sent = (second, 0);
         }
-        self.source_event(&name, id, kind, req.payload, out);
+        stream.events_sent.1 += 1;
+        if stream.events_sent.1 <= limit {
+            return None;
+        }
+        if stream.events_sent.1 == limit + 1 {
+            tracing::warn!(stream = %name, limit, "stream events refused: too many");
+        }
+        let info = format!("Too many stream events (limit {limit} per second)");
+        Some(("stream_events_per_sec", info))
     }
 
     /// An event of stream `name`'s source (its publisher, or the remote stream a pull relay

@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, watch};
 use crate::client::{ClientError, ClientTimeouts, Session, StreamHandle, StreamSignal};
 use crate::hub::{Hub, now_ms};
 use crate::protocol::{
-    self, ConnectionRequest, Info, MediaSessionId, PublisherEvent, StreamName, StreamStatus,
+    ConnectionRequest, Info, MediaSessionId, PublisherEvent, StreamName, StreamStatus,
 };
 use crate::registry::{RELAY_LOOP, RestReply, error_reply};
 
@@ -980,7 +980,7 @@ async fn attempt(
         };
         i.info = None;
     });
-    sync_mute_state(hub, direction, &local, &local_id, &handle, &session, events);
+    sync_mute_state(hub, direction, &local, &local_id, &handle, events);
 
     // Established: run until something ends it.
     let mut link = tokio::time::interval(LINK_INTERVAL);
@@ -1010,9 +1010,7 @@ async fn attempt(
             },
             Some((kind, payload)) = events.recv() => {
                 let payload = (!payload.is_null()).then_some(&payload);
-                let id = MediaSessionId(handle.media_session_id().to_owned());
-                let frame = protocol::send_stream_event(&id, kind.as_str(), payload);
-                if session.send_raw(frame).is_err() {
+                if handle.send_stream_event(kind.as_str(), payload).is_err() {
                     tracing::debug!(relay = %local_id, "stream event not sent: signalling closed");
                 }
             }
@@ -1069,7 +1067,6 @@ fn sync_mute_state(
     local: &StreamName,
     local_id: &MediaSessionId,
     handle: &StreamHandle,
-    session: &Session,
     events: &mut EventsRx,
 ) {
     match direction {
@@ -1080,13 +1077,11 @@ fn sync_mute_state(
             let Some((audio_muted, video_muted)) = state else {
                 return;
             };
-            let id = MediaSessionId(handle.media_session_id().to_owned());
-            let muted = [
-                (audio_muted, PublisherEvent::AudioMuted),
-                (video_muted, PublisherEvent::VideoMuted),
-            ];
-            for (_, kind) in muted.into_iter().filter(|(m, _)| *m) {
-                let _ = session.send_raw(protocol::send_stream_event(&id, kind.as_str(), None));
+            if audio_muted {
+                let _ = handle.send_stream_event(PublisherEvent::AudioMuted.as_str(), None);
+            }
+            if video_muted {
+                let _ = handle.send_stream_event(PublisherEvent::VideoMuted.as_str(), None);
             }
         }
         Direction::Pull => {
