@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Parser;
 use relaycast_controlplane::auth::{RestAuth, SignallingAccess};
+use relaycast_controlplane::hooks::HookConfig;
 use relaycast_controlplane::registry::RegistryLimits;
 use relaycast_controlplane::rest::RestConfig;
 use relaycast_controlplane::server::{ServerConfig, TlsListeners};
@@ -89,6 +90,7 @@ pub struct Config {
     pub relay: Relay,
     pub tls: Tls,
     pub auth: Auth,
+    pub hooks: Hooks,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -131,6 +133,32 @@ pub struct Auth {
     /// Shared secret clients put in `custom.token` of `connection` (for the whole session) or
     /// of each `publishStream`/`playStream`; others get FAILED `Restricted access`.
     pub token: Option<String>,
+}
+
+/// Where the server posts what clients send with `session.sendData()` (WCS's `OnDataEvent`
+/// REST hook).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Hooks {
+    /// `http://` or `https://` URL that each `sendData` is posted to as JSON
+    /// `{nodeId, appKey, sessionId, operationId, payload}`; a 2xx answer is ACCEPTED, any
+    /// other FAILED. Unset: every `sendData` is accepted and goes no further.
+    pub data_url: Option<String>,
+    /// A post that has not been answered within this many milliseconds is FAILED.
+    pub timeout_ms: u64,
+    /// Trust only the CA certificates in this PEM file for an https:// hook (default: the
+    /// system roots).
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+impl Default for Hooks {
+    fn default() -> Self {
+        Hooks {
+            data_url: None,
+            timeout_ms: HookConfig::default().timeout.as_millis() as u64,
+            tls_ca_file: None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -247,6 +275,7 @@ impl Default for Config {
             relay: Relay::default(),
             tls: Tls::default(),
             auth: Auth::default(),
+            hooks: Hooks::default(),
         }
     }
 }
@@ -387,7 +416,25 @@ impl Config {
         }
         self.validate_tls()?;
         self.validate_auth()?;
+        if self.hooks.timeout_ms == 0 {
+            bail!("hooks.timeout_ms: must be at least 1");
+        }
+        relaycast_controlplane::hooks::DataHook::new(&self.hook_config()?)?;
         Ok(())
+    }
+
+    fn hook_config(&self) -> anyhow::Result<HookConfig> {
+        use relaycast_controlplane::tls::ClientTls;
+        let tls = match &self.hooks.tls_ca_file {
+            Some(path) => ClientTls::with_ca_file(path)
+                .map_err(|e| anyhow::anyhow!("hooks.tls_ca_file: {e}"))?,
+            None => ClientTls::system(),
+        };
+        Ok(HookConfig {
+            data_url: self.hooks.data_url.clone().filter(|url| !url.is_empty()),
+            timeout: Duration::from_millis(self.hooks.timeout_ms),
+            tls,
+        })
     }
 
     fn validate_tls(&self) -> anyhow::Result<()> {
@@ -568,6 +615,7 @@ impl Config {
                 token: self.relay.token.clone(),
             },
             shutdown_grace: Duration::from_secs(2),
+            hooks: self.hook_config()?,
         })
     }
 }
@@ -634,7 +682,8 @@ mod tests {
              max_streams_per_session = 9\nmax_players_per_stream = 10\nmax_peers_per_core = 11\n\
              max_stream_event_bytes = 12\nmax_stream_events_per_sec = 13\n\
              [relay]\ntls_insecure = true\ntoken = \"r\"\n\
-             [media]\nquiet_batching = false\n",
+             [media]\nquiet_batching = false\n\
+             [hooks]\ndata_url = \"http://127.0.0.1:9/OnDataEvent\"\ntimeout_ms = 1500\n",
         )
         .unwrap();
         let s = c.server_config().unwrap();
@@ -667,6 +716,26 @@ mod tests {
         assert!(s.relay.tls.insecure);
         assert_eq!(s.relay.token.as_deref(), Some("r"));
         assert!(s.tls.is_none(), "no certificate, no TLS listeners");
+        assert_eq!(
+            s.hooks.data_url.as_deref(),
+            Some("http://127.0.0.1:9/OnDataEvent")
+        );
+        assert_eq!(s.hooks.timeout, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn a_bad_hook_url_is_refused_at_start() {
+        let e = load_text("[hooks]\ndata_url = \"ftp://backend/x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("hooks.data_url") && e.contains("http:// or https://"),
+            "{e}"
+        );
+        let e = load_text("[hooks]\ntimeout_ms = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hooks.timeout_ms"), "{e}");
     }
 
     #[test]
@@ -677,6 +746,7 @@ mod tests {
         assert!(!s.relay.tls.insecure && s.relay.tls.ca.is_empty());
         assert!(s.signalling.max_messages_per_sec > 0 && s.signalling.max_sessions_per_ip > 0);
         assert!(s.tls.is_none());
+        assert!(s.hooks.data_url.is_none(), "no data hook unless configured");
         assert!(
             s.data.quiet_batching,
             "the server batches a quiet core's work by default"

@@ -525,6 +525,231 @@ async fn a_player_that_stops_reading_is_dropped_and_the_others_get_every_event()
     drop(stalled);
 }
 
+/// A backend for the data hook: records each post (path and JSON body) and answers by the
+/// payload: `{"answer": 200}` or `{"answer": 403}` with that status, `{"answer": "never"}`
+/// not at all.
+async fn data_backend() -> (
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<(String, Value)>,
+) {
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (posts, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let posts = posts.clone();
+            let service =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let posts = posts.clone();
+                    async move {
+                        let path = req.uri().path().to_owned();
+                        let body = req.into_body().collect().await?.to_bytes();
+                        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                        let answer = body["payload"]["answer"].clone();
+                        let _ = posts.send((path, body));
+                        if answer == "never" {
+                            std::future::pending::<()>().await;
+                        }
+                        let mut response = hyper::Response::new(Full::new(Bytes::from("{}")));
+                        *response.status_mut() =
+                            hyper::StatusCode::from_u16(answer.as_u64().unwrap_or(200) as u16)
+                                .unwrap();
+                        Ok::<_, hyper::Error>(response)
+                    }
+                });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    (addr, rx)
+}
+
+/// A raw WebSocket session as the SDK opens it: the socket and its `getUserData`.
+async fn raw_session(
+    server: &Server,
+) -> (
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    Value,
+) {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url())
+        .await
+        .expect("connect the raw WebSocket");
+    let connection = json!({"message": "connection", "data": [{"appKey": "chatApp",
+        "mediaProviders": ["WebRTC"], "clientVersion": "2.0"}]});
+    ws.send(Message::text(connection.to_string()))
+        .await
+        .unwrap();
+    let user_data = next_message(&mut ws, "getUserData").await;
+    (ws, user_data)
+}
+
+/// The first object of the next frame named `message` (other frames are skipped).
+async fn next_message(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    message: &str,
+) -> Value {
+    use futures_util::StreamExt;
+
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("no {message} within 10 s"))
+            .expect("the session is open")
+            .expect("a frame");
+        let Ok(text) = frame.to_text() else { continue };
+        let Ok(frame) = serde_json::from_str::<Value>(text) else {
+            continue;
+        };
+        if frame["message"] == message {
+            return frame["data"][0].clone();
+        }
+    }
+}
+
+#[tokio::test]
+async fn send_data_goes_to_the_data_hook_and_rest_data_reaches_the_client() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let (backend, mut posts) = data_backend().await;
+    let server = Server::with_config(
+        &format!(
+            "[hooks]\ndata_url = \"http://{backend}/rest/my_api/OnDataEvent\"\ntimeout_ms = 700\n"
+        ),
+        &[],
+    );
+    let (mut ws, user_data) = raw_session(&server).await;
+    let session_id = user_data["sessionId"].as_str().unwrap().to_owned();
+
+    // Accepted: the backend got the client's identity and payload, and said 200.
+    let cases = [
+        (
+            "op-ok",
+            json!({"answer": 200, "text": "hello"}),
+            "ACCEPTED",
+            None,
+        ),
+        (
+            "op-403",
+            json!({"answer": 403}),
+            "FAILED",
+            Some("Data hook answered 403"),
+        ),
+        (
+            "op-slow",
+            json!({"answer": "never"}),
+            "FAILED",
+            Some("Data hook did not answer within 700 ms"),
+        ),
+    ];
+    for (operation, payload, status, info) in cases {
+        let frame = json!({"message": "sendData",
+            "data": [{"operationId": operation, "payload": payload}]});
+        ws.send(Message::text(frame.to_string())).await.unwrap();
+        let answer = next_message(&mut ws, "DataStatusEvent").await;
+        assert_eq!(answer["operationId"], operation);
+        assert_eq!(answer["status"], status, "{answer}");
+        assert_eq!(answer["info"].as_str(), info, "{answer}");
+        let (path, body) = posts.recv().await.expect("the backend got the post");
+        assert_eq!(path, "/rest/my_api/OnDataEvent");
+        assert_eq!(body["sessionId"], session_id.as_str());
+        assert_eq!(body["appKey"], "chatApp");
+        assert_eq!(body["operationId"], operation);
+        assert_eq!(body["payload"], payload);
+        assert!(!body["nodeId"].as_str().unwrap().is_empty());
+    }
+
+    // The backend answers a client through REST.
+    let (status, reply) = server
+        .rest(
+            "/rest-api/data/send",
+            &json!({"sessionId": session_id, "operationId": "back-1",
+                    "payload": {"reply": "hi there"}})
+            .to_string(),
+        )
+        .await;
+    assert_eq!((status, reply), (200, json!({"operationId": "back-1"})));
+    let event = next_message(&mut ws, "OnDataEvent").await;
+    assert_eq!(event["payload"], json!({"reply": "hi there"}));
+    assert_eq!(event["sessionId"], session_id.as_str());
+    assert_eq!(event["operationId"], "back-1");
+    let (status, _) = server
+        .rest(
+            "/rest-api/data/send",
+            r#"{"sessionId":"no-such-session","payload":1}"#,
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, reply) = server
+        .rest(
+            "/rest-api/data/send",
+            &json!({"sessionId": session_id}).to_string(),
+        )
+        .await;
+    assert_eq!(
+        (status, &reply["error"]),
+        (400, &json!("payload is required"))
+    );
+
+    let text = metrics(&server).await;
+    for (result, n) in [("accepted", 1.0), ("failed", 2.0), ("sent", 1.0)] {
+        let label = format!("result=\"{result}\"");
+        assert_eq!(
+            metric(&text, "relaycast_app_data_total", &[&label]),
+            n,
+            "{result}"
+        );
+    }
+    assert!(server.log_text().contains("sendData failed"));
+}
+
+#[tokio::test]
+async fn send_data_without_a_hook_is_accepted_and_a_broken_hook_fails_it() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    // No hook: accepted, as WCS's default application does.
+    let plain = Server::start(&[]);
+    // A hook nobody listens on: the refused connection is the answer.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let broken = Server::with_config(
+        &format!("[hooks]\ndata_url = \"http://127.0.0.1:{port}/OnDataEvent\"\n"),
+        &[],
+    );
+    for (server, status) in [(&plain, "ACCEPTED"), (&broken, "FAILED")] {
+        let (mut ws, _) = raw_session(server).await;
+        let frame = json!({"message": "sendData",
+            "data": [{"operationId": "op", "payload": {"n": 1}}]});
+        ws.send(Message::text(frame.to_string())).await.unwrap();
+        let answer = next_message(&mut ws, "DataStatusEvent").await;
+        assert_eq!(answer["status"], status, "{answer}");
+        if status == "FAILED" {
+            let info = answer["info"].as_str().unwrap();
+            assert!(info.starts_with("Data hook failed: "), "{info}");
+        }
+        // The session goes on: it still answers a ping.
+        ws.send(Message::text(r#"{"message":"ping","data":[]}"#))
+            .await
+            .unwrap();
+        next_message(&mut ws, "pong").await;
+    }
+}
+
 #[tokio::test]
 async fn sessions_per_ip_limit() {
     let server = Server::with_config("[limits]\nmax_sessions_per_ip = 2\n", &[]);

@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod hooks;
 pub mod hub;
 pub mod metrics;
 pub mod protocol;

@@ -22,6 +22,7 @@ pub struct Metrics {
     signalling_errors: Family<Labels, Counter>,
     rest_requests: Family<Labels, Counter>,
     rest_auth_failures: Counter,
+    app_data: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -37,6 +38,15 @@ impl Metrics {
     pub fn rest_request(&self, status: u16) {
         self.rest_requests
             .get_or_create(&vec![("status", status.to_string())])
+            .inc();
+    }
+
+    /// Application data passed (`sendData`, `/rest-api/data/send`), by `result`: `accepted`
+    /// and `failed` (a client's `sendData`, as its `DataStatusEvent` said), `sent` (data
+    /// sent to a client by REST).
+    pub fn app_data(&self, result: &'static str) {
+        self.app_data
+            .get_or_create(&vec![("result", result.to_owned())])
             .inc();
     }
 
@@ -64,6 +74,11 @@ pub fn render(hub: &Hub) -> String {
         "rest_auth_failures",
         "REST requests refused with 401",
         m.rest_auth_failures.clone(),
+    );
+    r.register(
+        "app_data",
+        "Application data: clients' sendData accepted or failed, data sent to clients by REST",
+        m.app_data.clone(),
     );
 
     r.register(

@@ -94,7 +94,10 @@ pub enum ClientMessage {
     SendStreamEvent(StreamEventRequest),
     /// `availableStream`: the SDK's `stream.available()` asks whether `name` can be played.
     AvailableStream(StreamRef),
-    /// Any other message name, such as `sendData`,
+    /// `sendData`: the SDK's `session.sendData(payload)`, data for the operator's backend. The
+    /// server answers with `DataStatusEvent`.
+    SendData(DataRequest),
+    /// Any other message name, such as
     /// `snapshot`, `call` or `hangup`. Its data is not checked. The server answers with a
     /// `fail` frame that names it.
     Unsupported {
@@ -116,6 +119,7 @@ impl ClientMessage {
             Self::Pong => PONG,
             Self::SendStreamEvent(_) => SEND_STREAM_EVENT,
             Self::AvailableStream(_) => AVAILABLE_STREAM,
+            Self::SendData(_) => SEND_DATA,
             Self::Unsupported { message } => message,
         }
     }
@@ -198,6 +202,15 @@ pub struct StreamEventRequest {
     pub media_session_id: MediaSessionId,
     /// `type`, e.g. `audioMuted` or `data` (the SDK's `STREAM_EVENT_TYPE`).
     pub typ: String,
+    /// `payload`, raw: the object `sendData` was given. `Null` when absent.
+    pub payload: Value,
+}
+
+/// What `sendData` carries: the SDK's `session.sendData(payload)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DataRequest {
+    /// `operationId`: the SDK's id for the operation, echoed in `DataStatusEvent`.
+    pub operation_id: String,
     /// `payload`, raw: the object `sendData` was given. `Null` when absent.
     pub payload: Value,
 }
@@ -293,6 +306,7 @@ pub fn parse_client_frame(text: &str) -> Result<ClientMessage, FrameError> {
             AVAILABLE_STREAM,
             first_object(AVAILABLE_STREAM, data)?,
         )?),
+        SEND_DATA => ClientMessage::SendData(data_request(first_object(SEND_DATA, data)?)?),
         _ => ClientMessage::Unsupported { message },
     };
     Ok(parsed)
@@ -431,6 +445,50 @@ pub fn available_stream(
     }
     let status = if available { "true" } else { "false" };
     frame(AVAILABLE_STREAM, [AvailableFrame { id, status, info }])
+}
+
+/// Builds `DataStatusEvent`, the answer to `sendData`: `data: [ {operationId, status, info?} ]`
+/// with `status` `"ACCEPTED"` or `"FAILED"`. The SDK settles the promise `sendData` returned:
+/// it resolves on `ACCEPTED` and rejects on `FAILED`, with this object (without
+/// `operationId`).
+pub fn data_status(operation_id: &str, accepted: bool, info: Option<&str>) -> String {
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct DataStatusFrame<'a> {
+        operation_id: &'a str,
+        status: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        info: Option<&'a str>,
+    }
+    let status = if accepted { "ACCEPTED" } else { "FAILED" };
+    frame(
+        DATA_STATUS_EVENT,
+        [DataStatusFrame {
+            operation_id,
+            status,
+            info,
+        }],
+    )
+}
+
+/// Data for a client session, or from one for the operator's backend: what `OnDataEvent`
+/// carries to a client (the SDK's session `APP_DATA` event) and what the server posts to its
+/// data hook, as WCS names the fields.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppData {
+    /// The server that passed the data (its instance id).
+    pub node_id: String,
+    pub app_key: AppKey,
+    pub session_id: SessionId,
+    pub operation_id: String,
+    pub payload: Value,
+}
+
+/// Builds `OnDataEvent`: `data: [ {nodeId, appKey, sessionId, operationId, payload} ]`. The
+/// SDK gives the object to the session's `APP_DATA` handler.
+pub fn app_data(data: &AppData) -> String {
+    frame(ON_DATA_EVENT, [data])
 }
 
 /// The `notifyStreamEvent` frames of one event for many players. The type and payload are
@@ -1052,6 +1110,9 @@ const PING: &str = "ping";
 const PONG: &str = "pong";
 const SEND_STREAM_EVENT: &str = "sendStreamEvent";
 const AVAILABLE_STREAM: &str = "availableStream";
+const SEND_DATA: &str = "sendData";
+const DATA_STATUS_EVENT: &str = "DataStatusEvent";
+const ON_DATA_EVENT: &str = "OnDataEvent";
 const GET_USER_DATA: &str = "getUserData";
 const SET_REMOTE_SDP: &str = "setRemoteSDP";
 const NOTIFY_STREAM_STATUS_EVENT: &str = "notifyStreamStatusEvent";
@@ -1296,6 +1357,18 @@ fn stream_event_request(object: Map<String, Value>) -> Result<StreamEventRequest
     Ok(StreamEventRequest {
         media_session_id: MediaSessionId(media_session_id),
         typ,
+        payload: fields.take("payload").unwrap_or(Value::Null),
+    })
+}
+
+/// Reads `sendData`'s object: `operationId` is a required string.
+fn data_request(object: Map<String, Value>) -> Result<DataRequest, FrameError> {
+    let mut fields = Fields::new(SEND_DATA, object);
+    let operation_id = fields
+        .string("operationId")?
+        .ok_or_else(|| fields.error("operationId", A_STRING))?;
+    Ok(DataRequest {
+        operation_id,
         payload: fields.take("payload").unwrap_or(Value::Null),
     })
 }
@@ -1723,6 +1796,65 @@ mod tests {
     }
 
     #[test]
+    fn send_data_as_the_sdk_sends_it_and_its_answers() {
+        let asked = client(
+            r#"{"message":"sendData","data":[{"operationId":"op-1","payload":{"chat":["hi",1]}}]}"#,
+        );
+        assert_eq!(
+            asked,
+            ClientMessage::SendData(DataRequest {
+                operation_id: "op-1".into(),
+                payload: json!({"chat": ["hi", 1]}),
+            })
+        );
+        assert_eq!(asked.name(), "sendData");
+        // No payload is a null payload; no operationId is an error naming it.
+        let bare = client(r#"{"message":"sendData","data":[{"operationId":"op-2"}]}"#);
+        assert_eq!(
+            bare,
+            ClientMessage::SendData(DataRequest {
+                operation_id: "op-2".into(),
+                payload: Value::Null,
+            })
+        );
+        let err = parse_client_frame(r#"{"message":"sendData","data":[{"payload":1}]}"#)
+            .expect_err("operationId is required");
+        assert_eq!(
+            err.to_string(),
+            "sendData: field \"operationId\" must be a string"
+        );
+
+        // The SDK looks the operation up by operationId and calls its `status` handler.
+        let accepted: Value = serde_json::from_str(&data_status("op-1", true, None)).unwrap();
+        assert_eq!(
+            accepted,
+            json!({"message": "DataStatusEvent",
+                   "data": [{"operationId": "op-1", "status": "ACCEPTED"}]})
+        );
+        let failed: Value =
+            serde_json::from_str(&data_status("op-1", false, Some("Data hook answered 403")))
+                .unwrap();
+        assert_eq!(
+            failed["data"][0],
+            json!({"operationId": "op-1", "status": "FAILED", "info": "Data hook answered 403"})
+        );
+
+        let data = AppData {
+            node_id: "node".into(),
+            app_key: "defaultApp".into(),
+            session_id: "s1".into(),
+            operation_id: "op-3".into(),
+            payload: json!({"message": "hello"}),
+        };
+        let event: Value = serde_json::from_str(&app_data(&data)).unwrap();
+        assert_eq!(
+            event,
+            json!({"message": "OnDataEvent", "data": [{"nodeId": "node", "appKey": "defaultApp",
+                   "sessionId": "s1", "operationId": "op-3", "payload": {"message": "hello"}}]})
+        );
+    }
+
+    #[test]
     fn stream_event_frames_are_the_single_frames_text() {
         let payloads = [
             Value::Null,
@@ -1771,13 +1903,19 @@ mod tests {
     #[test]
     fn keeps_unsupported_message_names() {
         let frames = [
-            r#"{"message":"sendData","data":[{"operationId":"1","payload":{"x":1}}]}"#,
+            r#"{"message":"sessionDebug","data":[{"command":"start"}]}"#,
             r#"{"message":"snapshot","data":[{"name":"s","mediaSessionId":"a"}]}"#,
             r#"{"message":"call","data":[{"callId":"c","sdp":5}]}"#,
             r#"{"message":"hangup","data":"nonsense"}"#,
             r#"{"message":"submitBugReport"}"#,
         ];
-        let names = ["sendData", "snapshot", "call", "hangup", "submitBugReport"];
+        let names = [
+            "sessionDebug",
+            "snapshot",
+            "call",
+            "hangup",
+            "submitBugReport",
+        ];
         for (frame, name) in frames.into_iter().zip(names) {
             let parsed = client(frame);
             assert_eq!(

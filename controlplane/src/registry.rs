@@ -15,9 +15,9 @@ use serde_json::{Value, json};
 
 use crate::auth::{SignallingAccess, TokenCheck};
 use crate::protocol::{
-    self, AppKey, ClientMessage, ConnectionInfo, Info, MEDIA_PROVIDER, MediaSessionId,
-    PublisherEvent, SessionId, StreamEventFrames, StreamEventRequest, StreamInfo, StreamName,
-    StreamRef, StreamRequest, StreamStatus, StreamStatusEvent, TrackState, UserData,
+    self, AppData, AppKey, ClientMessage, ConnectionInfo, DataRequest, Info, MEDIA_PROVIDER,
+    MediaSessionId, PublisherEvent, SessionId, StreamEventFrames, StreamEventRequest, StreamInfo,
+    StreamName, StreamRef, StreamRequest, StreamStatus, StreamStatusEvent, TrackState, UserData,
 };
 
 /// A signalling connection (WebSocket), numbered by the signalling server.
@@ -44,6 +44,9 @@ pub enum Effect {
         kind: PublisherEvent,
         payload: Value,
     },
+    /// A client's `sendData`, for the operator's backend: the hub posts it to the data hook,
+    /// or accepts it when none is configured, and answers `conn` with `DataStatusEvent`.
+    AppData { conn: ConnId, data: AppData },
 }
 
 /// Fixed facts the registry reports.
@@ -153,6 +156,13 @@ pub enum RestRequest {
     ConnectionFindAll,
     ConnectionTerminate {
         session_id: SessionId,
+    },
+    /// `/rest-api/data/send`: data for a client session (`OnDataEvent`).
+    DataSend {
+        session_id: SessionId,
+        /// Generated when the request has none.
+        operation_id: Option<String>,
+        payload: Value,
     },
 }
 
@@ -329,6 +339,7 @@ impl Registry {
             ClientMessage::Pong => {}
             ClientMessage::SendStreamEvent(req) => self.stream_event(conn, req, now_ms, out),
             ClientMessage::AvailableStream(r) => self.available(conn, &r, out),
+            ClientMessage::SendData(req) => self.send_data(conn, req, out),
             ClientMessage::Unsupported { message } => {
                 let info = format!("Unsupported method: {message}");
                 send(out, conn, protocol::fail(&message, &info, None));
@@ -558,7 +569,65 @@ impl Registry {
                     None => error_reply(404, "connection not found"),
                 }
             }
+            RestRequest::DataSend {
+                session_id,
+                operation_id,
+                payload,
+            } => {
+                let Some((conn, session)) = self
+                    .sessions
+                    .iter()
+                    .find(|(_, s)| s.id == session_id && s.established)
+                else {
+                    return error_reply(404, "connection not found");
+                };
+                let operation_id = operation_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+                let data = AppData {
+                    node_id: self.config.instance.clone(),
+                    app_key: session.app_key.clone(),
+                    session_id: session.id.clone(),
+                    operation_id,
+                    payload,
+                };
+                tracing::debug!(session = %session_id, operation = %data.operation_id,
+                    "data sent to a client by REST");
+                send(out, *conn, protocol::app_data(&data));
+                RestReply {
+                    status: 200,
+                    body: json!({ "operationId": data.operation_id }),
+                }
+            }
         }
+    }
+
+    /// `sendData`: a client's data for the operator's backend. An established session's data
+    /// goes to the hub ([`Effect::AppData`]), which answers it; any other session gets
+    /// `DataStatusEvent` FAILED with the reason.
+    fn send_data(&mut self, conn: ConnId, req: DataRequest, out: &mut Vec<Effect>) {
+        let refusal = match self.sessions.get(&conn) {
+            Some(s) if s.established && s.authorized => None,
+            Some(s) if s.established => Some(Info::RestrictedAccess),
+            _ => Some(Info::SessionNotReady),
+        };
+        if let Some(info) = refusal {
+            self.stats.refuse("app_data");
+            let info = info.as_str();
+            send(
+                out,
+                conn,
+                protocol::data_status(&req.operation_id, false, Some(info)),
+            );
+            return;
+        }
+        let session = &self.sessions[&conn];
+        let data = AppData {
+            node_id: self.config.instance.clone(),
+            app_key: session.app_key.clone(),
+            session_id: session.id.clone(),
+            operation_id: req.operation_id,
+            payload: req.payload,
+        };
+        out.push(Effect::AppData { conn, data });
     }
 
     /// A source's picture size changed: the stream records it, and its publisher and players
@@ -1871,6 +1940,112 @@ mod tests {
         // A socket that never sent `connection`.
         r.session_opened(ConnId(3), "127.0.0.1:3".into(), 0);
         assert_eq!(availability(&mut r, 3, "s").2, json!("Session not ready"));
+    }
+
+    fn send_data(r: &mut Registry, conn: u64, operation: &str, payload: Value) -> Vec<Effect> {
+        let mut out = Vec::new();
+        let req = DataRequest {
+            operation_id: operation.into(),
+            payload,
+        };
+        r.client_message(ConnId(conn), ClientMessage::SendData(req), 0, &mut out);
+        out
+    }
+
+    #[test]
+    fn send_data_goes_to_the_hub_with_the_sessions_identity() {
+        let mut r = with_sessions(&[1]);
+        let out = send_data(&mut r, 1, "op-1", json!({"chat": "hi"}));
+        let [Effect::AppData { conn, data }] = out.as_slice() else {
+            panic!("one AppData effect, got {out:?}");
+        };
+        assert_eq!(*conn, ConnId(1));
+        let session = r.sessions[&ConnId(1)].id.clone();
+        assert_eq!(
+            data,
+            &AppData {
+                node_id: r.instance().to_owned(),
+                app_key: "defaultApp".into(),
+                session_id: session,
+                operation_id: "op-1".into(),
+                payload: json!({"chat": "hi"}),
+            }
+        );
+    }
+
+    #[test]
+    fn send_data_needs_an_established_and_authorized_session() {
+        let access = SignallingAccess {
+            app_keys: Vec::new(),
+            token: Some("secret".into()),
+        };
+        let mut r = registry(RegistryLimits::default(), access);
+        connect(&mut r, 1, ConnectionRequest::default());
+        r.session_opened(ConnId(2), "127.0.0.1:2".into(), 0);
+        for (conn, info) in [(1, "Restricted access"), (2, "Session not ready")] {
+            let out = send_data(&mut r, conn, "op", json!(1));
+            let [Effect::Send { conn: to, frame }] = out.as_slice() else {
+                panic!("one frame, got {out:?}");
+            };
+            assert_eq!(*to, ConnId(conn));
+            let frame: Value = serde_json::from_str(frame).unwrap();
+            assert_eq!(
+                frame,
+                json!({"message": "DataStatusEvent",
+                       "data": [{"operationId": "op", "status": "FAILED", "info": info}]})
+            );
+        }
+        assert_eq!(r.stats().refused.get("app_data"), Some(&2));
+    }
+
+    #[test]
+    fn rest_data_send_reaches_the_named_session_only() {
+        let mut r = with_sessions(&[1, 2]);
+        let session = r.sessions[&ConnId(2)].id.clone();
+        let mut out = Vec::new();
+        let reply = r.rest(
+            RestRequest::DataSend {
+                session_id: session.clone(),
+                operation_id: Some("op-9".into()),
+                payload: json!({"message": "hello"}),
+            },
+            &mut out,
+        );
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.body, json!({"operationId": "op-9"}));
+        let [Effect::Send { conn, frame }] = out.as_slice() else {
+            panic!("one frame, got {out:?}");
+        };
+        assert_eq!(*conn, ConnId(2));
+        let frame: Value = serde_json::from_str(frame).unwrap();
+        assert_eq!(frame["message"], "OnDataEvent");
+        assert_eq!(
+            frame["data"][0],
+            json!({"nodeId": r.instance(), "appKey": "defaultApp", "sessionId": session.as_str(),
+                   "operationId": "op-9", "payload": {"message": "hello"}})
+        );
+        // Without an operationId one is made; an unknown session is 404 and sends nothing.
+        let mut out = Vec::new();
+        let reply = r.rest(
+            RestRequest::DataSend {
+                session_id: session,
+                operation_id: None,
+                payload: json!(1),
+            },
+            &mut out,
+        );
+        assert!(!reply.body["operationId"].as_str().unwrap().is_empty());
+        let mut out = Vec::new();
+        let reply = r.rest(
+            RestRequest::DataSend {
+                session_id: "nobody".into(),
+                operation_id: None,
+                payload: json!(1),
+            },
+            &mut out,
+        );
+        assert_eq!(reply.status, 404);
+        assert!(out.is_empty());
     }
 
     /// A pull relay from another relaycast names the servers it comes through

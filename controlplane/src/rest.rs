@@ -296,6 +296,21 @@ pub fn parse_request(path: &str, body: &[u8]) -> Result<RestRequest, RestReply> 
                 _ => Err(error_reply(400, "sessionId is required")),
             }
         }
+        "/rest-api/data/send" => {
+            let b = parse::<DataSendBody>(body)?;
+            let session_id = match b.session_id {
+                Some(id) if !id.is_empty() => SessionId(id),
+                _ => return Err(error_reply(400, "sessionId is required")),
+            };
+            let Some(payload) = b.payload else {
+                return Err(error_reply(400, "payload is required"));
+            };
+            Ok(RestRequest::DataSend {
+                session_id,
+                operation_id: b.operation_id.filter(|id| !id.is_empty()),
+                payload,
+            })
+        }
         _ => Err(error_reply(404, &format!("no such method: {path}"))),
     }
 }
@@ -320,6 +335,15 @@ struct TerminateBody {
 #[serde(rename_all = "camelCase")]
 struct ConnectionBody {
     session_id: Option<String>,
+}
+
+/// `/rest-api/data/send`, as WCS documents it (`nodeId` and other fields are ignored).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DataSendBody {
+    session_id: Option<String>,
+    operation_id: Option<String>,
+    payload: Option<Value>,
 }
 
 /// Parses a JSON object body; an empty body is an empty object.
@@ -366,6 +390,43 @@ mod tests {
         assert_eq!(e.status, 400);
         assert_eq!(e.body["status"], 400);
         let e = parse::<FindBody>(b"[1,2]").err().unwrap();
+        assert_eq!(e.status, 400);
+    }
+
+    #[test]
+    fn data_send_needs_a_session_and_a_payload() {
+        let path = "/rest-api/data/send";
+        let ok = parse_request(
+            path,
+            br#"{"nodeId":"n","sessionId":"s1","operationId":"op","payload":{"a":[1]}}"#,
+        );
+        assert_eq!(
+            ok,
+            Ok(RestRequest::DataSend {
+                session_id: SessionId("s1".into()),
+                operation_id: Some("op".into()),
+                payload: json!({"a": [1]}),
+            })
+        );
+        // A payload may be any JSON value; the operationId is optional.
+        let ok = parse_request(path, br#"{"sessionId":"s1","payload":"text"}"#);
+        assert_eq!(
+            ok,
+            Ok(RestRequest::DataSend {
+                session_id: SessionId("s1".into()),
+                operation_id: None,
+                payload: json!("text"),
+            })
+        );
+        for (body, error) in [
+            (&br#"{"payload":1}"#[..], "sessionId is required"),
+            (br#"{"sessionId":"","payload":1}"#, "sessionId is required"),
+            (br#"{"sessionId":"s1"}"#, "payload is required"),
+        ] {
+            let e = parse_request(path, body).expect_err("refused");
+            assert_eq!((e.status, e.body["error"].as_str()), (400, Some(error)));
+        }
+        let e = parse_request(path, br#"{"sessionId":5,"payload":1}"#).expect_err("refused");
         assert_eq!(e.status, 400);
     }
 }

@@ -13,6 +13,7 @@ use relaycast_dataplane::{DataPlane, DataPlaneConfig};
 use tokio::net::TcpListener;
 
 use crate::auth::SignallingAccess;
+use crate::hooks::{DataHook, HookConfig};
 use crate::hub::{Hub, ServerFacts};
 use crate::registry::{RegistryConfig, RegistryLimits};
 use crate::relay::RelayConfig;
@@ -36,6 +37,8 @@ pub struct ServerConfig {
     pub limits: RegistryLimits,
     /// How long a graceful stop waits for clients to take their final statuses.
     pub shutdown_grace: Duration,
+    /// Where clients' `sendData` is posted.
+    pub hooks: HookConfig,
 }
 
 /// The TLS listeners and the PEM files of their certificate.
@@ -94,6 +97,8 @@ pub async fn serve(
         ),
         None => None,
     };
+    let (hook, mut hook_answers) =
+        DataHook::new(&config.hooks).context("could not set up the data hook")?;
     let data = DataPlane::start(config.data.clone()).context("could not start the data plane")?;
     let media = data.media_addrs().to_vec();
     let ws_listener = TcpListener::bind(config.ws)
@@ -142,6 +147,7 @@ pub async fn serve(
             https_addr: listening.https,
             media_addrs: media,
         },
+        hook,
     ));
     tracing::info!(ws = %listening.ws, rest = %listening.rest, wss = ?listening.wss,
         https = ?listening.https, media = ?listening.media, cores, "relaycast listening");
@@ -152,6 +158,14 @@ pub async fn serve(
         async move {
             while let Some(event) = hub.data().next_event().await {
                 hub.data_event(event);
+            }
+        }
+    });
+    let answers = tokio::task::spawn_local({
+        let hub = Rc::clone(&hub);
+        async move {
+            while let Some(answer) = hook_answers.recv().await {
+                hub.data_answer(answer);
             }
         }
     });
@@ -178,6 +192,7 @@ pub async fn serve(
     }
     rest_task.abort();
     events.abort();
+    answers.abort();
     // Let aborted tasks drop their handles before the data plane stops.
     tokio::task::yield_now().await;
     drop(hub);
