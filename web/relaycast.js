@@ -365,8 +365,12 @@
                     this._fire(SESSION_STATUS.WARN, first);
                 }
                 break;
-            case 'sendData':
+            case 'OnDataEvent':
+                // Data the operator's backend sent this session (/rest-api/data/send).
                 this._fire(SESSION_STATUS.APP_DATA, first);
+                break;
+            case 'DataStatusEvent':
+                this._dataStatus(first);
                 break;
             default:
                 // Frames this client has no use for (SIP, transcoding, ...) are ignored.
@@ -393,6 +397,11 @@
         clearTimeout(this._timer);
         var wasUp = this._everEstablished;
         var self = this;
+        var pendingData = this._pendingData || {};
+        this._pendingData = {};
+        Object.keys(pendingData).forEach(function (id) {
+            pendingData[id].reject({status: 'FAILED', info: 'Session disconnected'});
+        });
         Object.keys(this._streams).forEach(function (id) {
             var s = self._streams[id];
             if (s._isActive()) {
@@ -412,14 +421,15 @@
         if (this._status === status) return;
         if (this._status === SESSION_STATUS.DISCONNECTED || this._status === SESSION_STATUS.FAILED) return;
         this._status = status;
-        this._fire(status, this);
+        // As the SDK's, ESTABLISHED callbacks also get the getUserData object.
+        this._fire(status, this, status === SESSION_STATUS.ESTABLISHED ? this._serverData : undefined);
     };
 
-    Session.prototype._fire = function (event, arg) {
+    Session.prototype._fire = function (event, arg, extra) {
         var cb = this._callbacks[event];
         if (!cb) return;
         try {
-            cb(arg === undefined ? this : arg);
+            cb(arg === undefined ? this : arg, extra);
         } catch (e) {
             console.error('[relaycast] session ' + event + ' callback threw', e);
         }
@@ -461,9 +471,31 @@
         }
     };
 
-    /** Sends an application message to the server's REST app (`sendData`). */
+    /**
+     * Sends data to the operator's backend (`sendData`, posted to the server's data hook).
+     * Returns a promise that resolves when the server accepts it and rejects with the
+     * server's answer ({status: 'FAILED', info}) when it does not, as the official SDK's.
+     */
     Session.prototype.sendData = function (payload) {
-        this._send('sendData', payload);
+        var self = this;
+        return new Promise(function (resolve, reject) {
+            var operationId = uuid();
+            self._pendingData = self._pendingData || {};
+            self._pendingData[operationId] = {resolve: resolve, reject: reject};
+            if (!self._send('sendData', {operationId: operationId, payload: payload})) {
+                delete self._pendingData[operationId];
+                reject({status: 'FAILED', info: 'Session is not established'});
+            }
+        });
+    };
+
+    Session.prototype._dataStatus = function (answer) {
+        var pending = this._pendingData && this._pendingData[answer.operationId];
+        if (!pending) return;
+        delete this._pendingData[answer.operationId];
+        var result = {status: answer.status};
+        if (answer.info !== undefined) result.info = answer.info;
+        if (answer.status === 'ACCEPTED') pending.resolve(result); else pending.reject(result);
     };
 
     /**

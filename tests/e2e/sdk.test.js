@@ -4,7 +4,9 @@
 
 const assert = require('node:assert/strict');
 const { test, before, after } = require('node:test');
-const { startServer } = require('./lib/server');
+const fs = require('node:fs');
+const path = require('node:path');
+const { startServer, ARTIFACTS } = require('./lib/server');
 const {
     BUNDLED_CLIENT, launchBrowser, startFixtureServer, openSdkPage, dumpPage,
 } = require('./lib/browser');
@@ -193,6 +195,60 @@ for (const client of ['official SDK', 'bundled relaycast.js']) {
             }, official ? fixture : bundled);
         });
 }
+
+// session.sendData() sends data for the operator's backend (WCS's OnDataEvent hook) and
+// /rest-api/data/send sends data to a session (the SDK's APP_DATA). This server has no hook,
+// so sendData is accepted; a server whose hook cannot be reached answers FAILED, and the
+// SDK rejects the promise with the reason.
+for (const client of ['official SDK', 'bundled relaycast.js']) {
+    test(`${client}: session.sendData() is answered and REST data reaches APP_DATA`,
+        { timeout: 30000 }, async () => {
+            const official = client === 'official SDK';
+            await withPages(official ? 'app-data' : 'app-data-bundled', ['app'], async ({ app }) => {
+                await app.evaluate((url) => h.connect(url), server.wsUrl);
+                const sent = await app.evaluate(() => h.sendData({ chat: 'hello', n: [1, 2] }));
+                assert.deepEqual(sent, { settled: 'resolved', answer: { status: 'ACCEPTED' } });
+
+                const sessionId = await app.evaluate(() => h.sessionId());
+                assert.ok(sessionId, 'no sessionId in getUserData');
+                const response = await fetch(`${server.restUrl}/rest-api/data/send`, {
+                    method: 'POST',
+                    headers: { 'content-type': 'application/json' },
+                    body: JSON.stringify({ sessionId, operationId: 'from-backend', payload: { reply: 'hi' } }),
+                });
+                assert.equal(response.status, 200);
+                const got = await app.evaluate(() => h.waitAppData('reply', 5000));
+                assert.ok(got, 'APP_DATA never fired');
+                assert.deepEqual(got.payload, { reply: 'hi' });
+                assert.equal(got.operationId, 'from-backend');
+                assert.equal(got.sessionId, sessionId);
+                assert.deepEqual(await app.evaluate(() => h.warnings), []);
+            }, official ? fixture : bundled);
+        });
+}
+
+test('official SDK: sendData() rejects when the data hook cannot be reached', { timeout: 30000 }, async () => {
+    // A port nobody listens on.
+    const probe = require('node:net').createServer();
+    await new Promise((resolve) => probe.listen(0, '127.0.0.1', resolve));
+    const port = probe.address().port;
+    await new Promise((resolve) => probe.close(resolve));
+    const config = path.join(ARTIFACTS, 'sdk-broken-hook.toml');
+    fs.mkdirSync(ARTIFACTS, { recursive: true });
+    fs.writeFileSync(config, `[hooks]\ndata_url = "http://127.0.0.1:${port}/OnDataEvent"\n`);
+    const hooked = await startServer('sdk-broken-hook', { extraArgs: ['--config', config] });
+    try {
+        await withPages('app-data-failed', ['app'], async ({ app }) => {
+            await app.evaluate((url) => h.connect(url), hooked.wsUrl);
+            const sent = await app.evaluate(() => h.sendData({ chat: 'lost' }));
+            assert.equal(sent.settled, 'rejected', JSON.stringify(sent));
+            assert.equal(sent.answer.status, 'FAILED');
+            assert.match(sent.answer.info, /^Data hook failed: /);
+        });
+    } finally {
+        await hooked.stop();
+    }
+});
 
 test('playing an unknown stream fails with "Stream not found"', { timeout: 30000 }, async () => {
     await withPages('unknown', ['play'], async ({ play }) => {
