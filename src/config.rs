@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Parser;
 use relaycast_controlplane::auth::{RestAuth, SignallingAccess};
-use relaycast_controlplane::hooks::HookConfig;
+use relaycast_controlplane::hooks::{HookConfig, HookMethod, Hooks as HookClient};
 use relaycast_controlplane::registry::RegistryLimits;
 use relaycast_controlplane::rest::RestConfig;
 use relaycast_controlplane::server::{ServerConfig, TlsListeners};
@@ -135,27 +135,39 @@ pub struct Auth {
     pub token: Option<String>,
 }
 
-/// Where the server posts what clients send with `session.sendData()` (WCS's `OnDataEvent`
-/// REST hook).
+/// The operator's backend, asked through WCS's REST hooks before a connection, a publish or
+/// a play goes on, and given clients' `sendData`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Hooks {
-    /// `http://` or `https://` URL that each `sendData` is posted to as JSON
-    /// `{nodeId, appKey, sessionId, operationId, payload}`; a 2xx answer is ACCEPTED, any
-    /// other FAILED. Unset: every `sendData` is accepted and goes no further.
-    pub data_url: Option<String>,
-    /// A post that has not been answered within this many milliseconds is FAILED.
+    /// The backend's base URL (`http://` or `https://`); each hook is posted to it plus
+    /// `/<method>`. Unset: no hooks.
+    pub url: Option<String>,
+    /// The hooks posted: any of `connect`, `publishStream`, `playStream`, `OnDataEvent`.
+    pub methods: Vec<String>,
+    /// A post not answered within this many milliseconds refuses its request.
     pub timeout_ms: u64,
-    /// Trust only the CA certificates in this PEM file for an https:// hook (default: the
-    /// system roots).
+    /// Posts in flight at once; more wait for a slot (within `timeout_ms`).
+    pub max_in_flight: usize,
+    /// Sign each post: `Authorization: WCS <hex HMAC-MD5 of the body>`.
+    pub secret_key: Option<String>,
+    /// Trust only the CA certificates in this PEM file for an https:// backend (default:
+    /// the system roots).
     pub tls_ca_file: Option<PathBuf>,
 }
 
 impl Default for Hooks {
     fn default() -> Self {
+        let d = HookConfig::default();
         Hooks {
-            data_url: None,
-            timeout_ms: HookConfig::default().timeout.as_millis() as u64,
+            url: None,
+            methods: HookMethod::ALL
+                .iter()
+                .map(|m| m.as_str().to_owned())
+                .collect(),
+            timeout_ms: d.timeout.as_millis() as u64,
+            max_in_flight: d.max_in_flight,
+            secret_key: None,
             tls_ca_file: None,
         }
     }
@@ -416,10 +428,25 @@ impl Config {
         }
         self.validate_tls()?;
         self.validate_auth()?;
-        if self.hooks.timeout_ms == 0 {
-            bail!("hooks.timeout_ms: must be at least 1");
+        self.validate_hooks()?;
+        Ok(())
+    }
+
+    fn validate_hooks(&self) -> anyhow::Result<()> {
+        let h = &self.hooks;
+        if h.timeout_ms == 0 || h.max_in_flight == 0 {
+            bail!("hooks.timeout_ms and hooks.max_in_flight: must be at least 1");
         }
-        relaycast_controlplane::hooks::DataHook::new(&self.hook_config()?)?;
+        if let Some(unknown) = h.methods.iter().find(|m| HookMethod::parse(m).is_none()) {
+            bail!(
+                "hooks.methods: {unknown:?} is not a hook relaycast calls (connect, \
+                 publishStream, playStream, OnDataEvent)"
+            );
+        }
+        if h.secret_key.as_deref() == Some("") {
+            bail!("hooks.secret_key: must not be empty (leave it out to send unsigned hooks)");
+        }
+        HookClient::new(&self.hook_config()?)?;
         Ok(())
     }
 
@@ -431,8 +458,16 @@ impl Config {
             None => ClientTls::system(),
         };
         Ok(HookConfig {
-            data_url: self.hooks.data_url.clone().filter(|url| !url.is_empty()),
+            url: self.hooks.url.clone().filter(|url| !url.is_empty()),
+            methods: self
+                .hooks
+                .methods
+                .iter()
+                .filter_map(|m| HookMethod::parse(m))
+                .collect(),
             timeout: Duration::from_millis(self.hooks.timeout_ms),
+            max_in_flight: self.hooks.max_in_flight,
+            secret_key: self.hooks.secret_key.clone(),
             tls,
         })
     }
@@ -683,7 +718,8 @@ mod tests {
              max_stream_event_bytes = 12\nmax_stream_events_per_sec = 13\n\
              [relay]\ntls_insecure = true\ntoken = \"r\"\n\
              [media]\nquiet_batching = false\n\
-             [hooks]\ndata_url = \"http://127.0.0.1:9/OnDataEvent\"\ntimeout_ms = 1500\n",
+             [hooks]\nurl = \"http://127.0.0.1:9/rest/my_api\"\nmethods = [\"connect\"]\n\
+             timeout_ms = 1500\nmax_in_flight = 3\nsecret_key = \"k\"\n",
         )
         .unwrap();
         let s = c.server_config().unwrap();
@@ -717,25 +753,35 @@ mod tests {
         assert_eq!(s.relay.token.as_deref(), Some("r"));
         assert!(s.tls.is_none(), "no certificate, no TLS listeners");
         assert_eq!(
-            s.hooks.data_url.as_deref(),
-            Some("http://127.0.0.1:9/OnDataEvent")
+            s.hooks.url.as_deref(),
+            Some("http://127.0.0.1:9/rest/my_api")
         );
+        assert_eq!(s.hooks.methods, [HookMethod::Connect].into_iter().collect());
         assert_eq!(s.hooks.timeout, Duration::from_millis(1500));
+        assert_eq!(s.hooks.max_in_flight, 3);
+        assert_eq!(s.hooks.secret_key.as_deref(), Some("k"));
     }
 
     #[test]
-    fn a_bad_hook_url_is_refused_at_start() {
-        let e = load_text("[hooks]\ndata_url = \"ftp://backend/x\"\n")
+    fn bad_hook_settings_are_refused_at_start() {
+        let e = load_text("[hooks]\nurl = \"ftp://backend/x\"\n")
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("hooks.data_url") && e.contains("http:// or https://"),
+            e.contains("hooks.url") && e.contains("http:// or https://"),
             "{e}"
         );
         let e = load_text("[hooks]\ntimeout_ms = 0\n")
             .unwrap_err()
             .to_string();
         assert!(e.contains("hooks.timeout_ms"), "{e}");
+        let e = load_text("[hooks]\nmethods = [\"connect\", \"OnCallEvent\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("hooks.methods") && e.contains("OnCallEvent"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -746,7 +792,7 @@ mod tests {
         assert!(!s.relay.tls.insecure && s.relay.tls.ca.is_empty());
         assert!(s.signalling.max_messages_per_sec > 0 && s.signalling.max_sessions_per_ip > 0);
         assert!(s.tls.is_none());
-        assert!(s.hooks.data_url.is_none(), "no data hook unless configured");
+        assert!(s.hooks.url.is_none(), "no hooks unless configured");
         assert!(
             s.data.quiet_batching,
             "the server batches a quiet core's work by default"

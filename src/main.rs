@@ -38,6 +38,7 @@ fn main() -> std::process::ExitCode {
             &mut shown.auth.rest_token,
             &mut shown.auth.token,
             &mut shown.relay.token,
+            &mut shown.hooks.secret_key,
         ] {
             if secret.is_some() {
                 *secret = Some("<redacted>".into());

@@ -525,13 +525,19 @@ async fn a_player_that_stops_reading_is_dropped_and_the_others_get_every_event()
     drop(stalled);
 }
 
-/// A backend for the data hook: records each post (path and JSON body) and answers by the
-/// payload: `{"answer": 200}` or `{"answer": 403}` with that status, `{"answer": "never"}`
-/// not at all.
-async fn data_backend() -> (
-    SocketAddr,
-    tokio::sync::mpsc::UnboundedReceiver<(String, Value)>,
-) {
+/// One post a test backend got: its path, `Authorization` header and JSON body.
+#[derive(Debug)]
+struct Post {
+    path: String,
+    authorization: Option<String>,
+    body: Value,
+}
+
+/// A WCS-style backend for the REST hooks. It records each post and answers 403 to a
+/// `connect` whose `custom.login` is "mallory", to a `publishStream` or `playStream` of a
+/// stream named "forbidden-*", and to data whose payload says `{"answer": 403}`; it never
+/// answers data saying `{"answer": "never"}`; everything else gets 200.
+async fn hook_backend() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Post>) {
     use http_body_util::{BodyExt, Full};
     use hyper::body::Bytes;
 
@@ -549,17 +555,31 @@ async fn data_backend() -> (
                     let posts = posts.clone();
                     async move {
                         let path = req.uri().path().to_owned();
-                        let body = req.into_body().collect().await?.to_bytes();
-                        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                        let answer = body["payload"]["answer"].clone();
-                        let _ = posts.send((path, body));
-                        if answer == "never" {
+                        let authorization = req
+                            .headers()
+                            .get("authorization")
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned);
+                        let raw = req.into_body().collect().await?.to_bytes();
+                        let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+                        let refused = body["custom"]["login"] == "mallory"
+                            || body["name"]
+                                .as_str()
+                                .is_some_and(|n| n.starts_with("forbidden-"))
+                            || body["payload"]["answer"] == 403;
+                        let never = body["payload"]["answer"] == "never";
+                        let _ = posts.send(Post {
+                            path,
+                            authorization,
+                            body: serde_json::from_slice(&raw).unwrap_or(Value::Null),
+                        });
+                        if never {
                             std::future::pending::<()>().await;
                         }
                         let mut response = hyper::Response::new(Full::new(Bytes::from("{}")));
-                        *response.status_mut() =
-                            hyper::StatusCode::from_u16(answer.as_u64().unwrap_or(200) as u16)
-                                .unwrap();
+                        if refused {
+                            *response.status_mut() = hyper::StatusCode::FORBIDDEN;
+                        }
                         Ok::<_, hyper::Error>(response)
                     }
                 });
@@ -572,13 +592,11 @@ async fn data_backend() -> (
     (addr, rx)
 }
 
-/// A raw WebSocket session as the SDK opens it: the socket and its `getUserData`.
-async fn raw_session(
-    server: &Server,
-) -> (
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
-    Value,
-) {
+type RawWs =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A raw WebSocket that sends `connection` as the SDK does, with `custom`.
+async fn raw_connect(server: &Server, custom: Value) -> RawWs {
     use futures_util::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
 
@@ -586,21 +604,15 @@ async fn raw_session(
         .await
         .expect("connect the raw WebSocket");
     let connection = json!({"message": "connection", "data": [{"appKey": "chatApp",
-        "mediaProviders": ["WebRTC"], "clientVersion": "2.0"}]});
+        "mediaProviders": ["WebRTC"], "clientVersion": "2.0", "custom": custom}]});
     ws.send(Message::text(connection.to_string()))
         .await
         .unwrap();
-    let user_data = next_message(&mut ws, "getUserData").await;
-    (ws, user_data)
+    ws
 }
 
 /// The first object of the next frame named `message` (other frames are skipped).
-async fn next_message(
-    ws: &mut tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-    message: &str,
-) -> Value {
+async fn next_message(ws: &mut RawWs, message: &str) -> Value {
     use futures_util::StreamExt;
 
     loop {
@@ -619,22 +631,54 @@ async fn next_message(
     }
 }
 
+/// `WCS <hex>`: the HMAC-MD5 of `body` with `key`, as the backend checks it.
+fn wcs_signature(key: &str, body: &[u8]) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut mac = hmac::Hmac::<md5::Md5>::new_from_slice(key.as_bytes()).unwrap();
+    mac.update(body);
+    let hex: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("WCS {hex}")
+}
+
 #[tokio::test]
-async fn send_data_goes_to_the_data_hook_and_rest_data_reaches_the_client() {
+async fn rest_hooks_let_the_backend_decide_and_carry_data_both_ways() {
     use futures_util::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
 
-    let (backend, mut posts) = data_backend().await;
+    let (backend, mut posts) = hook_backend().await;
     let server = Server::with_config(
         &format!(
-            "[hooks]\ndata_url = \"http://{backend}/rest/my_api/OnDataEvent\"\ntimeout_ms = 700\n"
+            "[hooks]\nurl = \"http://{backend}/rest/my_api\"\ntimeout_ms = 700\n\
+             secret_key = \"wcs-secret\"\n"
         ),
         &[],
     );
-    let (mut ws, user_data) = raw_session(&server).await;
-    let session_id = user_data["sessionId"].as_str().unwrap().to_owned();
 
-    // Accepted: the backend got the client's identity and payload, and said 200.
+    // connect: the backend sees the session and its custom object, signed.
+    let mut ws = raw_connect(&server, json!({"login": "ann"})).await;
+    let user_data = next_message(&mut ws, "getUserData").await;
+    let session_id = user_data["sessionId"].as_str().unwrap().to_owned();
+    let post = posts.recv().await.expect("the connect hook");
+    assert_eq!(post.path, "/rest/my_api/connect");
+    assert_eq!(post.body["sessionId"], session_id.as_str());
+    assert_eq!(post.body["appKey"], "chatApp");
+    assert_eq!(post.body["custom"], json!({"login": "ann"}));
+    let raw = serde_json::to_vec(&post.body).unwrap();
+    assert_eq!(post.authorization, Some(wcs_signature("wcs-secret", &raw)));
+
+    // A connection the backend refuses gets `fail` and is closed.
+    let mut refused = raw_connect(&server, json!({"login": "mallory"})).await;
+    let fail = next_message(&mut refused, "fail").await;
+    assert_eq!(fail["info"], "Refused by the backend (403)");
+    let post = posts.recv().await.expect("the refused connect hook");
+    assert_eq!(post.body["custom"]["login"], "mallory");
+
+    // OnDataEvent: accepted, refused, unanswered.
     let cases = [
         (
             "op-ok",
@@ -646,13 +690,13 @@ async fn send_data_goes_to_the_data_hook_and_rest_data_reaches_the_client() {
             "op-403",
             json!({"answer": 403}),
             "FAILED",
-            Some("Data hook answered 403"),
+            Some("Refused by the backend (403)"),
         ),
         (
             "op-slow",
             json!({"answer": "never"}),
             "FAILED",
-            Some("Data hook did not answer within 700 ms"),
+            Some("Backend unavailable: no answer within 700 ms"),
         ),
     ];
     for (operation, payload, status, info) in cases {
@@ -663,13 +707,13 @@ async fn send_data_goes_to_the_data_hook_and_rest_data_reaches_the_client() {
         assert_eq!(answer["operationId"], operation);
         assert_eq!(answer["status"], status, "{answer}");
         assert_eq!(answer["info"].as_str(), info, "{answer}");
-        let (path, body) = posts.recv().await.expect("the backend got the post");
-        assert_eq!(path, "/rest/my_api/OnDataEvent");
-        assert_eq!(body["sessionId"], session_id.as_str());
-        assert_eq!(body["appKey"], "chatApp");
-        assert_eq!(body["operationId"], operation);
-        assert_eq!(body["payload"], payload);
-        assert!(!body["nodeId"].as_str().unwrap().is_empty());
+        let post = posts.recv().await.expect("the OnDataEvent hook");
+        assert_eq!(post.path, "/rest/my_api/OnDataEvent");
+        assert_eq!(post.body["sessionId"], session_id.as_str());
+        assert_eq!(post.body["appKey"], "chatApp");
+        assert_eq!(post.body["operationId"], operation);
+        assert_eq!(post.body["payload"], payload);
+        assert!(!post.body["nodeId"].as_str().unwrap().is_empty());
     }
 
     // The backend answers a client through REST.
@@ -704,6 +748,41 @@ async fn send_data_goes_to_the_data_hook_and_rest_data_reaches_the_client() {
         (400, &json!("payload is required"))
     );
 
+    // publishStream and playStream: the backend's 403 fails the stream with its reason; an
+    // allowed stream plays with media.
+    let ep = endpoint();
+    let client = session(&server).await;
+    let _ = posts.recv().await.expect("the client's connect hook");
+    match client.publish(&ep, "forbidden-cam", synth()).await {
+        Err(ClientError::Stream { status, info }) => {
+            assert_eq!(status, StreamStatus::Failed);
+            assert_eq!(info, "Refused by the backend (403)");
+        }
+        Err(other) => panic!("the backend's refusal did not fail the publish: {other}"),
+        Ok(_) => panic!("the backend's refusal did not fail the publish"),
+    }
+    let post = posts.recv().await.expect("the publishStream hook");
+    assert_eq!(post.path, "/rest/my_api/publishStream");
+    assert_eq!(post.body["name"], "forbidden-cam");
+    let _publisher = client.publish(&ep, "cam", synth()).await.unwrap();
+    let post = posts.recv().await.expect("the second publishStream hook");
+    assert_eq!(
+        (&post.body["name"], &post.body["published"]),
+        (&json!("cam"), &json!(true))
+    );
+    let player = client.play(&ep, "cam").await.unwrap();
+    let post = posts.recv().await.expect("the playStream hook");
+    assert_eq!(post.path, "/rest/my_api/playStream");
+    assert_eq!(
+        (&post.body["name"], &post.body["published"]),
+        (&json!("cam"), &json!(false))
+    );
+    let got = eventually(Duration::from_secs(10), || async {
+        (figures(&player).await.0 > 0).then_some(())
+    })
+    .await;
+    assert!(got.is_some(), "no media after the hooks passed");
+
     let text = metrics(&server).await;
     for (result, n) in [("accepted", 1.0), ("failed", 2.0), ("sent", 1.0)] {
         let label = format!("result=\"{result}\"");
@@ -713,41 +792,66 @@ async fn send_data_goes_to_the_data_hook_and_rest_data_reaches_the_client() {
             "{result}"
         );
     }
-    assert!(server.log_text().contains("sendData failed"));
+    for (method, result, n) in [
+        ("connect", "passed", 2.0),
+        ("connect", "refused", 1.0),
+        ("OnDataEvent", "failed", 1.0),
+        ("publishStream", "refused", 1.0),
+        ("playStream", "passed", 1.0),
+    ] {
+        let labels = [
+            format!("method=\"{method}\""),
+            format!("result=\"{result}\""),
+        ];
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        assert_eq!(
+            metric(&text, "relaycast_hook_calls_total", &labels),
+            n,
+            "{method} {result}"
+        );
+    }
+    assert!(
+        server
+            .log_text()
+            .contains("connection refused by the backend")
+    );
 }
 
 #[tokio::test]
-async fn send_data_without_a_hook_is_accepted_and_a_broken_hook_fails_it() {
+async fn without_hooks_data_is_accepted_and_an_unreachable_backend_refuses() {
     use futures_util::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
 
-    // No hook: accepted, as WCS's default application does.
+    // No hooks: sendData is accepted, as WCS's default application does.
     let plain = Server::start(&[]);
-    // A hook nobody listens on: the refused connection is the answer.
+    let mut ws = raw_connect(&plain, Value::Null).await;
+    next_message(&mut ws, "getUserData").await;
+    let frame = json!({"message": "sendData",
+        "data": [{"operationId": "op", "payload": {"n": 1}}]});
+    ws.send(Message::text(frame.to_string())).await.unwrap();
+    let answer = next_message(&mut ws, "DataStatusEvent").await;
+    assert_eq!(answer["status"], "ACCEPTED", "{answer}");
+
+    // A backend nobody listens on: only the hooks listed are asked, and they refuse.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();
     drop(closed);
     let broken = Server::with_config(
-        &format!("[hooks]\ndata_url = \"http://127.0.0.1:{port}/OnDataEvent\"\n"),
+        &format!("[hooks]\nurl = \"http://127.0.0.1:{port}/app\"\nmethods = [\"OnDataEvent\"]\n"),
         &[],
     );
-    for (server, status) in [(&plain, "ACCEPTED"), (&broken, "FAILED")] {
-        let (mut ws, _) = raw_session(server).await;
-        let frame = json!({"message": "sendData",
-            "data": [{"operationId": "op", "payload": {"n": 1}}]});
-        ws.send(Message::text(frame.to_string())).await.unwrap();
-        let answer = next_message(&mut ws, "DataStatusEvent").await;
-        assert_eq!(answer["status"], status, "{answer}");
-        if status == "FAILED" {
-            let info = answer["info"].as_str().unwrap();
-            assert!(info.starts_with("Data hook failed: "), "{info}");
-        }
-        // The session goes on: it still answers a ping.
-        ws.send(Message::text(r#"{"message":"ping","data":[]}"#))
-            .await
-            .unwrap();
-        next_message(&mut ws, "pong").await;
-    }
+    let mut ws = raw_connect(&broken, Value::Null).await;
+    next_message(&mut ws, "getUserData").await;
+    ws.send(Message::text(frame.to_string())).await.unwrap();
+    let answer = next_message(&mut ws, "DataStatusEvent").await;
+    assert_eq!(answer["status"], "FAILED", "{answer}");
+    let info = answer["info"].as_str().unwrap();
+    assert!(info.starts_with("Backend unavailable: "), "{info}");
+    // The session goes on: it still answers a ping.
+    ws.send(Message::text(r#"{"message":"ping","data":[]}"#))
+        .await
+        .unwrap();
+    next_message(&mut ws, "pong").await;
 }
 
 #[tokio::test]

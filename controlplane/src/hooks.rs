@@ -1,49 +1,125 @@
-//! The data hook: a client's `sendData` goes to the operator's backend as WCS's `OnDataEvent`
-//! REST hook does. The server posts `{nodeId, appKey, sessionId, operationId, payload}` as
-//! JSON to the configured URL (`http://` or `https://`); a 2xx answer is `ACCEPTED`, anything
-//! else (another status, a refused connection, no answer within the timeout) is `FAILED`
-//! with the reason. Without a URL every `sendData` is accepted and goes no further, as with
-//! WCS's default application. Each post runs as its own task on the control-plane thread; at
-//! most [`MAX_IN_FLIGHT`] at once, beyond which a `sendData` fails at once.
+//! WCS's REST hooks: the server asks the operator's backend before it accepts a connection,
+//! a publish or a play, and passes it a client's `sendData`. Each hook is a JSON `POST` to
+//! the configured base URL plus the method's name (`/connect`, `/publishStream`,
+//! `/playStream`, `/OnDataEvent`), as WCS posts to an application's REST URL. A 2xx answer
+//! lets the request go on; any other status refuses it, and a backend that cannot be reached
+//! or does not answer within the timeout refuses it too (a hook that cannot be asked does not
+//! let anyone in). With a secret key, each post carries `Authorization: WCS <hex HMAC-MD5 of
+//! the body>`, as WCS signs its hooks.
+//!
+//! Each post runs as its own task on the control-plane thread. At most `max_in_flight` run at
+//! once; the others wait for a slot within the same timeout. The answer goes back to the hub
+//! on a channel, and the registry resumes the request it parked ([`HookPending`]).
 
-use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use hmac::{Hmac, KeyInit, Mac};
 use http_body_util::Full;
-use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
 use hyper::{Request, Uri};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
+use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsConnector;
 
-use crate::protocol::{self, AppData};
+use crate::protocol::StreamRequest;
 use crate::registry::ConnId;
 use crate::tls::{ClientTls, TlsError};
 
-/// Posts in flight at once; a `sendData` beyond them fails with "Data hook busy".
-pub const MAX_IN_FLIGHT: usize = 64;
+/// A REST hook relaycast calls, by WCS's name for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HookMethod {
+    /// `connect`: a session's `connection`.
+    Connect,
+    /// `publishStream`.
+    PublishStream,
+    /// `playStream`.
+    PlayStream,
+    /// `OnDataEvent`: a client's `sendData`.
+    OnDataEvent,
+}
 
-/// Where and how the data hook posts.
+impl HookMethod {
+    pub const ALL: [HookMethod; 4] = [
+        HookMethod::Connect,
+        HookMethod::PublishStream,
+        HookMethod::PlayStream,
+        HookMethod::OnDataEvent,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookMethod::Connect => "connect",
+            HookMethod::PublishStream => "publishStream",
+            HookMethod::PlayStream => "playStream",
+            HookMethod::OnDataEvent => "OnDataEvent",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<HookMethod> {
+        HookMethod::ALL.into_iter().find(|m| m.as_str() == name)
+    }
+
+    fn bit(self) -> u8 {
+        1 << self as u8
+    }
+}
+
+/// A set of hook methods: the ones the backend is asked about.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HookSet(u8);
+
+impl HookSet {
+    /// Every method relaycast can call.
+    pub fn all() -> HookSet {
+        HookMethod::ALL.into_iter().collect()
+    }
+
+    pub fn contains(self, method: HookMethod) -> bool {
+        self.0 & method.bit() != 0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl FromIterator<HookMethod> for HookSet {
+    fn from_iter<I: IntoIterator<Item = HookMethod>>(methods: I) -> Self {
+        HookSet(methods.into_iter().fold(0, |bits, m| bits | m.bit()))
+    }
+}
+
+/// Where and how hooks are posted.
 #[derive(Clone, Debug)]
 pub struct HookConfig {
-    /// The URL `sendData` is posted to (`[hooks] data_url`); `None`: accepted, not posted.
-    pub data_url: Option<String>,
-    /// How long a post may take, connection included.
+    /// The backend's base URL (`[hooks] url`); `None`: no hooks, every request goes on.
+    pub url: Option<String>,
+    /// The methods posted to the backend; the others are not asked about.
+    pub methods: HookSet,
+    /// How long a post may take, the wait for a slot and the connection included.
     pub timeout: Duration,
-    /// How an `https://` hook's certificate is checked.
+    /// Posts in flight at once.
+    pub max_in_flight: usize,
+    /// Signs each post's body (HMAC-MD5) in `Authorization: WCS <hex>`.
+    pub secret_key: Option<String>,
+    /// How an `https://` backend's certificate is checked.
     pub tls: ClientTls,
 }
 
 impl Default for HookConfig {
     fn default() -> Self {
         HookConfig {
-            data_url: None,
+            url: None,
+            methods: HookSet::all(),
             timeout: Duration::from_secs(5),
+            max_in_flight: 64,
+            secret_key: None,
             tls: ClientTls::system(),
         }
     }
@@ -52,112 +128,182 @@ impl Default for HookConfig {
 /// A bad hook configuration, found at start.
 #[derive(Debug, thiserror::Error)]
 pub enum HookError {
-    #[error("hooks.data_url {url:?}: {reason}")]
+    #[error("hooks.url {url:?}: {reason}")]
     Url { url: String, reason: String },
     #[error(transparent)]
     Tls(#[from] TlsError),
 }
 
-/// The finished answer to one `sendData`: the connection and its `DataStatusEvent` frame.
-pub type HookAnswer = (ConnId, String, bool);
+/// What the registry resumes once the backend has answered.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HookPending {
+    /// A session's `connection`, not yet answered.
+    Connect { conn: ConnId },
+    /// A `publishStream` (`published`) or `playStream`, not yet answered.
+    Stream {
+        conn: ConnId,
+        request: StreamRequest,
+        published: bool,
+    },
+    /// A `sendData`, answered with `DataStatusEvent`.
+    Data { conn: ConnId, operation_id: String },
+}
 
-/// The data hook's target, checked once.
+/// How the backend answered one hook.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HookOutcome {
+    /// A 2xx status: the request goes on.
+    Passed,
+    /// Another status: the request is refused.
+    Refused(u16),
+    /// No answer: the connection failed, or the timeout passed.
+    Failed(String),
+}
+
+impl HookOutcome {
+    pub fn passed(&self) -> bool {
+        *self == HookOutcome::Passed
+    }
+
+    /// The label of `relaycast_hook_calls_total`: `passed`, `refused` or `failed`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            HookOutcome::Passed => "passed",
+            HookOutcome::Refused(_) => "refused",
+            HookOutcome::Failed(_) => "failed",
+        }
+    }
+
+    /// The `info` a refused client is given.
+    pub fn info(&self) -> String {
+        match self {
+            HookOutcome::Passed => String::new(),
+            HookOutcome::Refused(status) => format!("Refused by the backend ({status})"),
+            HookOutcome::Failed(reason) => format!("Backend unavailable: {reason}"),
+        }
+    }
+}
+
+/// A finished hook: what it was about and how the backend answered.
+#[derive(Debug)]
+pub struct HookAnswer {
+    pub method: HookMethod,
+    pub pending: HookPending,
+    pub outcome: HookOutcome,
+}
+
+/// The backend's base URL, checked once.
 struct Target {
-    uri: Uri,
     host: String,
     port: u16,
     authority: HeaderValue,
+    /// The base path, without its trailing `/`.
+    path: String,
     tls: Option<(TlsConnector, ServerName<'static>)>,
 }
 
-/// Posts clients' `sendData` to the backend and hands the answers back to the hub.
-pub struct DataHook {
+/// Posts hooks to the backend and hands the answers back to the hub.
+pub struct Hooks {
     target: Option<Rc<Target>>,
+    methods: HookSet,
     timeout: Duration,
-    in_flight: Rc<Cell<usize>>,
+    slots: Rc<Semaphore>,
+    secret: Option<Rc<[u8]>>,
     answers: mpsc::UnboundedSender<HookAnswer>,
 }
 
-impl DataHook {
-    /// The hook for `config`, and the receiver of the answers its posts produce.
+impl Hooks {
+    /// The hooks for `config`, and the receiver of the answers its posts produce.
     pub fn new(
         config: &HookConfig,
-    ) -> Result<(DataHook, mpsc::UnboundedReceiver<HookAnswer>), HookError> {
-        let target = match &config.data_url {
+    ) -> Result<(Hooks, mpsc::UnboundedReceiver<HookAnswer>), HookError> {
+        let target = match &config.url {
             Some(url) => Some(Rc::new(target(url, &config.tls)?)),
             None => None,
         };
         let (answers, rx) = mpsc::unbounded_channel();
-        let hook = DataHook {
+        let hooks = Hooks {
+            methods: if target.is_some() {
+                config.methods
+            } else {
+                HookSet::default()
+            },
             target,
             timeout: config.timeout,
-            in_flight: Rc::new(Cell::new(0)),
+            slots: Rc::new(Semaphore::new(config.max_in_flight.max(1))),
+            secret: config
+                .secret_key
+                .as_ref()
+                .map(|key| Rc::from(key.as_bytes())),
             answers,
         };
-        Ok((hook, rx))
+        Ok((hooks, rx))
     }
 
-    /// Answers `conn`'s `sendData` of `data`: at once when no hook is configured or too many
-    /// posts are in flight, otherwise when the backend has answered. The answer arrives on
-    /// the receiver [`DataHook::new`] returned.
-    pub fn submit(&self, conn: ConnId, data: AppData) {
-        let operation = data.operation_id.clone();
-        let session = data.session_id.clone();
-        let body = self
-            .target
-            .as_ref()
-            .map(|_| serde_json::to_string(&data).unwrap_or_default());
-        let answer = move |accepted: bool, info: Option<&str>| {
-            (
-                conn,
-                protocol::data_status(&data.operation_id, accepted, info),
-                accepted,
-            )
+    /// The methods the backend is asked about: none without a URL.
+    pub fn methods(&self) -> HookSet {
+        self.methods
+    }
+
+    /// Posts `body` to the backend's `method`; the answer, with `pending`, arrives on the
+    /// receiver [`Hooks::new`] returned. A method that is not configured passes at once.
+    pub fn call(&self, method: HookMethod, body: Value, pending: HookPending) {
+        let target = match &self.target {
+            Some(target) if self.methods.contains(method) => Rc::clone(target),
+            _ => {
+                let outcome = HookOutcome::Passed;
+                let _ = self.answers.send(HookAnswer {
+                    method,
+                    pending,
+                    outcome,
+                });
+                return;
+            }
         };
-        let (Some(target), Some(body)) = (&self.target, body) else {
-            tracing::debug!(%session, %operation, "sendData accepted (no data hook configured)");
-            let _ = self.answers.send(answer(true, None));
-            return;
-        };
-        if self.in_flight.get() >= MAX_IN_FLIGHT {
-            tracing::warn!(%session, limit = MAX_IN_FLIGHT,
-                "sendData failed: too many data hook posts in flight");
-            let _ = self.answers.send(answer(false, Some("Data hook busy")));
-            return;
-        }
-        let target = Rc::clone(target);
-        let in_flight = Rc::clone(&self.in_flight);
+        let body = body.to_string();
+        let signature = self.secret.as_deref().map(|key| sign(key, body.as_bytes()));
+        let slots = Rc::clone(&self.slots);
         let answers = self.answers.clone();
         let timeout = self.timeout;
-        in_flight.set(in_flight.get() + 1);
         tokio::task::spawn_local(async move {
-            let result = match tokio::time::timeout(timeout, post(&target, body)).await {
-                Ok(Ok(status)) if (200..300).contains(&status) => Ok(()),
-                Ok(Ok(status)) => Err(format!("Data hook answered {status}")),
-                Ok(Err(reason)) => Err(format!("Data hook failed: {reason}")),
-                Err(_) => Err(format!(
-                    "Data hook did not answer within {} ms",
-                    timeout.as_millis()
-                )),
+            let posted = async {
+                let _slot = slots.acquire().await.map_err(|e| e.to_string())?;
+                post(&target, method, body, signature).await
             };
-            in_flight.set(in_flight.get() - 1);
-            let sent = match &result {
-                Ok(()) => {
-                    tracing::debug!(%session, %operation, "sendData accepted by the data hook");
-                    answer(true, None)
-                }
-                Err(info) => {
-                    tracing::warn!(%session, %operation, url = %target.uri, %info,
-                        "sendData failed");
-                    answer(false, Some(info))
+            let outcome = match tokio::time::timeout(timeout, posted).await {
+                Ok(Ok(status)) if (200..300).contains(&status) => HookOutcome::Passed,
+                Ok(Ok(status)) => HookOutcome::Refused(status),
+                Ok(Err(reason)) => HookOutcome::Failed(reason),
+                Err(_) => {
+                    HookOutcome::Failed(format!("no answer within {} ms", timeout.as_millis()))
                 }
             };
-            let _ = answers.send(sent);
+            if outcome.passed() {
+                tracing::debug!(method = method.as_str(), "hook passed");
+            } else {
+                tracing::warn!(method = method.as_str(), info = %outcome.info(),
+                    path = %target.path, "hook refused the request");
+            }
+            let _ = answers.send(HookAnswer {
+                method,
+                pending,
+                outcome,
+            });
         });
     }
 }
 
-/// Checks a hook URL: `http://` or `https://` with a host.
+/// `Authorization: WCS <hex>`: the HMAC-MD5 of `body` with `key`, in lowercase hex.
+fn sign(key: &[u8], body: &[u8]) -> String {
+    // HMAC takes a key of any length.
+    let mut mac = Hmac::<md5::Md5>::new_from_slice(key).expect("HMAC accepts any key length");
+    mac.update(body);
+    let digest = mac.finalize().into_bytes();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("WCS {hex}")
+}
+
+/// Checks a base URL: `http://` or `https://`, a host, no query.
 fn target(url: &str, tls: &ClientTls) -> Result<Target, HookError> {
     let bad = |reason: &str| HookError::Url {
         url: url.to_owned(),
@@ -173,6 +319,11 @@ fn target(url: &str, tls: &ClientTls) -> Result<Target, HookError> {
     let uri: Uri = url
         .parse()
         .map_err(|e: hyper::http::uri::InvalidUri| bad(&format!("not a URL: {e}")))?;
+    if uri.query().is_some() {
+        return Err(bad(
+            "a base URL takes no query: the method's name is appended",
+        ));
+    }
     let host = uri
         .host()
         .filter(|h| !h.is_empty())
@@ -190,28 +341,32 @@ fn target(url: &str, tls: &ClientTls) -> Result<Target, HookError> {
         None
     };
     Ok(Target {
-        uri,
         host,
         port,
         authority,
+        path: uri.path().trim_end_matches('/').to_owned(),
         tls,
     })
 }
 
-/// One POST of `body` to the target: the answer's HTTP status.
-async fn post(target: &Target, body: String) -> Result<u16, String> {
+/// One POST of `body` to the target's `method`: the answer's HTTP status.
+async fn post(
+    target: &Target,
+    method: HookMethod,
+    body: String,
+    signature: Option<String>,
+) -> Result<u16, String> {
     let tcp = TcpStream::connect((target.host.as_str(), target.port))
         .await
         .map_err(|e| e.to_string())?;
     let _ = tcp.set_nodelay(true);
-    let path = target
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
-    let request = Request::post(path)
+    let mut request = Request::post(format!("{}/{}", target.path, method.as_str()))
         .header(HOST, target.authority.clone())
-        .header(CONTENT_TYPE, "application/json")
+        .header(CONTENT_TYPE, "application/json");
+    if let Some(signature) = signature {
+        request = request.header(AUTHORIZATION, signature);
+    }
+    let request = request
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| e.to_string())?;
     match &target.tls {
@@ -248,32 +403,71 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hook_urls_are_checked_at_start() {
+    fn base_urls_are_checked_at_start() {
         let tls = ClientTls::system();
         for (url, reason) in [
             (
-                "ftp://backend/OnDataEvent",
+                "ftp://backend/rest",
                 "the scheme must be http:// or https://",
             ),
-            (
-                "backend/OnDataEvent",
-                "the scheme must be http:// or https://",
-            ),
-            ("http:///OnDataEvent", ""),
+            ("backend/rest", "the scheme must be http:// or https://"),
+            ("http:///rest", ""),
+            ("http://backend/rest?app=1", "takes no query"),
         ] {
             let error = target(url, &tls).err().expect("refused").to_string();
-            assert!(
-                error.starts_with(&format!("hooks.data_url {url:?}")),
-                "{error}"
-            );
+            assert!(error.starts_with(&format!("hooks.url {url:?}")), "{error}");
             assert!(error.contains(reason), "{error}");
         }
-        let plain = target("http://127.0.0.1:8081/rest/my_api/OnDataEvent", &tls).unwrap();
+        let plain = target("http://127.0.0.1:8081/rest/my_api/", &tls).unwrap();
         assert_eq!((plain.host.as_str(), plain.port), ("127.0.0.1", 8081));
         assert_eq!(plain.authority, "127.0.0.1:8081");
+        assert_eq!(plain.path, "/rest/my_api");
         assert!(plain.tls.is_none());
-        let secure = target("https://[::1]/hook", &ClientTls::insecure()).unwrap();
+        let secure = target("https://[::1]", &ClientTls::insecure()).unwrap();
         assert_eq!((secure.host.as_str(), secure.port), ("::1", 443));
+        assert_eq!(secure.path, "");
         assert!(secure.tls.is_some());
+    }
+
+    #[test]
+    fn posts_are_signed_with_hmac_md5_of_the_body() {
+        // RFC 2104's second test vector for HMAC-MD5.
+        assert_eq!(
+            sign(b"Jefe", b"what do ya want for nothing?"),
+            "WCS 750c783e6ab0b503eaa86e310a5db738"
+        );
+    }
+
+    #[test]
+    fn method_names_and_sets() {
+        for method in HookMethod::ALL {
+            assert_eq!(HookMethod::parse(method.as_str()), Some(method));
+        }
+        assert_eq!(HookMethod::parse("OnCallEvent"), None);
+        let set: HookSet = [HookMethod::Connect, HookMethod::OnDataEvent]
+            .into_iter()
+            .collect();
+        assert!(set.contains(HookMethod::Connect) && set.contains(HookMethod::OnDataEvent));
+        assert!(!set.contains(HookMethod::PlayStream));
+        assert!(
+            HookMethod::ALL
+                .into_iter()
+                .all(|m| HookSet::all().contains(m))
+        );
+        assert!(HookSet::default().is_empty());
+    }
+
+    #[test]
+    fn outcomes_say_why() {
+        assert!(HookOutcome::Passed.passed());
+        assert_eq!(
+            HookOutcome::Refused(403).info(),
+            "Refused by the backend (403)"
+        );
+        assert_eq!(
+            HookOutcome::Failed("connection refused".into()).info(),
+            "Backend unavailable: connection refused"
+        );
+        assert_eq!(HookOutcome::Refused(500).label(), "refused");
     }
 }

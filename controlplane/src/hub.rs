@@ -13,7 +13,7 @@ use relaycast_dataplane::{Command, DataPlane, Event};
 use serde_json::json;
 use tokio::sync::{Notify, mpsc};
 
-use crate::hooks::{DataHook, HookAnswer};
+use crate::hooks::{HookAnswer, Hooks};
 use crate::metrics::Metrics;
 use crate::protocol::{self, ClientMessage, StreamName};
 use crate::registry::{ConnId, Effect, Registry, RegistryConfig, RestReply, RestRequest};
@@ -76,7 +76,7 @@ pub struct Hub {
     facts: RefCell<ServerFacts>,
     stopping: Cell<bool>,
     relays: Relays,
-    hook: DataHook,
+    hooks: Hooks,
     instance: String,
     metrics: Metrics,
 }
@@ -87,12 +87,12 @@ impl Hub {
         relay: RelayConfig,
         data: DataPlane,
         facts: ServerFacts,
-        hook: DataHook,
+        hooks: Hooks,
     ) -> Self {
         Hub {
             instance: config.instance.clone(),
             relays: Relays::new(relay),
-            hook,
+            hooks,
             registry: RefCell::new(Registry::new(config)),
             conns: RefCell::new(HashMap::new()),
             next_conn: Cell::new(1),
@@ -203,21 +203,21 @@ impl Hub {
 
     /// A REST request about streams and connections.
     pub fn rest(&self, request: RestRequest) -> RestReply {
-        let data_send = matches!(request, RestRequest::DataSend { .. });
         let mut out = Vec::new();
         let reply = self.registry.borrow_mut().rest(request, &mut out);
         self.apply(out);
-        if data_send && reply.status == 200 {
-            self.metrics.app_data("sent");
-        }
         reply
     }
 
-    /// The data hook's answer to a client's `sendData`: its `DataStatusEvent`.
-    pub fn data_answer(&self, (conn, frame, accepted): HookAnswer) {
+    /// The backend answered a REST hook: the request it held goes on or is refused.
+    pub fn hook_answer(&self, answer: HookAnswer) {
         self.metrics
-            .app_data(if accepted { "accepted" } else { "failed" });
-        self.send(conn, Outgoing::Text(frame));
+            .hook_call(answer.method.as_str(), answer.outcome.label());
+        let mut out = Vec::new();
+        self.registry
+            .borrow_mut()
+            .hook_answer(answer, now_ms(), &mut out);
+        self.apply(out);
     }
 
     /// Counts for `/rest-api/server/info`.
@@ -319,7 +319,11 @@ impl Hub {
                     kind,
                     payload,
                 } => self.relays.stream_event(&name, kind, &payload),
-                Effect::AppData { conn, data } => self.hook.submit(conn, data),
+                Effect::Hook {
+                    method,
+                    body,
+                    pending,
+                } => self.hooks.call(method, body, pending),
             }
         }
         for name in ended {

@@ -22,7 +22,7 @@ pub struct Metrics {
     signalling_errors: Family<Labels, Counter>,
     rest_requests: Family<Labels, Counter>,
     rest_auth_failures: Counter,
-    app_data: Family<Labels, Counter>,
+    hook_calls: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -41,12 +41,14 @@ impl Metrics {
             .inc();
     }
 
-    /// Application data passed (`sendData`, `/rest-api/data/send`), by `result`: `accepted`
-    /// and `failed` (a client's `sendData`, as its `DataStatusEvent` said), `sent` (data
-    /// sent to a client by REST).
-    pub fn app_data(&self, result: &'static str) {
-        self.app_data
-            .get_or_create(&vec![("result", result.to_owned())])
+    /// A REST hook the backend answered: its `method` and `result` (`passed`, `refused`,
+    /// `failed`).
+    pub fn hook_call(&self, method: &'static str, result: &'static str) {
+        self.hook_calls
+            .get_or_create(&vec![
+                ("method", method.to_owned()),
+                ("result", result.to_owned()),
+            ])
             .inc();
     }
 
@@ -76,9 +78,9 @@ pub fn render(hub: &Hub) -> String {
         m.rest_auth_failures.clone(),
     );
     r.register(
-        "app_data",
-        "Application data: clients' sendData accepted or failed, data sent to clients by REST",
-        m.app_data.clone(),
+        "hook_calls",
+        "REST hooks the backend answered, by method and result (passed, refused, failed)",
+        m.hook_calls.clone(),
     );
 
     r.register(
@@ -157,6 +159,17 @@ pub fn render(hub: &Hub) -> String {
             "stream_events",
             "Stream events (mute, unmute, data) of publishers and pull relays passed to players, by type",
             events,
+        );
+        let app_data = Family::<Labels, Counter>::default();
+        for (result, n) in &stats.app_data {
+            app_data
+                .get_or_create(&vec![("result", (*result).to_owned())])
+                .inc_by(*n);
+        }
+        r.register(
+            "app_data",
+            "Application data: clients' sendData accepted or failed, data sent to clients by REST",
+            app_data,
         );
     }
 

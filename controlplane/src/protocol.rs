@@ -473,7 +473,7 @@ pub fn data_status(operation_id: &str, accepted: bool, info: Option<&str>) -> St
 
 /// Data for a client session, or from one for the operator's backend: what `OnDataEvent`
 /// carries to a client (the SDK's session `APP_DATA` event) and what the server posts to its
-/// data hook, as WCS names the fields.
+/// `OnDataEvent` hook, as WCS names the fields.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AppData {
@@ -1831,12 +1831,15 @@ mod tests {
             json!({"message": "DataStatusEvent",
                    "data": [{"operationId": "op-1", "status": "ACCEPTED"}]})
         );
-        let failed: Value =
-            serde_json::from_str(&data_status("op-1", false, Some("Data hook answered 403")))
-                .unwrap();
+        let failed: Value = serde_json::from_str(&data_status(
+            "op-1",
+            false,
+            Some("Refused by the backend (403)"),
+        ))
+        .unwrap();
         assert_eq!(
             failed["data"][0],
-            json!({"operationId": "op-1", "status": "FAILED", "info": "Data hook answered 403"})
+            json!({"operationId": "op-1", "status": "FAILED", "info": "Refused by the backend (403)"})
         );
 
         let data = AppData {

@@ -14,6 +14,7 @@ use relaycast_dataplane::{
 use serde_json::{Value, json};
 
 use crate::auth::{SignallingAccess, TokenCheck};
+use crate::hooks::{HookAnswer, HookMethod, HookPending, HookSet};
 use crate::protocol::{
     self, AppData, AppKey, ClientMessage, ConnectionInfo, DataRequest, Info, MEDIA_PROVIDER,
     MediaSessionId, PublisherEvent, SessionId, StreamEventFrames, StreamEventRequest, StreamInfo,
@@ -44,9 +45,13 @@ pub enum Effect {
         kind: PublisherEvent,
         payload: Value,
     },
-    /// A client's `sendData`, for the operator's backend: the hub posts it to the data hook,
-    /// or accepts it when none is configured, and answers `conn` with `DataStatusEvent`.
-    AppData { conn: ConnId, data: AppData },
+    /// Ask the operator's backend (a WCS REST hook) and give its answer to
+    /// [`Registry::hook_answer`] with `pending`.
+    Hook {
+        method: HookMethod,
+        body: Value,
+        pending: HookPending,
+    },
 }
 
 /// Fixed facts the registry reports.
@@ -61,6 +66,8 @@ pub struct RegistryConfig {
     /// Who may connect, publish and play.
     pub access: SignallingAccess,
     pub limits: RegistryLimits,
+    /// The requests the operator's backend is asked about before they go on.
+    pub hooks: HookSet,
 }
 
 impl Default for RegistryConfig {
@@ -71,6 +78,7 @@ impl Default for RegistryConfig {
             instance: uuid::Uuid::new_v4().to_string(),
             access: SignallingAccess::default(),
             limits: RegistryLimits::default(),
+            hooks: HookSet::default(),
         }
     }
 }
@@ -117,6 +125,9 @@ pub struct RegistryStats {
     pub ended: BTreeMap<(StreamStatus, &'static str), u64>,
     /// Stream events of sources (publishers, pull relays) passed to players, by type.
     pub stream_events: BTreeMap<&'static str, u64>,
+    /// Application data: clients' `sendData` `accepted` or `failed`, and data `sent` to
+    /// clients by REST.
+    pub app_data: BTreeMap<&'static str, u64>,
 }
 
 /// The connection that owns a pull relay's local media session: no WebSocket has it, so
@@ -195,6 +206,8 @@ pub struct Registry {
     /// The server is stopping: every client is told its streams' final status.
     stopping: bool,
     stats: RegistryStats,
+    /// Publish and play requests waiting for the backend's answer, and their connections.
+    awaiting: HashMap<MediaSessionId, ConnId>,
 }
 
 struct Session {
@@ -205,6 +218,8 @@ struct Session {
     remote_address: String,
     created_ms: u64,
     established: bool,
+    /// `connection` was accepted here and waits for the backend's `connect` hook.
+    authorizing: bool,
     /// `connection` carried the shared-secret token (or none is required): publish and play
     /// need not carry it.
     authorized: bool,
@@ -262,6 +277,7 @@ impl Registry {
             next_stream: 1,
             stopping: false,
             stats: RegistryStats::default(),
+            awaiting: HashMap::new(),
         }
     }
 
@@ -277,6 +293,7 @@ impl Registry {
                 remote_address,
                 created_ms: now_ms,
                 established: false,
+                authorizing: false,
                 authorized: false,
                 media: Vec::new(),
             },
@@ -313,26 +330,37 @@ impl Registry {
                     self.stats.refuse("restricted_access");
                     return;
                 }
+                if session.established || session.authorizing {
+                    tracing::info!(session = %session.id, "repeated connection ignored");
+                    return;
+                }
                 session.authorized = token == TokenCheck::Granted;
                 session.app_key = req.app_key;
-                session.client_version = req.client_version.clone();
+                session.client_version = req.client_version;
                 session.media_providers = req.media_providers;
-                session.established = true;
-                let data = UserData {
-                    auth_token: uuid::Uuid::new_v4().to_string(),
-                    session_id: session.id.clone(),
-                    app_key: session.app_key.clone(),
-                    media_providers: vec![MEDIA_PROVIDER.to_string()],
-                    server_version: self.config.server_version.clone(),
-                    client_version: req.client_version,
-                    instance: Some(self.config.instance.clone()),
-                };
-                tracing::info!(session = %session.id, app_key = %session.app_key,
-                    remote = %session.remote_address, "session established");
-                send(out, conn, protocol::get_user_data(&data));
+                if self.config.hooks.contains(HookMethod::Connect) {
+                    session.authorizing = true;
+                    let body = json!({
+                        "nodeId": self.config.instance,
+                        "appKey": session.app_key,
+                        "sessionId": session.id,
+                        "clientVersion": session.client_version,
+                        "mediaProviders": session.media_providers,
+                        "remoteAddress": session.remote_address,
+                        "custom": req.custom,
+                    });
+                    tracing::debug!(session = %session.id, "connection: asking the backend");
+                    out.push(Effect::Hook {
+                        method: HookMethod::Connect,
+                        body,
+                        pending: HookPending::Connect { conn },
+                    });
+                    return;
+                }
+                self.establish(conn, out);
             }
-            ClientMessage::PublishStream(req) => self.publish(conn, req, now_ms, out),
-            ClientMessage::PlayStream(req) => self.play(conn, req, now_ms, out),
+            ClientMessage::PublishStream(req) => self.publish(conn, req, now_ms, false, out),
+            ClientMessage::PlayStream(req) => self.play(conn, req, now_ms, false, out),
             ClientMessage::UnPublishStream(r) => self.stop_request(conn, r, true, out),
             ClientMessage::StopStream(r) => self.stop_request(conn, r, false, out),
             ClientMessage::Ping => send(out, conn, protocol::pong()),
@@ -347,6 +375,148 @@ impl Registry {
         }
     }
 
+    /// A session's `connection` is accepted: it gets `getUserData`.
+    fn establish(&mut self, conn: ConnId, out: &mut Vec<Effect>) {
+        let Some(session) = self.sessions.get_mut(&conn) else {
+            return;
+        };
+        session.authorizing = false;
+        session.established = true;
+        let data = UserData {
+            auth_token: uuid::Uuid::new_v4().to_string(),
+            session_id: session.id.clone(),
+            app_key: session.app_key.clone(),
+            media_providers: vec![MEDIA_PROVIDER.to_string()],
+            server_version: self.config.server_version.clone(),
+            client_version: session.client_version.clone(),
+            instance: Some(self.config.instance.clone()),
+        };
+        tracing::info!(session = %session.id, app_key = %session.app_key,
+            remote = %session.remote_address, "session established");
+        send(out, conn, protocol::get_user_data(&data));
+    }
+
+    /// The backend answered a hook: the request it held goes on, or is refused with the
+    /// reason. A request whose session or stream has gone meanwhile is dropped.
+    pub fn hook_answer(&mut self, answer: HookAnswer, now_ms: u64, out: &mut Vec<Effect>) {
+        let passed = answer.outcome.passed();
+        match answer.pending {
+            HookPending::Connect { conn } => {
+                let Some(session) = self.sessions.get_mut(&conn).filter(|s| s.authorizing) else {
+                    return;
+                };
+                if passed {
+                    self.establish(conn, out);
+                    return;
+                }
+                session.authorizing = false;
+                tracing::warn!(session = %session.id, remote = %session.remote_address,
+                    info = %answer.outcome.info(), "connection refused by the backend");
+                send(
+                    out,
+                    conn,
+                    protocol::fail("connection", &answer.outcome.info(), None),
+                );
+                out.push(Effect::Close { conn });
+                self.stats.refuse("backend");
+            }
+            HookPending::Stream {
+                conn,
+                request,
+                published,
+            } => {
+                let Some(id) = request.media_session_id.clone() else {
+                    return;
+                };
+                if self.awaiting.get(&id) != Some(&conn) {
+                    return;
+                }
+                self.awaiting.remove(&id);
+                if passed {
+                    if published {
+                        self.publish(conn, request, now_ms, true, out);
+                    } else {
+                        self.play(conn, request, now_ms, true, out);
+                    }
+                    return;
+                }
+                let name = request.name.unwrap_or_default();
+                tracing::warn!(media_session = %id, stream = %name, published,
+                    info = %answer.outcome.info(), "request refused by the backend");
+                fail_status_text(out, conn, &id, &name, published, &answer.outcome.info());
+                self.stats.refuse("backend");
+            }
+            HookPending::Data { conn, operation_id } => {
+                let info = (!passed).then(|| answer.outcome.info());
+                self.answer_data(conn, &operation_id, info.as_deref(), out);
+            }
+        }
+    }
+
+    /// Answers a `sendData` with `DataStatusEvent`: accepted, or failed with `info`.
+    fn answer_data(
+        &mut self,
+        conn: ConnId,
+        operation_id: &str,
+        failed: Option<&str>,
+        out: &mut Vec<Effect>,
+    ) {
+        let result = if failed.is_some() {
+            "failed"
+        } else {
+            "accepted"
+        };
+        *self.stats.app_data.entry(result).or_default() += 1;
+        send(
+            out,
+            conn,
+            protocol::data_status(operation_id, failed.is_none(), failed),
+        );
+    }
+
+    /// Parks a publish or play request until the backend answers its hook.
+    fn ask_backend(
+        &mut self,
+        conn: ConnId,
+        id: &MediaSessionId,
+        request: StreamRequest,
+        published: bool,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(session) = self.sessions.get(&conn) else {
+            return;
+        };
+        let method = if published {
+            HookMethod::PublishStream
+        } else {
+            HookMethod::PlayStream
+        };
+        let body = json!({
+            "nodeId": self.config.instance,
+            "appKey": session.app_key,
+            "sessionId": session.id,
+            "mediaSessionId": id,
+            "name": request.name,
+            "published": published,
+            "hasAudio": request.has_audio,
+            "hasVideo": request.has_video,
+            "record": request.record,
+            "mediaProvider": MEDIA_PROVIDER,
+            "custom": request.custom,
+        });
+        tracing::debug!(media_session = %id, method = method.as_str(), "asking the backend");
+        self.awaiting.insert(id.clone(), conn);
+        out.push(Effect::Hook {
+            method,
+            body,
+            pending: HookPending::Stream {
+                conn,
+                request,
+                published,
+            },
+        });
+    }
+
     /// A frame that could not be parsed: the client gets a `fail` naming the problem.
     pub fn client_error(&self, conn: ConnId, error: &protocol::FrameError, out: &mut Vec<Effect>) {
         let method = error.api_method().unwrap_or("unknown");
@@ -359,6 +529,7 @@ impl Registry {
             return;
         };
         tracing::info!(session = %session.id, "session closed");
+        self.awaiting.retain(|_, owner| *owner != conn);
         for id in session.media {
             self.end_media(
                 &id,
@@ -592,6 +763,7 @@ impl Registry {
                 tracing::debug!(session = %session_id, operation = %data.operation_id,
                     "data sent to a client by REST");
                 send(out, *conn, protocol::app_data(&data));
+                *self.stats.app_data.entry("sent").or_default() += 1;
                 RestReply {
                     status: 200,
                     body: json!({ "operationId": data.operation_id }),
@@ -611,12 +783,13 @@ impl Registry {
         };
         if let Some(info) = refusal {
             self.stats.refuse("app_data");
-            let info = info.as_str();
-            send(
-                out,
-                conn,
-                protocol::data_status(&req.operation_id, false, Some(info)),
-            );
+            self.answer_data(conn, &req.operation_id, Some(info.as_str()), out);
+            return;
+        }
+        if !self.config.hooks.contains(HookMethod::OnDataEvent) {
+            tracing::debug!(conn = conn.0, operation = %req.operation_id,
+                "sendData accepted (no OnDataEvent hook)");
+            self.answer_data(conn, &req.operation_id, None, out);
             return;
         }
         let session = &self.sessions[&conn];
@@ -627,7 +800,15 @@ impl Registry {
             operation_id: req.operation_id,
             payload: req.payload,
         };
-        out.push(Effect::AppData { conn, data });
+        let pending = HookPending::Data {
+            conn,
+            operation_id: data.operation_id.clone(),
+        };
+        out.push(Effect::Hook {
+            method: HookMethod::OnDataEvent,
+            body: serde_json::to_value(&data).unwrap_or_default(),
+            pending,
+        });
     }
 
     /// A source's picture size changed: the stream records it, and its publisher and players
@@ -1010,7 +1191,16 @@ impl Registry {
         self.streams.get(name)
     }
 
-    fn publish(&mut self, conn: ConnId, req: StreamRequest, now_ms: u64, out: &mut Vec<Effect>) {
+    /// `publishStream`. With a `publishStream` hook the request waits for the backend first;
+    /// `hooked` says the backend has let it through.
+    fn publish(
+        &mut self,
+        conn: ConnId,
+        req: StreamRequest,
+        now_ms: u64,
+        hooked: bool,
+        out: &mut Vec<Effect>,
+    ) {
         let Some((id, name, sdp)) = self.check_request(conn, &req, true, out) else {
             return;
         };
@@ -1025,6 +1215,10 @@ impl Registry {
             tracing::warn!(media_session = %id, stream = %name, ?via, "publish refused: relay loop");
             fail_status_text(out, conn, &id, &name, true, RELAY_LOOP);
             self.stats.refuse("relay_loop");
+            return;
+        }
+        if !hooked && self.config.hooks.contains(HookMethod::PublishStream) {
+            self.ask_backend(conn, &id, req, true, out);
             return;
         }
         let core = self.place();
@@ -1065,7 +1259,16 @@ impl Registry {
         });
     }
 
-    fn play(&mut self, conn: ConnId, req: StreamRequest, now_ms: u64, out: &mut Vec<Effect>) {
+    /// `playStream`. With a `playStream` hook the request waits for the backend first;
+    /// `hooked` says the backend has let it through.
+    fn play(
+        &mut self,
+        conn: ConnId,
+        req: StreamRequest,
+        now_ms: u64,
+        hooked: bool,
+        out: &mut Vec<Effect>,
+    ) {
         let Some((id, name, sdp)) = self.check_request(conn, &req, false, out) else {
             return;
         };
@@ -1096,6 +1299,10 @@ impl Registry {
             tracing::warn!(media_session = %id, stream = %name, ?via, "play refused: relay loop");
             fail_status_text(out, conn, &id, &name, false, RELAY_LOOP);
             self.stats.refuse("relay_loop");
+            return;
+        }
+        if !hooked && self.config.hooks.contains(HookMethod::PlayStream) {
+            self.ask_backend(conn, &id, req, false, out);
             return;
         }
         let core = self.place();
@@ -1180,7 +1387,7 @@ impl Registry {
             self.stats.refuse("peers_per_core");
             return None;
         }
-        if self.media.contains_key(&id) {
+        if self.media.contains_key(&id) || self.awaiting.contains_key(&id) {
             fail_status(
                 out,
                 conn,
@@ -1221,6 +1428,21 @@ impl Registry {
         } else {
             "stopStream"
         };
+        // A request still waiting for the backend ends here; its answer will be dropped.
+        if let Some(id) = &r.media_session_id
+            && self.awaiting.get(id) == Some(&conn)
+        {
+            self.awaiting.remove(id);
+            let status = if unpublish {
+                StreamStatus::Unpublished
+            } else {
+                StreamStatus::Stopped
+            };
+            let name = r.name.clone().unwrap_or_default();
+            let info = Info::StoppedByUser.as_str();
+            final_status(out, conn, id, &name, unpublish, status, info);
+            return;
+        }
         let owned = r
             .media_session_id
             .as_ref()
@@ -1428,20 +1650,7 @@ fn fail_status(
     published: bool,
     info: Info,
 ) {
-    let event = StreamStatusEvent {
-        media_session_id: id.clone(),
-        name: name.clone(),
-        published,
-        status: StreamStatus::Failed,
-        info: Some(info.as_str().to_string()),
-        has_audio: false,
-        has_video: false,
-        audio_codec: None,
-        video_codec: None,
-        audio_state: None,
-        video_state: None,
-    };
-    send(out, conn, protocol::stream_status(&event));
+    fail_status_text(out, conn, id, name, published, info.as_str());
 }
 
 /// `notifyStreamEvent` `resize` with the SDK's payload fields.
@@ -1464,11 +1673,24 @@ fn fail_status_text(
     published: bool,
     info: &str,
 ) {
+    final_status(out, conn, id, name, published, StreamStatus::Failed, info);
+}
+
+/// A final status for a request that never got media (refused, or stopped while it waited).
+fn final_status(
+    out: &mut Vec<Effect>,
+    conn: ConnId,
+    id: &MediaSessionId,
+    name: &StreamName,
+    published: bool,
+    status: StreamStatus,
+    info: &str,
+) {
     let event = StreamStatusEvent {
         media_session_id: id.clone(),
         name: name.clone(),
         published,
-        status: StreamStatus::Failed,
+        status,
         info: Some(info.to_string()),
         has_audio: false,
         has_video: false,
@@ -1501,6 +1723,7 @@ pub fn error_reply(status: u16, error: &str) -> RestReply {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hooks::HookOutcome;
     use crate::protocol::{ConnectionRequest, ServerMessage};
 
     const OFFER: &str = "v=0\r\n";
@@ -1952,25 +2175,225 @@ mod tests {
         out
     }
 
-    #[test]
-    fn send_data_goes_to_the_hub_with_the_sessions_identity() {
-        let mut r = with_sessions(&[1]);
-        let out = send_data(&mut r, 1, "op-1", json!({"chat": "hi"}));
-        let [Effect::AppData { conn, data }] = out.as_slice() else {
-            panic!("one AppData effect, got {out:?}");
-        };
-        assert_eq!(*conn, ConnId(1));
-        let session = r.sessions[&ConnId(1)].id.clone();
-        assert_eq!(
-            data,
-            &AppData {
-                node_id: r.instance().to_owned(),
-                app_key: "defaultApp".into(),
-                session_id: session,
-                operation_id: "op-1".into(),
-                payload: json!({"chat": "hi"}),
+    /// A registry that asks the backend about `hooks`, with sessions 1 and 2 connected.
+    fn hooked(hooks: &[HookMethod]) -> Registry {
+        let mut r = Registry::new(RegistryConfig {
+            cores: 2,
+            hooks: hooks.iter().copied().collect(),
+            ..RegistryConfig::default()
+        });
+        for conn in [1, 2] {
+            let out = connect(&mut r, conn, ConnectionRequest::default());
+            if let [Effect::Hook { pending, .. }] = out.as_slice() {
+                let answer = HookAnswer {
+                    method: HookMethod::Connect,
+                    pending: pending.clone(),
+                    outcome: HookOutcome::Passed,
+                };
+                r.hook_answer(answer, 0, &mut Vec::new());
             }
+        }
+        r
+    }
+
+    /// The one hook in `effects`: its method, body and what it holds.
+    fn the_hook(effects: &[Effect]) -> (HookMethod, Value, HookPending) {
+        let hooks: Vec<_> = effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Hook {
+                    method,
+                    body,
+                    pending,
+                } => Some((*method, body.clone(), pending.clone())),
+                _ => None,
+            })
+            .collect();
+        let [hook] = hooks.as_slice() else {
+            panic!("one hook, got {effects:?}");
+        };
+        hook.clone()
+    }
+
+    fn answer(
+        r: &mut Registry,
+        hook: &(HookMethod, Value, HookPending),
+        outcome: HookOutcome,
+    ) -> Vec<Effect> {
+        let mut out = Vec::new();
+        let answer = HookAnswer {
+            method: hook.0,
+            pending: hook.2.clone(),
+            outcome,
+        };
+        r.hook_answer(answer, 0, &mut out);
+        out
+    }
+
+    /// The first object of the frames named `message` sent to `conn`.
+    fn frames(effects: &[Effect], conn: u64, message: &str) -> Vec<Value> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Send { conn: c, frame } if *c == ConnId(conn) => {
+                    serde_json::from_str::<Value>(frame).ok()
+                }
+                _ => None,
+            })
+            .filter(|f| f["message"] == message)
+            .map(|f| f["data"][0].clone())
+            .collect()
+    }
+
+    #[test]
+    fn send_data_without_a_hook_is_accepted_and_with_one_waits_for_the_backend() {
+        let mut r = with_sessions(&[1]);
+        let out = send_data(&mut r, 1, "op-0", json!(1));
+        assert_eq!(
+            frames(&out, 1, "DataStatusEvent"),
+            [json!({"operationId": "op-0", "status": "ACCEPTED"})]
         );
+
+        let mut r = hooked(&[HookMethod::OnDataEvent]);
+        let out = send_data(&mut r, 1, "op-1", json!({"chat": "hi"}));
+        let hook = the_hook(&out);
+        assert!(
+            frames(&out, 1, "DataStatusEvent").is_empty(),
+            "answered before the backend"
+        );
+        let session = r.sessions[&ConnId(1)].id.clone();
+        assert_eq!(hook.0, HookMethod::OnDataEvent);
+        assert_eq!(
+            hook.1,
+            json!({"nodeId": r.instance(), "appKey": "defaultApp", "sessionId": session.as_str(),
+                   "operationId": "op-1", "payload": {"chat": "hi"}})
+        );
+        let out = answer(&mut r, &hook, HookOutcome::Refused(403));
+        assert_eq!(
+            frames(&out, 1, "DataStatusEvent"),
+            [json!({"operationId": "op-1", "status": "FAILED",
+                    "info": "Refused by the backend (403)"})]
+        );
+        let out = send_data(&mut r, 1, "op-2", json!(2));
+        let out = answer(&mut r, &the_hook(&out), HookOutcome::Passed);
+        assert_eq!(frames(&out, 1, "DataStatusEvent")[0]["status"], "ACCEPTED");
+        let counted = &r.stats().app_data;
+        assert_eq!(
+            (counted.get("accepted"), counted.get("failed")),
+            (Some(&1), Some(&1))
+        );
+    }
+
+    #[test]
+    fn the_connect_hook_decides_whether_a_session_is_established() {
+        let mut r = Registry::new(RegistryConfig {
+            hooks: [HookMethod::Connect].into_iter().collect(),
+            ..RegistryConfig::default()
+        });
+        let request = ConnectionRequest {
+            custom: json!({"login": "ann"}),
+            ..ConnectionRequest::default()
+        };
+        let out = connect(&mut r, 1, request.clone());
+        let hook = the_hook(&out);
+        assert!(frames(&out, 1, "getUserData").is_empty());
+        assert_eq!(hook.1["custom"], json!({"login": "ann"}));
+        assert_eq!(hook.1["appKey"], "defaultApp");
+        assert_eq!(hook.1["sessionId"], r.sessions[&ConnId(1)].id.as_str());
+        // Until the backend answers, the session is not ready.
+        assert_eq!(
+            statuses(&publish(&mut r, 1, "p", "s"), 1),
+            [(
+                "p".into(),
+                StreamStatus::Failed,
+                failed("Session not ready")
+            )]
+        );
+        let out = answer(&mut r, &hook, HookOutcome::Passed);
+        assert_eq!(frames(&out, 1, "getUserData").len(), 1);
+        assert!(r.sessions[&ConnId(1)].established);
+
+        let out = connect(&mut r, 2, request);
+        let hook = the_hook(&out);
+        let out = answer(
+            &mut r,
+            &hook,
+            HookOutcome::Failed("no answer within 5000 ms".into()),
+        );
+        assert_eq!(
+            fails(&out, 2),
+            ["Backend unavailable: no answer within 5000 ms"]
+        );
+        assert!(
+            out.iter()
+                .any(|e| matches!(e, Effect::Close { conn } if *conn == ConnId(2))),
+            "the refused connection is closed"
+        );
+        assert!(!r.sessions[&ConnId(2)].established);
+        assert_eq!(r.stats().refused.get("backend"), Some(&1));
+    }
+
+    #[test]
+    fn publish_and_play_hooks_hold_the_request_until_the_backend_answers() {
+        let mut r = hooked(&[HookMethod::PublishStream, HookMethod::PlayStream]);
+        let out = publish(&mut r, 1, "p", "s");
+        let hook = the_hook(&out);
+        assert_eq!(accepts(&out), 0, "no peer before the backend answers");
+        assert_eq!(hook.0, HookMethod::PublishStream);
+        assert_eq!(hook.1["name"], "s");
+        assert_eq!(hook.1["mediaSessionId"], "p");
+        assert_eq!(hook.1["published"], true);
+        // Its id is taken while it waits.
+        assert_eq!(
+            statuses(&publish(&mut r, 1, "p", "other"), 1),
+            [(
+                "p".into(),
+                StreamStatus::Failed,
+                failed("MediaSessionId is already in use")
+            )]
+        );
+        let out = answer(&mut r, &hook, HookOutcome::Passed);
+        assert_eq!(accepts(&out), 1);
+        answer_all(&mut r, &out);
+
+        // A refused player gets the backend's reason.
+        let out = play(&mut r, 2, "v1", "s");
+        let out = answer(&mut r, &the_hook(&out), HookOutcome::Refused(403));
+        assert_eq!(
+            statuses(&out, 2),
+            [(
+                "v1".into(),
+                StreamStatus::Failed,
+                failed("Refused by the backend (403)")
+            )]
+        );
+        assert_eq!(accepts(&out), 0);
+
+        // A player that stops while it waits is stopped; the late answer changes nothing.
+        let out = play(&mut r, 2, "v2", "s");
+        let hook = the_hook(&out);
+        let mut stopped = Vec::new();
+        let stop = StreamRef {
+            media_session_id: Some("v2".into()),
+            name: Some("s".into()),
+        };
+        r.client_message(ConnId(2), ClientMessage::StopStream(stop), 0, &mut stopped);
+        assert_eq!(
+            statuses(&stopped, 2),
+            [(
+                "v2".into(),
+                StreamStatus::Stopped,
+                failed("Stopped by user")
+            )]
+        );
+        assert!(answer(&mut r, &hook, HookOutcome::Passed).is_empty());
+
+        // A session that closes while its request waits: the answer is dropped.
+        let out = play(&mut r, 2, "v3", "s");
+        let hook = the_hook(&out);
+        r.session_closed(ConnId(2), &mut Vec::new());
+        assert!(answer(&mut r, &hook, HookOutcome::Passed).is_empty());
+        assert_eq!(r.stream(&"s".into()).unwrap().players.len(), 0);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use relaycast_dataplane::{DataPlane, DataPlaneConfig};
 use tokio::net::TcpListener;
 
 use crate::auth::SignallingAccess;
-use crate::hooks::{DataHook, HookConfig};
+use crate::hooks::{HookConfig, Hooks};
 use crate::hub::{Hub, ServerFacts};
 use crate::registry::{RegistryConfig, RegistryLimits};
 use crate::relay::RelayConfig;
@@ -37,7 +37,7 @@ pub struct ServerConfig {
     pub limits: RegistryLimits,
     /// How long a graceful stop waits for clients to take their final statuses.
     pub shutdown_grace: Duration,
-    /// Where clients' `sendData` is posted.
+    /// The operator's backend and the REST hooks it is asked.
     pub hooks: HookConfig,
 }
 
@@ -97,8 +97,8 @@ pub async fn serve(
         ),
         None => None,
     };
-    let (hook, mut hook_answers) =
-        DataHook::new(&config.hooks).context("could not set up the data hook")?;
+    let (hooks, mut hook_answers) =
+        Hooks::new(&config.hooks).context("could not set up the REST hooks")?;
     let data = DataPlane::start(config.data.clone()).context("could not start the data plane")?;
     let media = data.media_addrs().to_vec();
     let ws_listener = TcpListener::bind(config.ws)
@@ -136,6 +136,7 @@ pub async fn serve(
             instance: uuid::Uuid::new_v4().to_string(),
             access: config.access.clone(),
             limits: config.limits,
+            hooks: hooks.methods(),
         },
         config.relay.clone(),
         data,
@@ -147,7 +148,7 @@ pub async fn serve(
             https_addr: listening.https,
             media_addrs: media,
         },
-        hook,
+        hooks,
     ));
     tracing::info!(ws = %listening.ws, rest = %listening.rest, wss = ?listening.wss,
         https = ?listening.https, media = ?listening.media, cores, "relaycast listening");
@@ -165,7 +166,7 @@ pub async fn serve(
         let hub = Rc::clone(&hub);
         async move {
             while let Some(answer) = hook_answers.recv().await {
-                hub.data_answer(answer);
+                hub.hook_answer(answer);
             }
         }
     });
