@@ -472,7 +472,7 @@
     };
 
     /**
-     * Sends data to the operator's backend (`sendData`, posted to the server's data hook).
+     * Sends data to the operator's backend (`sendData`, posted to the backend's OnDataEvent hook).
      * Returns a promise that resolves when the server accepts it and rejects with the
      * server's answer ({status: 'FAILED', info}) when it does not, as the official SDK's.
      */

@@ -197,9 +197,9 @@ for (const client of ['official SDK', 'bundled relaycast.js']) {
 }
 
 // session.sendData() sends data for the operator's backend (WCS's OnDataEvent hook) and
-// /rest-api/data/send sends data to a session (the SDK's APP_DATA). This server has no hook,
-// so sendData is accepted; a server whose hook cannot be reached answers FAILED, and the
-// SDK rejects the promise with the reason.
+// /rest-api/data/send sends data to a session (the SDK's APP_DATA). This server has no
+// hooks, so sendData is accepted; a server whose backend cannot be reached answers FAILED,
+// and the SDK rejects the promise with the reason.
 for (const client of ['official SDK', 'bundled relaycast.js']) {
     test(`${client}: session.sendData() is answered and REST data reaches APP_DATA`,
         { timeout: 30000 }, async () => {
@@ -227,7 +227,7 @@ for (const client of ['official SDK', 'bundled relaycast.js']) {
         });
 }
 
-test('official SDK: sendData() rejects when the data hook cannot be reached', { timeout: 30000 }, async () => {
+test('official SDK: sendData() rejects when the backend cannot be reached', { timeout: 30000 }, async () => {
     // A port nobody listens on.
     const probe = require('node:net').createServer();
     await new Promise((resolve) => probe.listen(0, '127.0.0.1', resolve));
@@ -235,7 +235,7 @@ test('official SDK: sendData() rejects when the data hook cannot be reached', { 
     await new Promise((resolve) => probe.close(resolve));
     const config = path.join(ARTIFACTS, 'sdk-broken-hook.toml');
     fs.mkdirSync(ARTIFACTS, { recursive: true });
-    fs.writeFileSync(config, `[hooks]\ndata_url = "http://127.0.0.1:${port}/OnDataEvent"\n`);
+    fs.writeFileSync(config, `[hooks]\nurl = "http://127.0.0.1:${port}/app"\nmethods = ["OnDataEvent"]\n`);
     const hooked = await startServer('sdk-broken-hook', { extraArgs: ['--config', config] });
     try {
         await withPages('app-data-failed', ['app'], async ({ app }) => {
@@ -243,10 +243,63 @@ test('official SDK: sendData() rejects when the data hook cannot be reached', { 
             const sent = await app.evaluate(() => h.sendData({ chat: 'lost' }));
             assert.equal(sent.settled, 'rejected', JSON.stringify(sent));
             assert.equal(sent.answer.status, 'FAILED');
-            assert.match(sent.answer.info, /^Data hook failed: /);
+            assert.match(sent.answer.info, /^Backend unavailable: /);
         });
     } finally {
         await hooked.stop();
+    }
+});
+
+// WCS's REST hooks: the backend decides who connects and what is published. A small
+// backend here refuses the login "mallory" and streams named "forbidden-*".
+test('official SDK: the backend\'s connect and publishStream hooks let in or refuse', { timeout: 30000 }, async () => {
+    const http = require('node:http');
+    const posts = [];
+    const backend = http.createServer((req, res) => {
+        let body = '';
+        req.on('data', (chunk) => { body += chunk; });
+        req.on('end', () => {
+            const json = JSON.parse(body);
+            posts.push({ path: req.url, body: json });
+            const refused = (json.custom && json.custom.login === 'mallory')
+                || String(json.name || '').startsWith('forbidden-');
+            res.writeHead(refused ? 403 : 200, { 'content-type': 'application/json' });
+            res.end('{}');
+        });
+    });
+    await new Promise((resolve) => backend.listen(0, '127.0.0.1', resolve));
+    const config = path.join(ARTIFACTS, 'sdk-hooks.toml');
+    fs.mkdirSync(ARTIFACTS, { recursive: true });
+    fs.writeFileSync(config, `[hooks]\nurl = "http://127.0.0.1:${backend.address().port}/rest/my_api"\n`);
+    const hooked = await startServer('sdk-hooks', { extraArgs: ['--config', config] });
+    try {
+        await withPages('hooks', ['ann', 'mallory'], async ({ ann, mallory }) => {
+            await ann.evaluate((url) => h.connect(url, { login: 'ann' }), hooked.wsUrl);
+            const refused = await ann.evaluate(() => h.publish('no', 'forbidden-cam'));
+            assert.equal(refused.status, 'FAILED', JSON.stringify(refused));
+            assert.equal(refused.info, 'Refused by the backend (403)');
+            const published = await ann.evaluate(() => h.publish('yes', 'hooked-cam'));
+            assert.equal(published.status, 'PUBLISHING', JSON.stringify(published));
+
+            const connected = await mallory.evaluate((url) => h.connect(url, { login: 'mallory' })
+                .then(() => 'ESTABLISHED', (e) => e.message), hooked.wsUrl);
+            assert.notEqual(connected, 'ESTABLISHED');
+            const warned = await mallory.evaluate(() => h.warnings.map((w) => w.info));
+            assert.deepEqual(warned, ['Refused by the backend (403)']);
+        });
+        const what = posts.map((p) => `${p.path} ${p.body.name || p.body.custom.login}`);
+        assert.deepEqual(what, [
+            '/rest/my_api/connect ann',
+            '/rest/my_api/publishStream forbidden-cam',
+            '/rest/my_api/publishStream hooked-cam',
+            '/rest/my_api/connect mallory',
+        ]);
+        // The backend knows the publisher by the sessionId its connect hook was given.
+        assert.equal(posts[1].body.sessionId, posts[0].body.sessionId);
+        assert.equal(posts[2].body.sessionId, posts[0].body.sessionId);
+    } finally {
+        await hooked.stop();
+        backend.close();
     }
 });
 
