@@ -143,7 +143,8 @@ pub struct Hooks {
     /// The backend's base URL (`http://` or `https://`); each hook is posted to it plus
     /// `/<method>`. Unset: no hooks.
     pub url: Option<String>,
-    /// The hooks posted: any of `connect`, `publishStream`, `playStream`, `OnDataEvent`.
+    /// The hooks posted: any of `connect`, `publishStream`, `playStream`, `OnDataEvent`,
+    /// `StreamStatusEvent`, `ConnectionStatusEvent`.
     pub methods: Vec<String>,
     /// A post not answered within this many milliseconds refuses its request.
     pub timeout_ms: u64,
@@ -440,7 +441,8 @@ impl Config {
         if let Some(unknown) = h.methods.iter().find(|m| HookMethod::parse(m).is_none()) {
             bail!(
                 "hooks.methods: {unknown:?} is not a hook relaycast calls (connect, \
-                 publishStream, playStream, OnDataEvent)"
+                 publishStream, playStream, OnDataEvent, StreamStatusEvent, \
+                 ConnectionStatusEvent)"
             );
         }
         if h.secret_key.as_deref() == Some("") {

@@ -592,6 +592,35 @@ async fn hook_backend() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Pos
     (addr, rx)
 }
 
+/// The posts a test backend got, taken by method in order; the others are kept aside.
+struct Posts {
+    rx: tokio::sync::mpsc::UnboundedReceiver<Post>,
+    aside: Vec<Post>,
+}
+
+impl Posts {
+    /// The next post to `<base>/<method>`.
+    async fn next(&mut self, method: &str) -> Post {
+        if let Some(i) = self
+            .aside
+            .iter()
+            .position(|p| p.path.ends_with(&format!("/{method}")))
+        {
+            return self.aside.remove(i);
+        }
+        loop {
+            let post = tokio::time::timeout(Duration::from_secs(10), self.rx.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no {method} hook within 10 s"))
+                .expect("the backend runs");
+            if post.path.ends_with(&format!("/{method}")) {
+                return post;
+            }
+            self.aside.push(post);
+        }
+    }
+}
+
 type RawWs =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -650,7 +679,11 @@ async fn rest_hooks_let_the_backend_decide_and_carry_data_both_ways() {
     use futures_util::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
 
-    let (backend, mut posts) = hook_backend().await;
+    let (backend, rx) = hook_backend().await;
+    let mut posts = Posts {
+        rx,
+        aside: Vec::new(),
+    };
     let server = Server::with_config(
         &format!(
             "[hooks]\nurl = \"http://{backend}/rest/my_api\"\ntimeout_ms = 700\n\
@@ -663,7 +696,7 @@ async fn rest_hooks_let_the_backend_decide_and_carry_data_both_ways() {
     let mut ws = raw_connect(&server, json!({"login": "ann"})).await;
     let user_data = next_message(&mut ws, "getUserData").await;
     let session_id = user_data["sessionId"].as_str().unwrap().to_owned();
-    let post = posts.recv().await.expect("the connect hook");
+    let post = posts.next("connect").await;
     assert_eq!(post.path, "/rest/my_api/connect");
     assert_eq!(post.body["sessionId"], session_id.as_str());
     assert_eq!(post.body["appKey"], "chatApp");
@@ -675,7 +708,7 @@ async fn rest_hooks_let_the_backend_decide_and_carry_data_both_ways() {
     let mut refused = raw_connect(&server, json!({"login": "mallory"})).await;
     let fail = next_message(&mut refused, "fail").await;
     assert_eq!(fail["info"], "Refused by the backend (403)");
-    let post = posts.recv().await.expect("the refused connect hook");
+    let post = posts.next("connect").await;
     assert_eq!(post.body["custom"]["login"], "mallory");
 
     // OnDataEvent: accepted, refused, unanswered.
@@ -707,7 +740,7 @@ async fn rest_hooks_let_the_backend_decide_and_carry_data_both_ways() {
         assert_eq!(answer["operationId"], operation);
         assert_eq!(answer["status"], status, "{answer}");
         assert_eq!(answer["info"].as_str(), info, "{answer}");
-        let post = posts.recv().await.expect("the OnDataEvent hook");
+        let post = posts.next("OnDataEvent").await;
         assert_eq!(post.path, "/rest/my_api/OnDataEvent");
         assert_eq!(post.body["sessionId"], session_id.as_str());
         assert_eq!(post.body["appKey"], "chatApp");
@@ -752,7 +785,7 @@ async fn rest_hooks_let_the_backend_decide_and_carry_data_both_ways() {
     // allowed stream plays with media.
     let ep = endpoint();
     let client = session(&server).await;
-    let _ = posts.recv().await.expect("the client's connect hook");
+    let client_connect = posts.next("connect").await;
     match client.publish(&ep, "forbidden-cam", synth()).await {
         Err(ClientError::Stream { status, info }) => {
             assert_eq!(status, StreamStatus::Failed);
@@ -761,17 +794,17 @@ async fn rest_hooks_let_the_backend_decide_and_carry_data_both_ways() {
         Err(other) => panic!("the backend's refusal did not fail the publish: {other}"),
         Ok(_) => panic!("the backend's refusal did not fail the publish"),
     }
-    let post = posts.recv().await.expect("the publishStream hook");
+    let post = posts.next("publishStream").await;
     assert_eq!(post.path, "/rest/my_api/publishStream");
     assert_eq!(post.body["name"], "forbidden-cam");
     let _publisher = client.publish(&ep, "cam", synth()).await.unwrap();
-    let post = posts.recv().await.expect("the second publishStream hook");
+    let post = posts.next("publishStream").await;
     assert_eq!(
         (&post.body["name"], &post.body["published"]),
         (&json!("cam"), &json!(true))
     );
     let player = client.play(&ep, "cam").await.unwrap();
-    let post = posts.recv().await.expect("the playStream hook");
+    let post = posts.next("playStream").await;
     assert_eq!(post.path, "/rest/my_api/playStream");
     assert_eq!(
         (&post.body["name"], &post.body["published"]),
@@ -782,6 +815,51 @@ async fn rest_hooks_let_the_backend_decide_and_carry_data_both_ways() {
     })
     .await;
     assert!(got.is_some(), "no media after the hooks passed");
+
+    // Notifications: sessions established, streams live, and the ends when they close.
+    let client_session = client_connect.body["sessionId"].clone();
+    let mut established = Vec::new();
+    for _ in 0..2 {
+        let post = posts.next("ConnectionStatusEvent").await;
+        assert_eq!(post.body["status"], "ESTABLISHED");
+        established.push(post.body["sessionId"].clone());
+    }
+    assert!(established.contains(&json!(session_id)) && established.contains(&client_session));
+    let mut live = Vec::new();
+    for _ in 0..2 {
+        let post = posts.next("StreamStatusEvent").await;
+        assert_eq!(post.body["sessionId"], client_session);
+        assert_eq!(post.body["name"], "cam");
+        live.push((
+            post.body["status"].as_str().unwrap().to_owned(),
+            post.body["mediaType"].as_str().unwrap().to_owned(),
+        ));
+    }
+    live.sort();
+    assert_eq!(
+        live,
+        [
+            ("PLAYING".to_owned(), "play".to_owned()),
+            ("PUBLISHING".to_owned(), "publish".to_owned())
+        ]
+    );
+    drop(player);
+    drop(_publisher);
+    client.close();
+    let mut ended = Vec::new();
+    for _ in 0..2 {
+        let post = posts.next("StreamStatusEvent").await;
+        assert_eq!(post.body["sessionId"], client_session, "{:?}", post.body);
+        ended.push(post.body["status"].as_str().unwrap().to_owned());
+    }
+    ended.sort();
+    // A session that disconnects ends its streams as STOPPED.
+    assert_eq!(ended, ["STOPPED", "STOPPED"]);
+    let post = posts.next("ConnectionStatusEvent").await;
+    assert_eq!(
+        (&post.body["sessionId"], &post.body["status"]),
+        (&client_session, &json!("DISCONNECTED"))
+    );
 
     let text = metrics(&server).await;
     for (result, n) in [("accepted", 1.0), ("failed", 2.0), ("sent", 1.0)] {

@@ -11,8 +11,9 @@
 //! once; the others wait for a slot within the same timeout. The answer goes back to the hub
 //! on a channel, and the registry resumes the request it parked ([`HookPending`]).
 
+use std::cell::Cell;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hmac::{Hmac, KeyInit, Mac};
@@ -42,14 +43,20 @@ pub enum HookMethod {
     PlayStream,
     /// `OnDataEvent`: a client's `sendData`.
     OnDataEvent,
+    /// `StreamStatusEvent`: a stream went live or ended (a notification).
+    StreamStatusEvent,
+    /// `ConnectionStatusEvent`: a session was established or closed (a notification).
+    ConnectionStatusEvent,
 }
 
 impl HookMethod {
-    pub const ALL: [HookMethod; 4] = [
+    pub const ALL: [HookMethod; 6] = [
         HookMethod::Connect,
         HookMethod::PublishStream,
         HookMethod::PlayStream,
         HookMethod::OnDataEvent,
+        HookMethod::StreamStatusEvent,
+        HookMethod::ConnectionStatusEvent,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -58,7 +65,17 @@ impl HookMethod {
             HookMethod::PublishStream => "publishStream",
             HookMethod::PlayStream => "playStream",
             HookMethod::OnDataEvent => "OnDataEvent",
+            HookMethod::StreamStatusEvent => "StreamStatusEvent",
+            HookMethod::ConnectionStatusEvent => "ConnectionStatusEvent",
         }
+    }
+
+    /// A notification: its answer changes nothing.
+    pub fn is_notification(self) -> bool {
+        matches!(
+            self,
+            HookMethod::StreamStatusEvent | HookMethod::ConnectionStatusEvent
+        )
     }
 
     pub fn parse(name: &str) -> Option<HookMethod> {
@@ -147,6 +164,8 @@ pub enum HookPending {
     },
     /// A `sendData`, answered with `DataStatusEvent`.
     Data { conn: ConnId, operation_id: String },
+    /// Nothing waits: a notification.
+    Nothing,
 }
 
 /// How the backend answered one hook.
@@ -204,6 +223,8 @@ struct Target {
 
 /// Posts hooks to the backend and hands the answers back to the hub.
 pub struct Hooks {
+    /// When a failed notification was last logged: they are logged at most every 10 s.
+    notice_logged: Rc<Cell<Option<Instant>>>,
     target: Option<Rc<Target>>,
     methods: HookSet,
     timeout: Duration,
@@ -223,6 +244,7 @@ impl Hooks {
         };
         let (answers, rx) = mpsc::unbounded_channel();
         let hooks = Hooks {
+            notice_logged: Rc::new(Cell::new(None)),
             methods: if target.is_some() {
                 config.methods
             } else {
@@ -265,6 +287,7 @@ impl Hooks {
         let slots = Rc::clone(&self.slots);
         let answers = self.answers.clone();
         let timeout = self.timeout;
+        let notice_logged = Rc::clone(&self.notice_logged);
         tokio::task::spawn_local(async move {
             let posted = async {
                 let _slot = slots.acquire().await.map_err(|e| e.to_string())?;
@@ -280,9 +303,17 @@ impl Hooks {
             };
             if outcome.passed() {
                 tracing::debug!(method = method.as_str(), "hook passed");
-            } else {
+            } else if !method.is_notification() {
                 tracing::warn!(method = method.as_str(), info = %outcome.info(),
                     path = %target.path, "hook refused the request");
+            } else if notice_logged
+                .get()
+                .is_none_or(|at| at.elapsed() >= Duration::from_secs(10))
+            {
+                notice_logged.set(Some(Instant::now()));
+                tracing::warn!(method = method.as_str(), info = %outcome.info(),
+                    path = %target.path,
+                    "the backend did not take a notification (logged at most every 10 s)");
             }
             let _ = answers.send(HookAnswer {
                 method,
@@ -444,6 +475,8 @@ mod tests {
             assert_eq!(HookMethod::parse(method.as_str()), Some(method));
         }
         assert_eq!(HookMethod::parse("OnCallEvent"), None);
+        assert!(HookMethod::StreamStatusEvent.is_notification());
+        assert!(!HookMethod::Connect.is_notification());
         let set: HookSet = [HookMethod::Connect, HookMethod::OnDataEvent]
             .into_iter()
             .collect();

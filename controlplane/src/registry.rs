@@ -394,6 +394,7 @@ impl Registry {
         tracing::info!(session = %session.id, app_key = %session.app_key,
             remote = %session.remote_address, "session established");
         send(out, conn, protocol::get_user_data(&data));
+        self.notify_connection(&self.sessions[&conn], "ESTABLISHED", out);
     }
 
     /// The backend answered a hook: the request it held goes on, or is refused with the
@@ -450,7 +451,51 @@ impl Registry {
                 let info = (!passed).then(|| answer.outcome.info());
                 self.answer_data(conn, &operation_id, info.as_deref(), out);
             }
+            HookPending::Nothing => {}
         }
+    }
+
+    /// Tells the backend about a session's status (`ConnectionStatusEvent`), when it asked.
+    fn notify_connection(&self, session: &Session, status: &str, out: &mut Vec<Effect>) {
+        if !self
+            .config
+            .hooks
+            .contains(HookMethod::ConnectionStatusEvent)
+        {
+            return;
+        }
+        let body = json!({
+            "nodeId": self.config.instance,
+            "appKey": session.app_key,
+            "sessionId": session.id,
+            "status": status,
+            "remoteAddress": session.remote_address,
+            "createDate": session.created_ms,
+        });
+        out.push(Effect::Hook {
+            method: HookMethod::ConnectionStatusEvent,
+            body,
+            pending: HookPending::Nothing,
+        });
+    }
+
+    /// Tells the backend about a stream's status (`StreamStatusEvent`), when it asked: the
+    /// stream object `/stream/find` lists, with WCS's `mediaType`.
+    fn notify_stream(&self, ms: &MediaSession, out: &mut Vec<Effect>) {
+        if !self.config.hooks.contains(HookMethod::StreamStatusEvent) {
+            return;
+        }
+        let mut body = serde_json::to_value(self.info(ms)).unwrap_or_default();
+        if let Value::Object(fields) = &mut body {
+            fields.insert("nodeId".into(), json!(self.config.instance));
+            let kind = if ms.published { "publish" } else { "play" };
+            fields.insert("mediaType".into(), json!(kind));
+        }
+        out.push(Effect::Hook {
+            method: HookMethod::StreamStatusEvent,
+            body,
+            pending: HookPending::Nothing,
+        });
     }
 
     /// Answers a `sendData` with `DataStatusEvent`: accepted, or failed with `info`.
@@ -525,18 +570,24 @@ impl Registry {
 
     /// A signalling connection closed: every stream of its session ends.
     pub fn session_closed(&mut self, conn: ConnId, out: &mut Vec<Effect>) {
-        let Some(session) = self.sessions.remove(&conn) else {
+        let Some(session) = self.sessions.get(&conn) else {
             return;
         };
         tracing::info!(session = %session.id, "session closed");
         self.awaiting.retain(|_, owner| *owner != conn);
-        for id in session.media {
+        // Its streams end while the session is still known, so their notifications name it.
+        for id in session.media.clone() {
             self.end_media(
                 &id,
                 StreamStatus::Stopped,
                 Info::StoppedBySessionDisconnect,
                 out,
             );
+        }
+        if let Some(session) = self.sessions.remove(&conn)
+            && session.established
+        {
+            self.notify_connection(&session, "DISCONNECTED", out);
         }
     }
 
@@ -620,6 +671,7 @@ impl Registry {
                 {
                     send(out, ms.conn, resize_event(&id, w, h));
                 }
+                self.notify_stream(&self.media[&id], out);
             }
             Event::Failed {
                 peer,
@@ -1498,6 +1550,7 @@ impl Registry {
         }
         tracing::info!(media_session = %id, stream = %ms.name, peer = %ms.peer,
             %status, info = %info, "stream ended");
+        self.notify_stream(&ms, out);
         *self.stats.ended.entry((status, info.as_str())).or_default() += 1;
         if ms.published {
             if let Some(stream) = self.streams.remove(&ms.name) {
@@ -2282,6 +2335,71 @@ mod tests {
             (counted.get("accepted"), counted.get("failed")),
             (Some(&1), Some(&1))
         );
+    }
+
+    /// The bodies of the notifications of `method` in `effects`.
+    fn notices(effects: &[Effect], method: HookMethod) -> Vec<Value> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Hook {
+                    method: m,
+                    body,
+                    pending: HookPending::Nothing,
+                } if *m == method => Some(body.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_backend_is_told_of_sessions_and_streams() {
+        let mut r = Registry::new(RegistryConfig {
+            cores: 2,
+            hooks: [
+                HookMethod::StreamStatusEvent,
+                HookMethod::ConnectionStatusEvent,
+            ]
+            .into_iter()
+            .collect(),
+            ..RegistryConfig::default()
+        });
+        let out = connect(&mut r, 1, ConnectionRequest::default());
+        let session = r.sessions[&ConnId(1)].id.clone();
+        let connected = notices(&out, HookMethod::ConnectionStatusEvent);
+        assert_eq!(connected.len(), 1);
+        assert_eq!(connected[0]["status"], "ESTABLISHED");
+        assert_eq!(connected[0]["sessionId"], session.as_str());
+        assert_eq!(
+            frames(&out, 1, "getUserData").len(),
+            1,
+            "not held: only told"
+        );
+
+        let out = publish(&mut r, 1, "p", "s");
+        assert!(notices(&out, HookMethod::StreamStatusEvent).is_empty());
+        let out = answer_all(&mut r, &out);
+        let live = notices(&out, HookMethod::StreamStatusEvent);
+        assert_eq!(live.len(), 1);
+        assert_eq!(
+            (&live[0]["status"], &live[0]["mediaType"], &live[0]["name"]),
+            (&json!("PUBLISHING"), &json!("publish"), &json!("s"))
+        );
+        assert_eq!(live[0]["nodeId"], r.instance());
+
+        let mut out = Vec::new();
+        r.session_closed(ConnId(1), &mut out);
+        let ended = notices(&out, HookMethod::StreamStatusEvent);
+        assert_eq!(ended.len(), 1);
+        assert_eq!(ended[0]["status"], "STOPPED");
+        assert_eq!(
+            ended[0]["sessionId"],
+            session.as_str(),
+            "the ended stream names its session"
+        );
+        let closed = notices(&out, HookMethod::ConnectionStatusEvent);
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0]["status"], "DISCONNECTED");
     }
 
     #[test]

@@ -287,7 +287,10 @@ test('official SDK: the backend\'s connect and publishStream hooks let in or ref
             const warned = await mallory.evaluate(() => h.warnings.map((w) => w.info));
             assert.deepEqual(warned, ['Refused by the backend (403)']);
         });
-        const what = posts.map((p) => `${p.path} ${p.body.name || p.body.custom.login}`);
+        // The decisions, in order (the notifications, StreamStatusEvent and
+        // ConnectionStatusEvent, are posted as well).
+        const decisions = posts.filter((p) => /\/(connect|publishStream)$/.test(p.path));
+        const what = decisions.map((p) => `${p.path} ${p.body.name || p.body.custom.login}`);
         assert.deepEqual(what, [
             '/rest/my_api/connect ann',
             '/rest/my_api/publishStream forbidden-cam',
@@ -295,8 +298,11 @@ test('official SDK: the backend\'s connect and publishStream hooks let in or ref
             '/rest/my_api/connect mallory',
         ]);
         // The backend knows the publisher by the sessionId its connect hook was given.
-        assert.equal(posts[1].body.sessionId, posts[0].body.sessionId);
-        assert.equal(posts[2].body.sessionId, posts[0].body.sessionId);
+        assert.equal(decisions[1].body.sessionId, decisions[0].body.sessionId);
+        assert.equal(decisions[2].body.sessionId, decisions[0].body.sessionId);
+        const live = posts.find((p) => p.path.endsWith('/StreamStatusEvent') && p.body.status === 'PUBLISHING');
+        assert.ok(live, 'no StreamStatusEvent PUBLISHING');
+        assert.equal(live.body.name, 'hooked-cam');
     } finally {
         await hooked.stop();
         backend.close();
