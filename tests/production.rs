@@ -537,18 +537,26 @@ struct Post {
 /// `connect` whose `custom.login` is "mallory", to a `publishStream` or `playStream` of a
 /// stream named "forbidden-*", and to data whose payload says `{"answer": 403}`; it never
 /// answers data saying `{"answer": "never"}`; everything else gets 200.
-async fn hook_backend() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Post>) {
+/// Its address, its posts, and the number of TCP connections it accepted.
+async fn hook_backend() -> (
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<Post>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
     use http_body_util::{BodyExt, Full};
     use hyper::body::Bytes;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (posts, rx) = tokio::sync::mpsc::unbounded_channel();
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let accepted = std::sync::Arc::clone(&connections);
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
+            accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let posts = posts.clone();
             let service =
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
@@ -589,18 +597,21 @@ async fn hook_backend() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Pos
             );
         }
     });
-    (addr, rx)
+    (addr, rx, connections)
 }
 
 /// The posts a test backend got, taken by method in order; the others are kept aside.
 struct Posts {
     rx: tokio::sync::mpsc::UnboundedReceiver<Post>,
     aside: Vec<Post>,
+    /// Posts returned by `next`.
+    taken: usize,
 }
 
 impl Posts {
     /// The next post to `<base>/<method>`.
     async fn next(&mut self, method: &str) -> Post {
+        self.taken += 1;
         if let Some(i) = self
             .aside
             .iter()
@@ -679,10 +690,11 @@ async fn rest_hooks_let_the_backend_decide_and_carry_data_both_ways() {
     use futures_util::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
 
-    let (backend, rx) = hook_backend().await;
+    let (backend, rx, connections) = hook_backend().await;
     let mut posts = Posts {
         rx,
         aside: Vec::new(),
+        taken: 0,
     };
     let server = Server::with_config(
         &format!(
@@ -860,6 +872,13 @@ async fn rest_hooks_let_the_backend_decide_and_carry_data_both_ways() {
         (&post.body["sessionId"], &post.body["status"]),
         (&client_session, &json!("DISCONNECTED"))
     );
+    // The hooks went over a few kept-alive connections, not one each.
+    let connections = connections.load(std::sync::atomic::Ordering::Relaxed);
+    let total = posts.taken + posts.aside.len();
+    assert!(
+        connections * 2 < total,
+        "{connections} connections for at least {total} posts"
+    );
 
     let text = metrics(&server).await;
     for (result, n) in [("accepted", 1.0), ("failed", 2.0), ("sent", 1.0)] {
@@ -893,6 +912,73 @@ async fn rest_hooks_let_the_backend_decide_and_carry_data_both_ways() {
             .log_text()
             .contains("connection refused by the backend")
     );
+}
+
+/// A backend that answers 200 and closes each connection 50 ms later: the server's kept
+/// connection is gone by its next hook, which must still arrive, once.
+#[tokio::test]
+async fn hooks_survive_a_backend_that_closes_idle_connections() {
+    use futures_util::SinkExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&requests);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let counted = std::sync::Arc::clone(&counted);
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                // One request: headers, then the Content-Length body.
+                loop {
+                    let Ok(n) = stream.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&seen).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if seen.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+                    .await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            });
+        }
+    });
+    let server = Server::with_config(
+        &format!("[hooks]\nurl = \"http://{backend}/app\"\nmethods = [\"OnDataEvent\"]\n"),
+        &[],
+    );
+    let mut ws = raw_connect(&server, Value::Null).await;
+    next_message(&mut ws, "getUserData").await;
+    for n in 0..3 {
+        let frame = json!({"message": "sendData",
+            "data": [{"operationId": format!("op-{n}"), "payload": {"n": n}}]});
+        ws.send(Message::text(frame.to_string())).await.unwrap();
+        let answer = next_message(&mut ws, "DataStatusEvent").await;
+        assert_eq!(answer["status"], "ACCEPTED", "{answer}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(requests.load(std::sync::atomic::Ordering::Relaxed), 3);
 }
 
 #[tokio::test]

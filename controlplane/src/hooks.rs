@@ -11,13 +11,13 @@
 //! once; the others wait for a slot within the same timeout. The answer goes back to the hub
 //! on a channel, and the registry resumes the request it parked ([`HookPending`]).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hmac::{Hmac, KeyInit, Mac};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
 use hyper::{Request, Uri};
 use hyper_util::rt::TokioIo;
@@ -229,6 +229,8 @@ pub struct Hooks {
     methods: HookSet,
     timeout: Duration,
     slots: Rc<Semaphore>,
+    /// Connections to the backend between requests (at most `max_in_flight`, one per slot).
+    idle: Rc<RefCell<Vec<Sender>>>,
     secret: Option<Rc<[u8]>>,
     answers: mpsc::UnboundedSender<HookAnswer>,
 }
@@ -253,6 +255,7 @@ impl Hooks {
             target,
             timeout: config.timeout,
             slots: Rc::new(Semaphore::new(config.max_in_flight.max(1))),
+            idle: Rc::new(RefCell::new(Vec::new())),
             secret: config
                 .secret_key
                 .as_ref()
@@ -285,13 +288,14 @@ impl Hooks {
         let body = body.to_string();
         let signature = self.secret.as_deref().map(|key| sign(key, body.as_bytes()));
         let slots = Rc::clone(&self.slots);
+        let idle = Rc::clone(&self.idle);
         let answers = self.answers.clone();
         let timeout = self.timeout;
         let notice_logged = Rc::clone(&self.notice_logged);
         tokio::task::spawn_local(async move {
             let posted = async {
                 let _slot = slots.acquire().await.map_err(|e| e.to_string())?;
-                post(&target, method, body, signature).await
+                post(&target, &idle, method, body, signature).await
             };
             let outcome = match tokio::time::timeout(timeout, posted).await {
                 Ok(Ok(status)) if (200..300).contains(&status) => HookOutcome::Passed,
@@ -380,17 +384,20 @@ fn target(url: &str, tls: &ClientTls) -> Result<Target, HookError> {
     })
 }
 
-/// One POST of `body` to the target's `method`: the answer's HTTP status.
+/// An HTTP/1.1 connection to the backend, ready for its next request.
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// One POST of `body` to the target's `method`: the answer's HTTP status. It goes on an idle
+/// connection when there is one (HTTP keep-alive), else on a new one. When the backend has
+/// closed an idle connection before the request went out, the request goes on a new one;
+/// once it went out, it is never sent twice.
 async fn post(
     target: &Target,
+    idle: &RefCell<Vec<Sender>>,
     method: HookMethod,
     body: String,
     signature: Option<String>,
 ) -> Result<u16, String> {
-    let tcp = TcpStream::connect((target.host.as_str(), target.port))
-        .await
-        .map_err(|e| e.to_string())?;
-    let _ = tcp.set_nodelay(true);
     let mut request = Request::post(format!("{}/{}", target.path, method.as_str()))
         .header(HOST, target.authority.clone())
         .header(CONTENT_TYPE, "application/json");
@@ -400,33 +407,100 @@ async fn post(
     let request = request
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| e.to_string())?;
+    let mut request = Some(request);
+    let reused = idle.borrow_mut().pop();
+    if let Some(sender) = reused
+        && let Some(unsent) = request.take()
+    {
+        match send(sender, unsent).await {
+            Ok((status, sender)) => {
+                keep(idle, sender);
+                return Ok(status);
+            }
+            Err(Failed {
+                unsent: Some(again),
+                error,
+            }) => {
+                tracing::debug!(%error, "an idle hook connection was closed; reconnecting");
+                request = Some(again);
+            }
+            Err(Failed { error, .. }) => return Err(error),
+        }
+    }
+    let Some(request) = request else {
+        return Err("no request".into());
+    };
+    let sender = connect(target).await?;
+    let (status, sender) = send(sender, request).await.map_err(|f| f.error)?;
+    keep(idle, sender);
+    Ok(status)
+}
+
+/// A request that failed: why, and the request itself when it never went out.
+struct Failed {
+    unsent: Option<Request<Full<Bytes>>>,
+    error: String,
+}
+
+/// Keeps a connection for the next request, unless the backend is closing it.
+fn keep(idle: &RefCell<Vec<Sender>>, sender: Sender) {
+    if !sender.is_closed() {
+        idle.borrow_mut().push(sender);
+    }
+}
+
+/// Sends one request and reads its whole answer (so the connection can carry the next).
+async fn send(mut sender: Sender, request: Request<Full<Bytes>>) -> Result<(u16, Sender), Failed> {
+    if let Err(e) = sender.ready().await {
+        return Err(Failed {
+            unsent: Some(request),
+            error: e.to_string(),
+        });
+    }
+    let response = sender
+        .try_send_request(request)
+        .await
+        .map_err(|mut e| Failed {
+            unsent: e.take_message(),
+            error: e.into_error().to_string(),
+        })?;
+    let status = response.status().as_u16();
+    response.into_body().collect().await.map_err(|e| Failed {
+        unsent: None,
+        error: e.to_string(),
+    })?;
+    Ok((status, sender))
+}
+
+/// A new connection to the backend (TCP, then TLS for https://).
+async fn connect(target: &Target) -> Result<Sender, String> {
+    let tcp = TcpStream::connect((target.host.as_str(), target.port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = tcp.set_nodelay(true);
     match &target.tls {
-        None => exchange(tcp, request).await,
+        None => handshake(tcp).await,
         Some((connector, name)) => {
             let tls = connector
                 .connect(name.clone(), tcp)
                 .await
                 .map_err(|e| format!("TLS: {e}"))?;
-            exchange(tls, request).await
+            handshake(tls).await
         }
     }
 }
 
-async fn exchange<I>(io: I, request: Request<Full<Bytes>>) -> Result<u16, String>
+async fn handshake<I>(io: I) -> Result<Sender, String>
 where
     I: AsyncRead + AsyncWrite + Unpin + 'static,
 {
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(|e| e.to_string())?;
     tokio::task::spawn_local(async move {
         let _ = connection.await;
     });
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(response.status().as_u16())
+    Ok(sender)
 }
 
 #[cfg(test)]
