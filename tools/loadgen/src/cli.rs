@@ -69,6 +69,22 @@ pub struct Common {
     /// Latency is still measured to each packet's kernel arrival time. `0` waits per socket.
     #[arg(long, default_value = "1ms", value_parser = parse_duration)]
     pub read_sweep: Duration,
+    /// A JSON object every session sends as `custom` in `connection`, as the SDK's
+    /// `createSession({custom})` does: e.g. `{"token":"..."}` for a server that requires its
+    /// shared secret, or what the operator's `connect` hook checks.
+    #[arg(long, value_parser = parse_custom)]
+    pub custom: Option<serde_json::Value>,
+}
+
+/// `--custom`: a JSON object.
+fn parse_custom(text: &str) -> Result<serde_json::Value, String> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    if value.is_object() {
+        Ok(value)
+    } else {
+        Err("must be a JSON object, e.g. {\"token\":\"secret\"}".into())
+    }
 }
 
 /// What the publishers send.

@@ -66,6 +66,8 @@ impl Publisher {
 pub struct Dialer {
     pub endpoint: Arc<Endpoint>,
     pub timeouts: ClientTimeouts,
+    /// What each session's `connection` carries (`custom` from `--custom`).
+    pub connection: ConnectionRequest,
 }
 
 impl Dialer {
@@ -75,8 +77,7 @@ impl Dialer {
         name: &str,
         synth: SynthConfig,
     ) -> Result<Publisher, ClientError> {
-        let session =
-            Session::connect(server, &ConnectionRequest::default(), self.timeouts).await?;
+        let session = Session::connect(server, &self.connection, self.timeouts).await?;
         let client = session.publish(&self.endpoint, name, synth).await?;
         Ok(Publisher {
             name: name.to_owned(),
@@ -92,8 +93,7 @@ impl Dialer {
         stream: &str,
     ) -> Result<Player, ClientError> {
         let started = Instant::now();
-        let session =
-            Session::connect(server, &ConnectionRequest::default(), self.timeouts).await?;
+        let session = Session::connect(server, &self.connection, self.timeouts).await?;
         let client = session.play(&self.endpoint, stream).await?;
         Ok(Player {
             index,

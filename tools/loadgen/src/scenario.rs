@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use relaycast_controlplane::client::{ClientError, ClientTimeouts, Endpoint};
-use relaycast_controlplane::protocol::StreamStatus;
+use relaycast_controlplane::protocol::{ConnectionRequest, StreamStatus};
 use relaycast_dataplane::DataPlaneConfig;
 use serde_json::json;
 
@@ -101,7 +101,14 @@ impl Run {
         let progress = Progress::start(Rc::clone(&fleet), Arc::clone(&endpoint), target_players);
         Ok(Run {
             common: common.clone(),
-            dialer: Dialer { endpoint, timeouts },
+            dialer: Dialer {
+                endpoint,
+                timeouts,
+                connection: ConnectionRequest {
+                    custom: common.custom.clone().unwrap_or_default(),
+                    ..ConnectionRequest::default()
+                },
+            },
             fleet,
             progress: Some(progress),
             counters,

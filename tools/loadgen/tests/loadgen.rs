@@ -23,8 +23,14 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    /// A server with `extra` flags as well.
+    fn start_with(extra: &[&str]) -> Server {
         let bin = server_binary();
         let mut child = Command::new(&bin)
+            .args(extra)
             .args([
                 "--ws-port",
                 "0",
@@ -386,6 +392,50 @@ fn an_unknown_stream_says_so() {
         3,
         "Stream not found",
     );
+}
+
+/// A server that requires its shared secret in `connection`'s `custom.token`: the loadgen's
+/// `--custom` carries it.
+#[test]
+fn custom_carries_the_token_a_server_requires() {
+    let config = std::env::temp_dir().join(format!("loadgen-token-{}.toml", std::process::id()));
+    std::fs::write(&config, "[auth]\ntoken = \"s3cret\"\n").unwrap();
+    let server = Server::start_with(&["--config", config.to_str().unwrap()]);
+    let base = [
+        "fanout",
+        "--server",
+        &server.ws,
+        "--players",
+        "2",
+        "--duration",
+        "1s",
+        "--warmup",
+        "0s",
+        "--bitrate",
+        "100k",
+        "--fps",
+        "10",
+        "--json",
+    ];
+    fails(&base, 3, "Restricted access");
+    let mut with_token = base.to_vec();
+    with_token.extend(["--custom", r#"{"token":"s3cret"}"#]);
+    let s = summary(&with_token);
+    assert_eq!(
+        (f(&s, &["connected"]), f(&s, &["failed", "count"])),
+        (2.0, 0.0)
+    );
+    // A bad --custom is refused by the argument parser, naming the option.
+    for (custom, reason) in [("[1]", "must be a JSON object"), ("{nope", "not JSON")] {
+        let out = loadgen(&["fanout", "--custom", custom]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("--custom") && stderr.contains(reason),
+            "{stderr}"
+        );
+    }
+    let _ = std::fs::remove_file(config);
 }
 
 #[test]
