@@ -159,6 +159,8 @@ pub enum RestRequest {
         media_session_id: Option<MediaSessionId>,
         name: Option<StreamName>,
         published: Option<bool>,
+        /// Only streams in this status, e.g. PUBLISHING.
+        status: Option<StreamStatus>,
     },
     StreamTerminate {
         media_session_ids: Vec<MediaSessionId>,
@@ -710,6 +712,7 @@ impl Registry {
                 media_session_id,
                 name,
                 published,
+                status,
             } => {
                 let list: Vec<StreamInfo> = self
                     .media
@@ -717,6 +720,7 @@ impl Registry {
                     .filter(|m| media_session_id.as_ref().is_none_or(|id| *id == m.id))
                     .filter(|m| name.as_ref().is_none_or(|n| *n == m.name))
                     .filter(|m| published.is_none_or(|p| p == m.published))
+                    .filter(|m| status.is_none_or(|s| s == m.status))
                     .map(|m| self.info(m))
                     .collect();
                 list_reply(list, "stream not found")
@@ -2765,6 +2769,30 @@ mod tests {
             (r.session_count(), r.stream_count(), r.media_count()),
             (1, 0, 0)
         );
+    }
+
+    #[test]
+    fn rest_find_filters_by_status() {
+        let mut r = with_sessions(&[1, 2]);
+        let out = publish(&mut r, 1, "p", "s");
+        answer_all(&mut r, &out);
+        play(&mut r, 2, "v", "s");
+        let mut find = |status| {
+            let request = RestRequest::StreamFind {
+                media_session_id: None,
+                name: None,
+                published: None,
+                status: Some(status),
+            };
+            let reply = r.rest(request, &mut Vec::new());
+            let ids: Vec<Value> = reply.body.as_array().map_or(Vec::new(), |list| {
+                list.iter().map(|s| s["mediaSessionId"].clone()).collect()
+            });
+            (reply.status, ids)
+        };
+        assert_eq!(find(StreamStatus::Publishing), (200, vec![json!("p")]));
+        assert_eq!(find(StreamStatus::Pending), (200, vec![json!("v")]));
+        assert_eq!(find(StreamStatus::Playing).0, 404);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::auth::{AuthError, RestAuth};
 use crate::hub::Hub;
-use crate::protocol::{MediaSessionId, SessionId, StreamName};
+use crate::protocol::{MediaSessionId, SessionId, StreamName, StreamStatus};
 use crate::registry::{RestReply, RestRequest, error_reply};
 
 /// How the REST server treats requests.
@@ -264,6 +264,7 @@ pub fn parse_request(path: &str, body: &[u8]) -> Result<RestRequest, RestReply> 
                 media_session_id: b.media_session_id.map(MediaSessionId),
                 name: b.name.map(StreamName),
                 published: b.published,
+                status: b.status,
             })
         }
         "/rest-api/stream/terminate" => {
@@ -321,6 +322,7 @@ struct FindBody {
     media_session_id: Option<String>,
     name: Option<String>,
     published: Option<bool>,
+    status: Option<StreamStatus>,
 }
 
 #[derive(Deserialize)]
@@ -391,6 +393,31 @@ mod tests {
         assert_eq!(e.body["status"], 400);
         let e = parse::<FindBody>(b"[1,2]").err().unwrap();
         assert_eq!(e.status, 400);
+    }
+
+    #[test]
+    fn find_filters_by_status() {
+        let found = parse_request(
+            "/rest-api/stream/find",
+            br#"{"name":"s","status":"PUBLISHING"}"#,
+        );
+        assert_eq!(
+            found,
+            Ok(RestRequest::StreamFind {
+                media_session_id: None,
+                name: Some(StreamName("s".into())),
+                published: None,
+                status: Some(StreamStatus::Publishing),
+            })
+        );
+        let e = parse_request("/rest-api/stream/find", br#"{"status":"LIVE"}"#)
+            .expect_err("not a status");
+        assert_eq!(e.status, 400);
+        assert!(
+            e.body["error"].as_str().unwrap().contains("LIVE"),
+            "{}",
+            e.body
+        );
     }
 
     #[test]
