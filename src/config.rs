@@ -224,6 +224,8 @@ pub struct Keepalive {
     pub ping_interval_secs: u64,
     /// Silent pings after which a session is closed.
     pub max_missed_pings: u32,
+    /// A client that takes no frame for this many seconds has stopped reading: it is dropped.
+    pub write_timeout_secs: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -269,6 +271,8 @@ pub struct Limits {
     pub max_stream_event_bytes: usize,
     /// Stream events (mute, unmute, data) one publisher may send per second (0: no limit).
     pub max_stream_events_per_sec: u32,
+    /// Bytes of frames waiting for one client beyond which it is dropped as too slow.
+    pub max_queued_bytes: usize,
 }
 
 impl Default for Config {
@@ -299,6 +303,7 @@ impl Default for Keepalive {
         Keepalive {
             ping_interval_secs: s.ping_interval.as_secs(),
             max_missed_pings: s.max_missed_pings,
+            write_timeout_secs: s.write_timeout.as_secs(),
         }
     }
 }
@@ -331,6 +336,7 @@ impl Default for Limits {
             max_players_per_stream: RegistryLimits::default().players_per_stream,
             max_stream_event_bytes: RegistryLimits::default().stream_event_bytes,
             max_stream_events_per_sec: RegistryLimits::default().stream_events_per_sec,
+            max_queued_bytes: SignallingConfig::default().max_queued,
         }
     }
 }
@@ -381,6 +387,16 @@ impl Config {
     fn validate(&self) -> anyhow::Result<()> {
         if self.keepalive.ping_interval_secs == 0 {
             bail!("keepalive.ping_interval_secs: must be at least 1");
+        }
+        if self.keepalive.write_timeout_secs == 0 {
+            bail!("keepalive.write_timeout_secs: must be at least 1");
+        }
+        if self.limits.max_queued_bytes < self.limits.max_frame_bytes {
+            bail!(
+                "limits.max_queued_bytes: must be at least limits.max_frame_bytes ({}), so a \
+                 frame fits",
+                self.limits.max_frame_bytes
+            );
         }
         if self.limits.max_frame_bytes < 1024 {
             bail!("limits.max_frame_bytes: must be at least 1024 (an SDP offer is several KiB)");
@@ -603,6 +619,8 @@ impl Config {
                 max_frame: self.limits.max_frame_bytes,
                 ping_interval: Duration::from_secs(self.keepalive.ping_interval_secs),
                 max_missed_pings: self.keepalive.max_missed_pings,
+                write_timeout: Duration::from_secs(self.keepalive.write_timeout_secs),
+                max_queued: self.limits.max_queued_bytes,
                 max_messages_per_sec: self.limits.max_messages_per_sec,
                 max_sessions_per_ip: self.limits.max_sessions_per_ip,
                 ..SignallingConfig::default()
@@ -718,6 +736,7 @@ mod tests {
              [limits]\nmax_messages_per_sec = 7\nmax_sessions_per_ip = 8\n\
              max_streams_per_session = 9\nmax_players_per_stream = 10\nmax_peers_per_core = 11\n\
              max_stream_event_bytes = 12\nmax_stream_events_per_sec = 13\n\
+             max_queued_bytes = 2000000\n[keepalive]\nwrite_timeout_secs = 3\n\
              [relay]\ntls_insecure = true\ntoken = \"r\"\n\
              [media]\nquiet_batching = false\n\
              [hooks]\nurl = \"http://127.0.0.1:9/rest/my_api\"\nmethods = [\"connect\"]\n\
@@ -761,6 +780,8 @@ mod tests {
         assert_eq!(s.hooks.methods, [HookMethod::Connect].into_iter().collect());
         assert_eq!(s.hooks.timeout, Duration::from_millis(1500));
         assert_eq!(s.hooks.max_in_flight, 3);
+        assert_eq!(s.signalling.max_queued, 2_000_000);
+        assert_eq!(s.signalling.write_timeout, Duration::from_secs(3));
         assert_eq!(s.hooks.secret_key.as_deref(), Some("k"));
     }
 

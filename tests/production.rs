@@ -431,12 +431,39 @@ async fn message_rate_limit() {
 /// event, and the publisher goes on.
 #[tokio::test]
 async fn a_player_that_stops_reading_is_dropped_and_the_others_get_every_event() {
+    // The queue bound: 24 MB of events is far more than loopback TCP buffers plus 4 MiB.
+    stalled_player_is_dropped(
+        "",
+        "slow_consumer",
+        "dropping a session that does not read what it is sent",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_player_whose_socket_stays_shut_is_dropped_after_the_write_timeout() {
+    // The queue may hold all 24 MB here, so only the write timeout (1 s) can drop it.
+    stalled_player_is_dropped(
+        "max_queued_bytes = 268435456\n[keepalive]\nwrite_timeout_secs = 1\n",
+        "write_timeout",
+        "dropping a session that stopped reading",
+    )
+    .await;
+}
+
+/// A raw WebSocket player that never reads, while its publisher sends 40 events of 600 KB
+/// to it and to a reading player: the stalled one is dropped for `kind` (with `log` in the
+/// log), the reading one gets every event, and the publisher and its media go on. `limits`
+/// is more of the `[limits]` section (and may open other sections).
+async fn stalled_player_is_dropped(limits: &str, kind: &str, log: &str) {
     use futures_util::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
 
     let server = Server::with_config(
-        "[limits]\nmax_stream_event_bytes = 700000\nmax_stream_events_per_sec = 0\n\
-         [media]\nconnect_timeout_secs = 60\n",
+        &format!(
+            "[media]\nconnect_timeout_secs = 60\n\
+             [limits]\nmax_stream_event_bytes = 700000\nmax_stream_events_per_sec = 0\n{limits}"
+        ),
         &[],
     );
     let ep = endpoint();
@@ -492,22 +519,28 @@ async fn a_player_that_stops_reading_is_dropped_and_the_others_get_every_event()
             got += 1;
         }
     }
+    let label = format!("kind=\"{kind}\"");
     let dropped = eventually(Duration::from_secs(5), || async {
         let text = metrics(&server).await;
-        let n = metric(
-            &text,
-            "relaycast_signalling_errors_total",
-            &["kind=\"slow_consumer\""],
-        );
+        let n = metric(&text, "relaycast_signalling_errors_total", &[&label]);
         (n == 1.0).then_some(())
     })
     .await;
     assert!(dropped.is_some(), "{}", server.log_text());
-    assert!(
-        server
-            .log_text()
-            .contains("dropping a session that does not read what it is sent")
-    );
+    assert!(server.log_text().contains(log), "{}", server.log_text());
+    // Dropped once, for that reason only.
+    let text = metrics(&server).await;
+    for other in ["slow_consumer", "write_timeout"]
+        .into_iter()
+        .filter(|k| *k != kind)
+    {
+        let label = format!("kind=\"{other}\"");
+        assert_eq!(
+            metric(&text, "relaycast_signalling_errors_total", &[&label]),
+            0.0,
+            "{other}"
+        );
+    }
     // Its player is gone; the publisher and the reading player stay.
     let gone = eventually(Duration::from_secs(5), || async {
         let (_, body) = server

@@ -28,10 +28,10 @@ pub enum Outgoing {
     Close(u16, String),
 }
 
-/// Bytes of text frames queued for one connection beyond which the connection is dropped as
-/// too slow (no close frame: it would wait behind the rest): a client that stops reading must
-/// not make the server hold an ever longer queue of the frames its streams produce (a
-/// publisher's `sendData` reaches every player).
+/// The default bytes of text frames queued for one connection beyond which the connection is
+/// dropped as too slow (no close frame: it would wait behind the rest): a client that stops
+/// reading must not make the server hold an ever longer queue of the frames its streams
+/// produce (a publisher's `sendData` reaches every player).
 pub const MAX_QUEUED_BYTES: usize = 4 << 20;
 
 /// A connection's outgoing queue. `queued` counts the bytes of the text frames in it: the
@@ -43,6 +43,8 @@ struct ConnOut {
     kill: Rc<Notify>,
     /// The queue overflowed and the connection is being dropped: later frames are not queued.
     overflowed: Cell<bool>,
+    /// Bytes queued beyond which the connection is dropped.
+    limit: usize,
 }
 
 /// What a connection's task gets from [`Hub::open`].
@@ -140,8 +142,9 @@ impl Hub {
         self.stopping.get()
     }
 
-    /// A WebSocket connection opened: its id and its outgoing queue.
-    pub fn open(&self, remote: SocketAddr) -> ConnQueue {
+    /// A WebSocket connection opened: its id and its outgoing queue, dropped beyond
+    /// `max_queued` bytes.
+    pub fn open(&self, remote: SocketAddr, max_queued: usize) -> ConnQueue {
         let conn = ConnId(self.next_conn.get());
         self.next_conn.set(conn.0 + 1);
         let (tx, rx) = mpsc::unbounded_channel();
@@ -152,6 +155,7 @@ impl Hub {
             queued: Rc::clone(&queued),
             kill: Rc::clone(&kill),
             overflowed: Cell::new(false),
+            limit: max_queued,
         };
         self.conns.borrow_mut().insert(conn, out);
         self.registry
@@ -285,13 +289,13 @@ impl Hub {
         }
         if let Outgoing::Text(text) = &message {
             let queued = out.queued.get() + text.len();
-            if queued > MAX_QUEUED_BYTES {
+            if queued > out.limit {
                 out.overflowed.set(true);
                 self.metrics.signalling_error("slow_consumer");
                 tracing::warn!(
                     conn = conn.0,
                     queued,
-                    limit = MAX_QUEUED_BYTES,
+                    limit = out.limit,
                     "dropping a session that does not read what it is sent"
                 );
                 out.kill.notify_one();

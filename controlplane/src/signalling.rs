@@ -6,8 +6,8 @@
 //! frame and a log line: sessions per client IP address (the extra session is closed with
 //! 1008) and messages per second per session (a token bucket; excess messages are dropped,
 //! and a session that keeps flooding is closed with 1008). A client that stops reading is
-//! dropped: when a frame cannot be written within [`WRITE_TIMEOUT`], or when more than
-//! [`crate::hub::MAX_QUEUED_BYTES`] of frames wait for it. Its session then ends as if it had
+//! dropped: when a frame cannot be written within `write_timeout` (10 s), or when more than
+//! `max_queued` bytes of frames (4 MiB) wait for it. Its session then ends as if it had
 //! disconnected.
 
 use std::cell::RefCell;
@@ -37,19 +37,14 @@ use crate::protocol;
 /// 9.6 KiB with 4 KiB (dhat, 100 players, BENCHMARKS.md "Memory per player").
 const SESSION_READ_BUFFER: usize = 1024;
 
-/// How long one frame may take to reach a client's socket. A client that takes nothing for
-/// this long has stopped reading (its TCP window stays shut), and its session is closed:
-/// waiting longer would also stop its keep-alive pings and let its queue grow.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Writes one frame within [`WRITE_TIMEOUT`]; false when the socket failed or the client
-/// stopped reading.
-async fn write<K>(sink: &mut K, message: Message) -> bool
+/// Writes one frame within `timeout`; false when the socket failed or the client stopped
+/// reading.
+async fn write<K>(sink: &mut K, message: Message, timeout: Duration) -> bool
 where
     K: futures_util::Sink<Message> + Unpin,
 {
     matches!(
-        tokio::time::timeout(WRITE_TIMEOUT, sink.send(message)).await,
+        tokio::time::timeout(timeout, sink.send(message)).await,
         Ok(Ok(()))
     )
 }
@@ -69,6 +64,12 @@ pub struct SignallingConfig {
     pub max_messages_per_sec: u32,
     /// Sessions open at once from one IP address; 0: any.
     pub max_sessions_per_ip: usize,
+    /// How long one frame may take to reach a client's socket. A client that takes nothing
+    /// for this long has stopped reading (its TCP window stays shut), and its session is
+    /// closed: waiting longer would also stop its keep-alive pings and let its queue grow.
+    pub write_timeout: Duration,
+    /// Bytes of frames queued for one connection beyond which it is dropped as too slow.
+    pub max_queued: usize,
 }
 
 impl Default for SignallingConfig {
@@ -80,6 +81,8 @@ impl Default for SignallingConfig {
             handshake_timeout: Duration::from_secs(10),
             max_messages_per_sec: 100,
             max_sessions_per_ip: 5000,
+            write_timeout: Duration::from_secs(10),
+            max_queued: crate::hub::MAX_QUEUED_BYTES,
         }
     }
 }
@@ -273,9 +276,11 @@ async fn refuse_extra_session<S: AsyncRead + AsyncWrite + Unpin>(
     tracing::warn!(%remote, limit, "session refused: sessions per IP address limit");
     hub.metrics().signalling_error("sessions_per_ip");
     let info = format!("Too many sessions from {} (limit {limit})", remote.ip());
+    let timeout = config.write_timeout;
     if write(
         &mut ws,
         Message::text(protocol::fail("connection", &info, None)),
+        timeout,
     )
     .await
     {
@@ -283,7 +288,7 @@ async fn refuse_extra_session<S: AsyncRead + AsyncWrite + Unpin>(
             code: CloseCode::Policy,
             reason: "too many sessions from this address".into(),
         }));
-        let _ = write(&mut ws, close).await;
+        let _ = write(&mut ws, close, timeout).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
 }
@@ -355,10 +360,11 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         rx: mut outgoing,
         queued,
         kill,
-    } = hub.open(remote);
+    } = hub.open(remote, config.max_queued);
+    let timeout = config.write_timeout;
     let stalled = |hub: &Hub| {
         hub.metrics().signalling_error("write_timeout");
-        tracing::warn!(conn = conn.0, %remote, timeout = ?WRITE_TIMEOUT,
+        tracing::warn!(conn = conn.0, %remote, ?timeout,
             "dropping a session that stopped reading");
     };
     let mut ping = tokio::time::interval_at(
@@ -395,7 +401,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                                 code: CloseCode::Policy,
                                 reason: "message rate limit exceeded".into(),
                             }));
-                            let _ = write(&mut sink, close).await;
+                            let _ = write(&mut sink, close, timeout).await;
                             break;
                         }
                     }
@@ -421,12 +427,12 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                     };
                     tracing::info!(conn = conn.0, %remote, %info, "oversized frame; closing");
                     hub.metrics().signalling_error("oversized_frame");
-                    if write(&mut sink, Message::text(protocol::fail("unknown", &info, None))).await {
+                    if write(&mut sink, Message::text(protocol::fail("unknown", &info, None)), timeout).await {
                         let close = Message::Close(Some(CloseFrame {
                             code: CloseCode::Size,
                             reason: "frame too large".into(),
                         }));
-                        let _ = write(&mut sink, close).await;
+                        let _ = write(&mut sink, close, timeout).await;
                     }
                     break;
                 }
@@ -440,7 +446,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                 Some(Outgoing::Text(text)) => {
                     let len = text.len();
                     let written = tokio::select! {
-                        w = tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::text(text))) => w,
+                        w = tokio::time::timeout(timeout, sink.send(Message::text(text))) => w,
                         // The queue overflowed (the hub logged and counted it).
                         () = kill.notified() => break,
                     };
@@ -459,7 +465,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                     // the client takes it.
                     let mut open = true;
                     while let Ok(Outgoing::Text(text)) = outgoing.try_recv() {
-                        if !write(&mut sink, Message::text(text)).await {
+                        if !write(&mut sink, Message::text(text), timeout).await {
                             open = false;
                             break;
                         }
@@ -469,7 +475,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                             code: CloseCode::from(code),
                             reason: reason.into(),
                         }));
-                        let _ = write(&mut sink, close).await;
+                        let _ = write(&mut sink, close, timeout).await;
                     }
                     break;
                 }
@@ -484,11 +490,11 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                         code: CloseCode::Away,
                         reason: "keep-alive timeout".into(),
                     }));
-                    let _ = write(&mut sink, close).await;
+                    let _ = write(&mut sink, close, timeout).await;
                     break;
                 }
                 missed += 1;
-                if !write(&mut sink, Message::text(protocol::ping())).await {
+                if !write(&mut sink, Message::text(protocol::ping()), timeout).await {
                     break;
                 }
             }
