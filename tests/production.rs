@@ -947,6 +947,42 @@ async fn rest_hooks_let_the_backend_decide_and_carry_data_both_ways() {
     );
 }
 
+/// A graceful stop waits for the backend to take the last notifications: the sessions the
+/// stop closes are reported DISCONNECTED before the process exits.
+#[tokio::test]
+async fn a_graceful_stop_delivers_the_last_notifications() {
+    let (backend, rx, _) = hook_backend().await;
+    let mut posts = Posts {
+        rx,
+        aside: Vec::new(),
+        taken: 0,
+    };
+    let mut server = Server::with_config(
+        &format!(
+            "[hooks]\nurl = \"http://{backend}/app\"\n\
+             methods = [\"ConnectionStatusEvent\"]\n"
+        ),
+        &[],
+    );
+    let mut ws = raw_connect(&server, Value::Null).await;
+    let session = next_message(&mut ws, "getUserData").await["sessionId"].clone();
+    assert_eq!(
+        posts.next("ConnectionStatusEvent").await.body["status"],
+        "ESTABLISHED"
+    );
+    let stopped = tokio::task::spawn_blocking(move || server.terminate(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert!(stopped.is_some_and(|s| s.success()), "{stopped:?}");
+    let post = tokio::time::timeout(Duration::from_secs(1), posts.next("ConnectionStatusEvent"))
+        .await
+        .expect("the DISCONNECTED notification was posted before the server exited");
+    assert_eq!(
+        (&post.body["sessionId"], &post.body["status"]),
+        (&session, &json!("DISCONNECTED"))
+    );
+}
+
 /// A backend that answers 200 and closes each connection 50 ms later: the server's kept
 /// connection is gone by its next hook, which must still arrive, once.
 #[tokio::test]

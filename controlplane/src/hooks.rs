@@ -233,6 +233,8 @@ pub struct Hooks {
     idle: Rc<RefCell<Vec<Sender>>>,
     secret: Option<Rc<[u8]>>,
     answers: mpsc::UnboundedSender<HookAnswer>,
+    /// Posts started and not yet answered (a graceful stop waits for them).
+    pending: Rc<Cell<usize>>,
 }
 
 impl Hooks {
@@ -261,8 +263,14 @@ impl Hooks {
                 .as_ref()
                 .map(|key| Rc::from(key.as_bytes())),
             answers,
+            pending: Rc::new(Cell::new(0)),
         };
         Ok((hooks, rx))
+    }
+
+    /// Posts started and not yet answered or timed out.
+    pub fn in_flight(&self) -> usize {
+        self.pending.get()
     }
 
     /// The methods the backend is asked about: none without a URL.
@@ -292,6 +300,8 @@ impl Hooks {
         let answers = self.answers.clone();
         let timeout = self.timeout;
         let notice_logged = Rc::clone(&self.notice_logged);
+        let in_flight = Rc::clone(&self.pending);
+        in_flight.set(in_flight.get() + 1);
         tokio::task::spawn_local(async move {
             let posted = async {
                 let _slot = slots.acquire().await.map_err(|e| e.to_string())?;
@@ -305,6 +315,7 @@ impl Hooks {
                     HookOutcome::Failed(format!("no answer within {} ms", timeout.as_millis()))
                 }
             };
+            in_flight.set(in_flight.get() - 1);
             if outcome.passed() {
                 tracing::debug!(method = method.as_str(), "hook passed");
             } else if !method.is_notification() {

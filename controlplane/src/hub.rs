@@ -268,6 +268,11 @@ impl Hub {
         }
     }
 
+    /// REST hooks posted and not yet answered.
+    pub fn hooks_in_flight(&self) -> usize {
+        self.hooks.in_flight()
+    }
+
     /// Number of open signalling connections.
     pub fn connection_count(&self) -> usize {
         self.conns.borrow().len()

@@ -186,7 +186,9 @@ pub async fn serve(
     hub.shutdown();
     ws_task.abort();
     let deadline = tokio::time::Instant::now() + config.shutdown_grace;
-    while (hub.connection_count() > 0 || hub.relays().running() > 0)
+    // Clients take their final statuses, relays end their remote side, and the backend gets
+    // the last notifications.
+    while (hub.connection_count() > 0 || hub.relays().running() > 0 || hub.hooks_in_flight() > 0)
         && tokio::time::Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
