@@ -1,15 +1,18 @@
 //! WCS's REST hooks: the server asks the operator's backend before it accepts a connection,
-//! a publish or a play, and passes it a client's `sendData`. Each hook is a JSON `POST` to
-//! the configured base URL plus the method's name (`/connect`, `/publishStream`,
-//! `/playStream`, `/OnDataEvent`), as WCS posts to an application's REST URL. A 2xx answer
-//! lets the request go on; any other status refuses it, and a backend that cannot be reached
-//! or does not answer within the timeout refuses it too (a hook that cannot be asked does not
-//! let anyone in). With a secret key, each post carries `Authorization: WCS <hex HMAC-MD5 of
-//! the body>`, as WCS signs its hooks.
+//! a publish or a play, passes it a client's `sendData`, and tells it when streams and
+//! sessions start and end. Each hook is a JSON `POST` to the configured base URL plus the
+//! method's name (`/connect`, `/publishStream`, `/playStream`, `/OnDataEvent`,
+//! `/StreamStatusEvent`, `/ConnectionStatusEvent`), as WCS posts to an application's REST
+//! URL. A 2xx answer lets the request go on; any other status refuses it, and a backend that
+//! cannot be reached or does not answer within the timeout refuses it too (a hook that cannot
+//! be asked does not let anyone in). The notifications' answers change nothing. With a
+//! secret key, each post carries `Authorization: WCS <hex HMAC-MD5 of the body>`, as WCS
+//! signs its hooks.
 //!
-//! Each post runs as its own task on the control-plane thread. At most `max_in_flight` run at
-//! once; the others wait for a slot within the same timeout. The answer goes back to the hub
-//! on a channel, and the registry resumes the request it parked ([`HookPending`]).
+//! Each post runs as its own task on the control-plane thread, over a kept-alive HTTP/1.1
+//! connection when one is idle. At most `max_in_flight` run at once; the others wait for a
+//! slot within the same timeout. The answer goes back to the hub on a channel, and the
+//! registry resumes the request it parked ([`HookPending`]).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
