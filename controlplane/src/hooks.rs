@@ -212,6 +212,8 @@ pub struct HookAnswer {
     pub method: HookMethod,
     pub pending: HookPending,
     pub outcome: HookOutcome,
+    /// From the post to its answer; zero for a method that is not posted.
+    pub took: Duration,
 }
 
 /// The backend's base URL, checked once.
@@ -292,6 +294,7 @@ impl Hooks {
                     method,
                     pending,
                     outcome,
+                    took: Duration::ZERO,
                 });
                 return;
             }
@@ -306,6 +309,7 @@ impl Hooks {
         let in_flight = Rc::clone(&self.pending);
         in_flight.set(in_flight.get() + 1);
         tokio::task::spawn_local(async move {
+            let started = Instant::now();
             let posted = async {
                 let _slot = slots.acquire().await.map_err(|e| e.to_string())?;
                 post(&target, &idle, method, body, signature).await
@@ -337,6 +341,7 @@ impl Hooks {
                 method,
                 pending,
                 outcome,
+                took: started.elapsed(),
             });
         });
     }

@@ -216,7 +216,7 @@ impl Hub {
     /// The backend answered a REST hook: the request it held goes on or is refused.
     pub fn hook_answer(&self, answer: HookAnswer) {
         self.metrics
-            .hook_call(answer.method.as_str(), answer.outcome.label());
+            .hook_call(answer.method.as_str(), answer.outcome.label(), answer.took);
         let mut out = Vec::new();
         self.registry
             .borrow_mut()

@@ -4,11 +4,13 @@
 //! data-plane core's counters (relaxed atomics written only by their core).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::hub::Hub;
@@ -17,12 +19,28 @@ use crate::relay::RelayStatus;
 type Labels = Vec<(&'static str, String)>;
 
 /// Counters of control-plane events, kept for the server's life.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Metrics {
     signalling_errors: Family<Labels, Counter>,
     rest_requests: Family<Labels, Counter>,
     rest_auth_failures: Counter,
     hook_calls: Family<Labels, Counter>,
+    hook_seconds: Family<Labels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            signalling_errors: Family::default(),
+            rest_requests: Family::default(),
+            rest_auth_failures: Counter::default(),
+            hook_calls: Family::default(),
+            // 1 ms to 8 s.
+            hook_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 14))
+            }),
+        }
+    }
 }
 
 impl Metrics {
@@ -41,15 +59,18 @@ impl Metrics {
             .inc();
     }
 
-    /// A REST hook the backend answered: its `method` and `result` (`passed`, `refused`,
-    /// `failed`).
-    pub fn hook_call(&self, method: &'static str, result: &'static str) {
+    /// A REST hook the backend answered: its `method`, `result` (`passed`, `refused`,
+    /// `failed`) and how long the answer took (the wait for a slot included).
+    pub fn hook_call(&self, method: &'static str, result: &'static str, took: Duration) {
         self.hook_calls
             .get_or_create(&vec![
                 ("method", method.to_owned()),
                 ("result", result.to_owned()),
             ])
             .inc();
+        self.hook_seconds
+            .get_or_create(&vec![("method", method.to_owned())])
+            .observe(took.as_secs_f64());
     }
 
     /// A REST request refused for missing or wrong credentials.
@@ -81,6 +102,11 @@ pub fn render(hub: &Hub) -> String {
         "hook_calls",
         "REST hooks the backend answered, by method and result (passed, refused, failed)",
         m.hook_calls.clone(),
+    );
+    r.register(
+        "hook_duration_seconds",
+        "Time from posting a REST hook to its answer (or failure), by method",
+        m.hook_seconds.clone(),
     );
 
     r.register(

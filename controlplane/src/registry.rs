@@ -1782,6 +1782,7 @@ mod tests {
     use super::*;
     use crate::hooks::HookOutcome;
     use crate::protocol::{ConnectionRequest, ServerMessage};
+    use std::time::Duration;
 
     const OFFER: &str = "v=0\r\n";
 
@@ -2246,6 +2247,7 @@ mod tests {
                     method: HookMethod::Connect,
                     pending: pending.clone(),
                     outcome: HookOutcome::Passed,
+                    took: Duration::ZERO,
                 };
                 r.hook_answer(answer, 0, &mut Vec::new());
             }
@@ -2282,6 +2284,7 @@ mod tests {
             method: hook.0,
             pending: hook.2.clone(),
             outcome,
+            took: Duration::ZERO,
         };
         r.hook_answer(answer, 0, &mut out);
         out
