@@ -7,8 +7,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    Server, ended, endpoint, eventually, keyframe_requests, metric, metrics, player_figures,
-    session,
+    Posts, Server, ended, endpoint, eventually, hook_backend, keyframe_requests, metric, metrics,
+    player_figures, session,
 };
 use relaycast_controlplane::client::{ClientStream, Session, StreamSignal};
 use relaycast_controlplane::protocol::{StreamStatus, TrackState};
@@ -719,4 +719,59 @@ async fn push_terminated_from_either_end() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (code, _) = b.rest("/rest-api/stream/find", r#"{"name":"t"}"#).await;
     assert_eq!(code, 404, "A pushed the terminated stream again");
+}
+
+/// The remote's REST hooks decide about a relay as about any client: its publishStream hook
+/// refuses a push, with the backend's reason in the relay's status, and lets another through;
+/// the backend sees the relay's `custom.relaycastVia`.
+#[tokio::test]
+async fn the_remotes_rest_hooks_decide_about_a_relay() {
+    let (backend, rx, _) = hook_backend().await;
+    let mut posts = Posts {
+        rx,
+        aside: Vec::new(),
+        taken: 0,
+    };
+    let a = Server::start(&[]);
+    let b = Server::with_config(
+        &format!(
+            "[hooks]\nurl = \"http://{backend}/app\"\nmethods = [\"connect\", \"publishStream\"]\n"
+        ),
+        &[],
+    );
+    let ep = endpoint();
+    let pub_session = session(&a).await;
+    let _refused = pub_session
+        .publish(&ep, "forbidden-cam", synth())
+        .await
+        .unwrap();
+    let _allowed = pub_session.publish(&ep, "cam", synth()).await.unwrap();
+
+    let (code, body) = relay(
+        &a,
+        "push",
+        json!({"uri": b.ws_url(), "localStreamName": "forbidden-cam"}),
+    )
+    .await;
+    assert_eq!(code, 500, "{body}");
+    assert_eq!(body["status"], json!("FAILED"), "{body}");
+    assert!(
+        body["info"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Refused by the backend (403)"),
+        "{body}"
+    );
+    assert_eq!(posts.next("connect").await.path, "/app/connect");
+    let refused = posts.next("publishStream").await;
+    assert_eq!(refused.body["name"], "forbidden-cam");
+
+    push(&a, &b, "cam").await;
+    let _ = posts.next("connect").await;
+    let allowed = posts.next("publishStream").await;
+    assert_eq!(allowed.body["name"], "cam");
+    let via = allowed.body["custom"]["relaycastVia"].as_array().cloned();
+    assert!(via.is_some_and(|v| !v.is_empty()), "{}", allowed.body);
+    let (code, streams) = b.rest("/rest-api/stream/find", r#"{"name":"cam"}"#).await;
+    assert_eq!((code, &streams[0]["status"]), (200, &json!("PUBLISHING")));
 }

@@ -454,3 +454,114 @@ pub async fn ended(handle: &mut StreamHandle, limit: Duration, what: &str) -> St
         .await
         .unwrap_or_else(|e| panic!("{what}: {e}"))
 }
+
+// ---------------------------------------------------------------------------------------------
+// A REST-hook backend
+// ---------------------------------------------------------------------------------------------
+
+/// One post a test backend got: its path, `Authorization` header and JSON body.
+#[derive(Debug)]
+pub struct Post {
+    pub path: String,
+    pub authorization: Option<String>,
+    pub body: Value,
+}
+
+/// A WCS-style backend for the REST hooks. It records each post and answers 403 to a
+/// `connect` whose `custom.login` is "mallory", to a `publishStream` or `playStream` of a
+/// stream named "forbidden-*", and to data whose payload says `{"answer": 403}`; it never
+/// answers data saying `{"answer": "never"}`; everything else gets 200.
+/// Its address, its posts, and the number of TCP connections it accepted.
+pub async fn hook_backend() -> (
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<Post>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (posts, rx) = tokio::sync::mpsc::unbounded_channel();
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let accepted = std::sync::Arc::clone(&connections);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let posts = posts.clone();
+            let service =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let posts = posts.clone();
+                    async move {
+                        let path = req.uri().path().to_owned();
+                        let authorization = req
+                            .headers()
+                            .get("authorization")
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned);
+                        let raw = req.into_body().collect().await?.to_bytes();
+                        let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+                        let refused = body["custom"]["login"] == "mallory"
+                            || body["name"]
+                                .as_str()
+                                .is_some_and(|n| n.starts_with("forbidden-"))
+                            || body["payload"]["answer"] == 403;
+                        let never = body["payload"]["answer"] == "never";
+                        let _ = posts.send(Post {
+                            path,
+                            authorization,
+                            body: serde_json::from_slice(&raw).unwrap_or(Value::Null),
+                        });
+                        if never {
+                            std::future::pending::<()>().await;
+                        }
+                        let mut response = hyper::Response::new(Full::new(Bytes::from("{}")));
+                        if refused {
+                            *response.status_mut() = hyper::StatusCode::FORBIDDEN;
+                        }
+                        Ok::<_, hyper::Error>(response)
+                    }
+                });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    (addr, rx, connections)
+}
+
+/// The posts a test backend got, taken by method in order; the others are kept aside.
+pub struct Posts {
+    pub rx: tokio::sync::mpsc::UnboundedReceiver<Post>,
+    pub aside: Vec<Post>,
+    /// Posts returned by `next`.
+    pub taken: usize,
+}
+
+impl Posts {
+    /// The next post to `<base>/<method>`.
+    pub async fn next(&mut self, method: &str) -> Post {
+        self.taken += 1;
+        if let Some(i) = self
+            .aside
+            .iter()
+            .position(|p| p.path.ends_with(&format!("/{method}")))
+        {
+            return self.aside.remove(i);
+        }
+        loop {
+            let post = tokio::time::timeout(Duration::from_secs(10), self.rx.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no {method} hook within 10 s"))
+                .expect("the backend runs");
+            if post.path.ends_with(&format!("/{method}")) {
+                return post;
+            }
+            self.aside.push(post);
+        }
+    }
+}
