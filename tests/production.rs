@@ -840,6 +840,48 @@ async fn rest_hooks_let_the_backend_decide_and_carry_data_both_ways() {
     );
 }
 
+/// An `https://` backend: trusted through `tls_ca_file`, its hooks go through; a server that
+/// trusts only the system roots refuses to talk to it, and says so.
+#[tokio::test]
+async fn hooks_reach_an_https_backend_verified_against_the_configured_ca() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let cert = TestCert::generate();
+    let (backend, rx) = common::https_hook_backend(&cert).await;
+    let mut posts = Posts {
+        rx,
+        aside: Vec::new(),
+        taken: 0,
+    };
+    let hooks = format!("[hooks]\nurl = \"https://{backend}/app\"\nmethods = [\"OnDataEvent\"]\n");
+    let trusting = Server::with_config(
+        &format!(
+            "{hooks}tls_ca_file = {:?}\n",
+            cert.cert_file.display().to_string()
+        ),
+        &[],
+    );
+    let untrusting = Server::with_config(&hooks, &[]);
+    for (server, status) in [(&trusting, "ACCEPTED"), (&untrusting, "FAILED")] {
+        let mut ws = raw_connect(server, Value::Null).await;
+        next_message(&mut ws, "getUserData").await;
+        let frame = json!({"message": "sendData",
+            "data": [{"operationId": "op", "payload": {"over": "tls"}}]});
+        ws.send(Message::text(frame.to_string())).await.unwrap();
+        let answer = next_message(&mut ws, "DataStatusEvent").await;
+        assert_eq!(answer["status"], status, "{answer}");
+        if status == "ACCEPTED" {
+            let post = posts.next("OnDataEvent").await;
+            assert_eq!(post.path, "/app/OnDataEvent");
+            assert_eq!(post.body["payload"], json!({"over": "tls"}));
+        } else {
+            let info = answer["info"].as_str().unwrap();
+            assert!(info.starts_with("Backend unavailable: TLS: "), "{info}");
+        }
+    }
+}
+
 /// A graceful stop waits for the backend to take the last notifications: the sessions the
 /// stop closes are reported DISCONNECTED before the process exits.
 #[tokio::test]

@@ -477,6 +477,39 @@ pub async fn hook_backend() -> (
     tokio::sync::mpsc::UnboundedReceiver<Post>,
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
+    hook_backend_with(None).await
+}
+
+/// [`hook_backend`] over `https://` with this certificate (its address, its posts).
+pub async fn https_hook_backend(
+    cert: &TestCert,
+) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Post>) {
+    let pem = |path: &PathBuf| std::fs::read(path).expect("read PEM");
+    let chain: Vec<_> =
+        rustls::pki_types::pem::PemObject::pem_slice_iter(&pem(&cert.cert_file)[..])
+            .map(|c| c.expect("certificate PEM"))
+            .collect();
+    let key = rustls::pki_types::pem::PemObject::from_pem_slice(&pem(&cert.key_file)[..])
+        .expect("key PEM");
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server certificate");
+    let (addr, rx, _) =
+        hook_backend_with(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await;
+    (addr, rx)
+}
+
+async fn hook_backend_with(
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> (
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<Post>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
     use http_body_util::{BodyExt, Full};
     use hyper::body::Bytes;
 
@@ -525,10 +558,24 @@ pub async fn hook_backend() -> (
                         Ok::<_, hyper::Error>(response)
                     }
                 });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
-            );
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                let http = hyper::server::conn::http1::Builder::new();
+                match tls {
+                    None => {
+                        let io = hyper_util::rt::TokioIo::new(stream);
+                        let _ = http.serve_connection(io, service).await;
+                    }
+                    Some(acceptor) => {
+                        // A client that refuses the certificate ends here.
+                        let Ok(stream) = acceptor.accept(stream).await else {
+                            return;
+                        };
+                        let io = hyper_util::rt::TokioIo::new(stream);
+                        let _ = http.serve_connection(io, service).await;
+                    }
+                }
+            });
         }
     });
     (addr, rx, connections)
