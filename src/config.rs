@@ -152,6 +152,9 @@ pub struct Hooks {
     pub max_in_flight: usize,
     /// Sign each post: `Authorization: WCS <hex HMAC-MD5 of the body>`.
     pub secret_key: Option<String>,
+    /// Let connections, publishes and plays go on when the backend cannot be reached or does
+    /// not answer in time (a status it answers still counts). Off: they are refused.
+    pub allow_unavailable: bool,
     /// Trust only the CA certificates in this PEM file for an https:// backend (default:
     /// the system roots).
     pub tls_ca_file: Option<PathBuf>,
@@ -169,6 +172,7 @@ impl Default for Hooks {
             timeout_ms: d.timeout.as_millis() as u64,
             max_in_flight: d.max_in_flight,
             secret_key: None,
+            allow_unavailable: d.allow_unavailable,
             tls_ca_file: None,
         }
     }
@@ -486,6 +490,7 @@ impl Config {
             timeout: Duration::from_millis(self.hooks.timeout_ms),
             max_in_flight: self.hooks.max_in_flight,
             secret_key: self.hooks.secret_key.clone(),
+            allow_unavailable: self.hooks.allow_unavailable,
             tls,
         })
     }
@@ -740,7 +745,7 @@ mod tests {
              [relay]\ntls_insecure = true\ntoken = \"r\"\n\
              [media]\nquiet_batching = false\n\
              [hooks]\nurl = \"http://127.0.0.1:9/rest/my_api\"\nmethods = [\"connect\"]\n\
-             timeout_ms = 1500\nmax_in_flight = 3\nsecret_key = \"k\"\n",
+             timeout_ms = 1500\nmax_in_flight = 3\nsecret_key = \"k\"\nallow_unavailable = true\n",
         )
         .unwrap();
         let s = c.server_config().unwrap();
@@ -783,6 +788,7 @@ mod tests {
         assert_eq!(s.signalling.max_queued, 2_000_000);
         assert_eq!(s.signalling.write_timeout, Duration::from_secs(3));
         assert_eq!(s.hooks.secret_key.as_deref(), Some("k"));
+        assert!(s.hooks.allow_unavailable);
     }
 
     #[test]

@@ -1020,6 +1020,39 @@ async fn without_hooks_data_is_accepted_and_an_unreachable_backend_refuses() {
         .await
         .unwrap();
     next_message(&mut ws, "pong").await;
+
+    // With allow_unavailable, the same unreachable backend lets connections and data through,
+    // and the failures are still counted.
+    let lenient = Server::with_config(
+        &format!(
+            "[hooks]\nurl = \"http://127.0.0.1:{port}/app\"\n\
+             methods = [\"connect\", \"OnDataEvent\"]\nallow_unavailable = true\n"
+        ),
+        &[],
+    );
+    let mut ws = raw_connect(&lenient, Value::Null).await;
+    next_message(&mut ws, "getUserData").await;
+    ws.send(Message::text(frame.to_string())).await.unwrap();
+    let answer = next_message(&mut ws, "DataStatusEvent").await;
+    assert_eq!(answer["status"], "ACCEPTED", "{answer}");
+    let text = metrics(&lenient).await;
+    for method in ["connect", "OnDataEvent"] {
+        let labels = [
+            format!("method=\"{method}\""),
+            "result=\"failed\"".to_owned(),
+        ];
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        assert_eq!(
+            metric(&text, "relaycast_hook_calls_total", &labels),
+            1.0,
+            "{method}"
+        );
+    }
+    assert!(
+        lenient
+            .log_text()
+            .contains("the request goes on (allow_unavailable)")
+    );
 }
 
 #[tokio::test]

@@ -128,6 +128,9 @@ pub struct HookConfig {
     pub max_in_flight: usize,
     /// Signs each post's body (HMAC-MD5) in `Authorization: WCS <hex>`.
     pub secret_key: Option<String>,
+    /// Let a request go on when the backend cannot be reached or does not answer in time
+    /// (an explicit refusal still refuses). Off by default: no answer, no entry.
+    pub allow_unavailable: bool,
     /// How an `https://` backend's certificate is checked.
     pub tls: ClientTls,
 }
@@ -140,6 +143,7 @@ impl Default for HookConfig {
             timeout: Duration::from_secs(5),
             max_in_flight: 64,
             secret_key: None,
+            allow_unavailable: false,
             tls: ClientTls::system(),
         }
     }
@@ -212,6 +216,9 @@ pub struct HookAnswer {
     pub method: HookMethod,
     pub pending: HookPending,
     pub outcome: HookOutcome,
+    /// The request goes on: the backend passed it, or could not be asked and
+    /// `allow_unavailable` is set.
+    pub admitted: bool,
     /// From the post to its answer; zero for a method that is not posted.
     pub took: Duration,
 }
@@ -240,6 +247,7 @@ pub struct Hooks {
     answers: mpsc::UnboundedSender<HookAnswer>,
     /// Posts started and not yet answered (a graceful stop waits for them).
     pending: Rc<Cell<usize>>,
+    allow_unavailable: bool,
 }
 
 impl Hooks {
@@ -269,6 +277,7 @@ impl Hooks {
                 .map(|key| Rc::from(key.as_bytes())),
             answers,
             pending: Rc::new(Cell::new(0)),
+            allow_unavailable: config.allow_unavailable,
         };
         Ok((hooks, rx))
     }
@@ -294,6 +303,7 @@ impl Hooks {
                     method,
                     pending,
                     outcome,
+                    admitted: true,
                     took: Duration::ZERO,
                 });
                 return;
@@ -307,6 +317,7 @@ impl Hooks {
         let timeout = self.timeout;
         let notice_logged = Rc::clone(&self.notice_logged);
         let in_flight = Rc::clone(&self.pending);
+        let allow_unavailable = self.allow_unavailable;
         in_flight.set(in_flight.get() + 1);
         tokio::task::spawn_local(async move {
             let started = Instant::now();
@@ -326,8 +337,13 @@ impl Hooks {
             if outcome.passed() {
                 tracing::debug!(method = method.as_str(), "hook passed");
             } else if !method.is_notification() {
+                let what = if allow_unavailable && matches!(outcome, HookOutcome::Failed(_)) {
+                    "the backend could not be asked; the request goes on (allow_unavailable)"
+                } else {
+                    "hook refused the request"
+                };
                 tracing::warn!(method = method.as_str(), info = %outcome.info(),
-                    path = %target.path, "hook refused the request");
+                    path = %target.path, "{what}");
             } else if notice_logged
                 .get()
                 .is_none_or(|at| at.elapsed() >= Duration::from_secs(10))
@@ -337,10 +353,16 @@ impl Hooks {
                     path = %target.path,
                     "the backend did not take a notification (logged at most every 10 s)");
             }
+            let admitted = match outcome {
+                HookOutcome::Passed => true,
+                HookOutcome::Refused(_) => false,
+                HookOutcome::Failed(_) => allow_unavailable,
+            };
             let _ = answers.send(HookAnswer {
                 method,
                 pending,
                 outcome,
+                admitted,
                 took: started.elapsed(),
             });
         });

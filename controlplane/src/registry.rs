@@ -402,7 +402,7 @@ impl Registry {
     /// The backend answered a hook: the request it held goes on, or is refused with the
     /// reason. A request whose session or stream has gone meanwhile is dropped.
     pub fn hook_answer(&mut self, answer: HookAnswer, now_ms: u64, out: &mut Vec<Effect>) {
-        let passed = answer.outcome.passed();
+        let passed = answer.admitted;
         match answer.pending {
             HookPending::Connect { conn } => {
                 let Some(session) = self.sessions.get_mut(&conn).filter(|s| s.authorizing) else {
@@ -2247,6 +2247,7 @@ mod tests {
                     method: HookMethod::Connect,
                     pending: pending.clone(),
                     outcome: HookOutcome::Passed,
+                    admitted: true,
                     took: Duration::ZERO,
                 };
                 r.hook_answer(answer, 0, &mut Vec::new());
@@ -2283,6 +2284,7 @@ mod tests {
         let answer = HookAnswer {
             method: hook.0,
             pending: hook.2.clone(),
+            admitted: outcome.passed(),
             outcome,
             took: Duration::ZERO,
         };
