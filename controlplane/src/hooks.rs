@@ -5,7 +5,8 @@
 //! `/StreamStatusEvent`, `/ConnectionStatusEvent`), as WCS posts to an application's REST
 //! URL. A 2xx answer lets the request go on; any other status refuses it, and a backend that
 //! cannot be reached or does not answer within the timeout refuses it too (a hook that cannot
-//! be asked does not let anyone in). The notifications' answers change nothing. With a
+//! be asked does not let anyone in), unless `allow_unavailable` is set. The notifications'
+//! answers change nothing. With a
 //! secret key, each post carries `Authorization: WCS <hex HMAC-MD5 of the body>`, as WCS
 //! signs its hooks.
 //!
