@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::{
-    Posts, Server, TestCert, ended, endpoint, eventually, hook_backend, metric, metrics,
-    player_figures, request, request_with, session, tls_addrs,
+    Server, TestCert, ended, endpoint, eventually, hook_backend, https_hook_backend, metric,
+    metrics, player_figures, request, request_with, session, tls_addrs,
 };
 use relaycast_controlplane::client::{
     ClientError, ClientStream, ClientTimeouts, ClientTls, Session, StreamSignal,
@@ -616,12 +616,7 @@ async fn rest_hooks_let_the_backend_decide_and_carry_data_both_ways() {
     use futures_util::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
 
-    let (backend, rx, connections) = hook_backend().await;
-    let mut posts = Posts {
-        rx,
-        aside: Vec::new(),
-        taken: 0,
-    };
+    let (backend, mut posts, connections) = hook_backend().await;
     let server = Server::with_config(
         &format!(
             "[hooks]\nurl = \"http://{backend}/rest/my_api\"\ntimeout_ms = 700\n\
@@ -848,12 +843,7 @@ async fn hooks_reach_an_https_backend_verified_against_the_configured_ca() {
     use tokio_tungstenite::tungstenite::Message;
 
     let cert = TestCert::generate();
-    let (backend, rx) = common::https_hook_backend(&cert).await;
-    let mut posts = Posts {
-        rx,
-        aside: Vec::new(),
-        taken: 0,
-    };
+    let (backend, mut posts) = https_hook_backend(&cert).await;
     let hooks = format!("[hooks]\nurl = \"https://{backend}/app\"\nmethods = [\"OnDataEvent\"]\n");
     let trusting = Server::with_config(
         &format!(
@@ -886,12 +876,7 @@ async fn hooks_reach_an_https_backend_verified_against_the_configured_ca() {
 /// stop closes are reported DISCONNECTED before the process exits.
 #[tokio::test]
 async fn a_graceful_stop_delivers_the_last_notifications() {
-    let (backend, rx, _) = hook_backend().await;
-    let mut posts = Posts {
-        rx,
-        aside: Vec::new(),
-        taken: 0,
-    };
+    let (backend, mut posts, _) = hook_backend().await;
     let mut server = Server::with_config(
         &format!(
             "[hooks]\nurl = \"http://{backend}/app\"\n\

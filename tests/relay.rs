@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    Posts, Server, ended, endpoint, eventually, hook_backend, keyframe_requests, metric, metrics,
+    Server, ended, endpoint, eventually, hook_backend, keyframe_requests, metric, metrics,
     player_figures, session,
 };
 use relaycast_controlplane::client::{ClientStream, Session, StreamSignal};
@@ -726,12 +726,7 @@ async fn push_terminated_from_either_end() {
 /// the backend sees the relay's `custom.relaycastVia`.
 #[tokio::test]
 async fn the_remotes_rest_hooks_decide_about_a_relay() {
-    let (backend, rx, _) = hook_backend().await;
-    let mut posts = Posts {
-        rx,
-        aside: Vec::new(),
-        taken: 0,
-    };
+    let (backend, mut posts, _) = hook_backend().await;
     let a = Server::start(&[]);
     let b = Server::with_config(
         &format!(

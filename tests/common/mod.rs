@@ -474,16 +474,14 @@ pub struct Post {
 /// Its address, its posts, and the number of TCP connections it accepted.
 pub async fn hook_backend() -> (
     SocketAddr,
-    tokio::sync::mpsc::UnboundedReceiver<Post>,
+    Posts,
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
     hook_backend_with(None).await
 }
 
 /// [`hook_backend`] over `https://` with this certificate (its address, its posts).
-pub async fn https_hook_backend(
-    cert: &TestCert,
-) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Post>) {
+pub async fn https_hook_backend(cert: &TestCert) -> (SocketAddr, Posts) {
     let pem = |path: &PathBuf| std::fs::read(path).expect("read PEM");
     let chain: Vec<_> =
         rustls::pki_types::pem::PemObject::pem_slice_iter(&pem(&cert.cert_file)[..])
@@ -498,16 +496,16 @@ pub async fn https_hook_backend(
         .with_no_client_auth()
         .with_single_cert(chain, key)
         .expect("server certificate");
-    let (addr, rx, _) =
+    let (addr, posts, _) =
         hook_backend_with(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await;
-    (addr, rx)
+    (addr, posts)
 }
 
 async fn hook_backend_with(
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> (
     SocketAddr,
-    tokio::sync::mpsc::UnboundedReceiver<Post>,
+    Posts,
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
     use http_body_util::{BodyExt, Full};
@@ -578,12 +576,17 @@ async fn hook_backend_with(
             });
         }
     });
-    (addr, rx, connections)
+    let posts = Posts {
+        rx,
+        aside: Vec::new(),
+        taken: 0,
+    };
+    (addr, posts, connections)
 }
 
 /// The posts a test backend got, taken by method in order; the others are kept aside.
 pub struct Posts {
-    pub rx: tokio::sync::mpsc::UnboundedReceiver<Post>,
+    rx: tokio::sync::mpsc::UnboundedReceiver<Post>,
     pub aside: Vec<Post>,
     /// Posts returned by `next`.
     pub taken: usize,
