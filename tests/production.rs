@@ -872,6 +872,41 @@ async fn hooks_reach_an_https_backend_verified_against_the_configured_ca() {
     }
 }
 
+/// An answer with a huge body still counts (its status), but its connection is not kept: the
+/// server reads at most 64 KiB of a body it does not use.
+#[tokio::test]
+async fn a_huge_answer_body_is_not_read_and_its_connection_not_kept() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let (backend, mut posts, connections) = hook_backend().await;
+    let server = Server::with_config(
+        &format!("[hooks]\nurl = \"http://{backend}/app\"\nmethods = [\"OnDataEvent\"]\n"),
+        &[],
+    );
+    let mut ws = raw_connect(&server, Value::Null).await;
+    next_message(&mut ws, "getUserData").await;
+    let mut send = async |n: u32, big: bool| {
+        let frame = json!({"message": "sendData",
+            "data": [{"operationId": format!("op-{n}"), "payload": {"big": big}}]});
+        ws.send(Message::text(frame.to_string())).await.unwrap();
+        let answer = next_message(&mut ws, "DataStatusEvent").await;
+        assert_eq!(answer["status"], "ACCEPTED", "{answer}");
+        posts.next("OnDataEvent").await;
+    };
+    // Small answers share one connection; each huge one costs its connection.
+    send(0, false).await;
+    send(1, false).await;
+    send(2, true).await;
+    send(3, true).await;
+    send(4, false).await;
+    assert_eq!(
+        connections.load(std::sync::atomic::Ordering::Relaxed),
+        3,
+        "one kept connection, dropped after each huge answer"
+    );
+}
+
 /// A graceful stop waits for the backend to take the last notifications: the sessions the
 /// stop closes are reported DISCONNECTED before the process exits.
 #[tokio::test]

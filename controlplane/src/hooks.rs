@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hmac::{Hmac, KeyInit, Mac};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
 use hyper::{Request, Uri};
 use hyper_util::rt::TokioIo;
@@ -485,14 +485,18 @@ struct Failed {
 }
 
 /// Keeps a connection for the next request, unless the backend is closing it.
-fn keep(idle: &RefCell<Vec<Sender>>, sender: Sender) {
-    if !sender.is_closed() {
+fn keep(idle: &RefCell<Vec<Sender>>, sender: Option<Sender>) {
+    if let Some(sender) = sender.filter(|s| !s.is_closed()) {
         idle.borrow_mut().push(sender);
     }
 }
 
-/// Sends one request and reads its whole answer (so the connection can carry the next).
-async fn send(mut sender: Sender, request: Request<Full<Bytes>>) -> Result<(u16, Sender), Failed> {
+/// Sends one request and reads its whole answer: the status, and the connection when it can
+/// carry the next request.
+async fn send(
+    mut sender: Sender,
+    request: Request<Full<Bytes>>,
+) -> Result<(u16, Option<Sender>), Failed> {
     if let Err(e) = sender.ready().await {
         return Err(Failed {
             unsent: Some(request),
@@ -507,12 +511,23 @@ async fn send(mut sender: Sender, request: Request<Full<Bytes>>) -> Result<(u16,
             error: e.into_error().to_string(),
         })?;
     let status = response.status().as_u16();
-    response.into_body().collect().await.map_err(|e| Failed {
-        unsent: None,
-        error: e.to_string(),
-    })?;
-    Ok((status, sender))
+    // The answer's body is not used, only drained so the connection can carry the next
+    // request; a body beyond the bound is not read, and its connection is not kept.
+    match Limited::new(response.into_body(), MAX_ANSWER_BODY)
+        .collect()
+        .await
+    {
+        Ok(_) => Ok((status, Some(sender))),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Ok((status, None)),
+        Err(e) => Err(Failed {
+            unsent: None,
+            error: e.to_string(),
+        }),
+    }
 }
+
+/// The most of an answer's body that is read (and dropped) to keep its connection.
+const MAX_ANSWER_BODY: usize = 64 * 1024;
 
 /// A new connection to the backend (TCP, then TLS for https://).
 async fn connect(target: &Target) -> Result<Sender, String> {

@@ -467,7 +467,8 @@ pub struct Post {
     pub body: Value,
 }
 
-/// A WCS-style backend for the REST hooks. It records each post and answers 403 to a
+/// A WCS-style backend for the REST hooks. It records each post and answers a 1 MB body to
+/// data whose payload says `{"big": true}`, 403 to a
 /// `connect` whose `custom.login` is "mallory", to a `publishStream` or `playStream` of a
 /// stream named "forbidden-*", and to data whose payload says `{"answer": 403}`; it never
 /// answers data saying `{"answer": "never"}`; everything else gets 200.
@@ -541,6 +542,11 @@ async fn hook_backend_with(
                                 .is_some_and(|n| n.starts_with("forbidden-"))
                             || body["payload"]["answer"] == 403;
                         let never = body["payload"]["answer"] == "never";
+                        let answer = if body["payload"]["big"] == true {
+                            "x".repeat(1 << 20)
+                        } else {
+                            "{}".to_owned()
+                        };
                         let _ = posts.send(Post {
                             path,
                             authorization,
@@ -549,7 +555,7 @@ async fn hook_backend_with(
                         if never {
                             std::future::pending::<()>().await;
                         }
-                        let mut response = hyper::Response::new(Full::new(Bytes::from("{}")));
+                        let mut response = hyper::Response::new(Full::new(Bytes::from(answer)));
                         if refused {
                             *response.status_mut() = hyper::StatusCode::FORBIDDEN;
                         }
