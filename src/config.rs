@@ -141,8 +141,11 @@ pub struct Auth {
 #[serde(deny_unknown_fields, default)]
 pub struct Hooks {
     /// The backend's base URL (`http://` or `https://`); each hook is posted to it plus
-    /// `/<method>`. Unset: no hooks.
+    /// `/<method>`. Unset: no hooks, except for the appKeys in `apps`.
     pub url: Option<String>,
+    /// Backends of their own for some appKeys (`appKey = "base URL"`), as WCS gives each
+    /// application its own REST URL; the other appKeys use `url`.
+    pub apps: std::collections::BTreeMap<String, String>,
     /// The hooks posted: any of `connect`, `publishStream`, `playStream`, `OnDataEvent`,
     /// `StreamStatusEvent`, `ConnectionStatusEvent`.
     pub methods: Vec<String>,
@@ -165,6 +168,7 @@ impl Default for Hooks {
         let d = HookConfig::default();
         Hooks {
             url: None,
+            apps: std::collections::BTreeMap::new(),
             methods: HookMethod::ALL
                 .iter()
                 .map(|m| m.as_str().to_owned())
@@ -481,6 +485,12 @@ impl Config {
         };
         Ok(HookConfig {
             url: self.hooks.url.clone().filter(|url| !url.is_empty()),
+            apps: self
+                .hooks
+                .apps
+                .iter()
+                .map(|(app, url)| (app.clone(), url.clone()))
+                .collect(),
             methods: self
                 .hooks
                 .methods
@@ -804,6 +814,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("hooks.timeout_ms"), "{e}");
+        let e = load_text("[hooks.apps]\nchatApp = \"chat-backend/api\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hooks.apps.chatApp"), "{e}");
         let e = load_text("[hooks]\nmethods = [\"connect\", \"OnCallEvent\"]\n")
             .unwrap_err()
             .to_string();

@@ -872,6 +872,35 @@ async fn hooks_reach_an_https_backend_verified_against_the_configured_ca() {
     }
 }
 
+/// Each appKey's sessions go to its own backend when it has one (`[hooks.apps]`), the others
+/// to the default one.
+#[tokio::test]
+async fn each_app_key_goes_to_its_own_backend() {
+    let (default_backend, mut default_posts, _) = hook_backend().await;
+    let (chat_backend, mut chat_posts, _) = hook_backend().await;
+    let server = Server::with_config(
+        &format!(
+            "[hooks]\nurl = \"http://{default_backend}/app\"\nmethods = [\"connect\"]\n\
+             [hooks.apps]\nchatApp = \"http://{chat_backend}/chat\"\n"
+        ),
+        &[],
+    );
+    let mut ws = raw_connect(&server, Value::Null).await;
+    next_message(&mut ws, "getUserData").await;
+    let post = chat_posts.next("connect").await;
+    assert_eq!(
+        (post.path.as_str(), &post.body["appKey"]),
+        ("/chat/connect", &json!("chatApp"))
+    );
+    let _client = session(&server).await;
+    let post = default_posts.next("connect").await;
+    assert_eq!(
+        (post.path.as_str(), &post.body["appKey"]),
+        ("/app/connect", &json!("defaultApp"))
+    );
+    assert!(chat_posts.aside.is_empty() && default_posts.aside.is_empty());
+}
+
 /// An answer with a huge body still counts (its status), but its connection is not kept: the
 /// server reads at most 64 KiB of a body it does not use.
 #[tokio::test]

@@ -116,11 +116,43 @@ impl FromIterator<HookMethod> for HookSet {
     }
 }
 
+/// Which requests the registry puts to a backend: the methods posted, for the sessions whose
+/// appKey has a backend (its own, or the default one).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HookPlan {
+    pub methods: HookSet,
+    /// Every appKey has a backend (a default URL is set).
+    pub every_app: bool,
+    /// The appKeys with a backend of their own.
+    pub apps: Vec<String>,
+}
+
+impl HookPlan {
+    /// `methods` for every appKey (one backend for all).
+    pub fn for_every_app(methods: HookSet) -> HookPlan {
+        HookPlan {
+            methods,
+            every_app: true,
+            apps: Vec::new(),
+        }
+    }
+
+    /// Whether a request of a session with `app_key` is put to its backend as `method`.
+    pub fn asks(&self, app_key: &str, method: HookMethod) -> bool {
+        self.methods.contains(method)
+            && (self.every_app || self.apps.iter().any(|app| app == app_key))
+    }
+}
+
 /// Where and how hooks are posted.
 #[derive(Clone, Debug)]
 pub struct HookConfig {
-    /// The backend's base URL (`[hooks] url`); `None`: no hooks, every request goes on.
+    /// The backend's base URL (`[hooks] url`) for every appKey without its own; `None`:
+    /// those sessions' requests go on without a backend.
     pub url: Option<String>,
+    /// Backends of their own for some appKeys (`[hooks.apps]`), as WCS gives each
+    /// application its own REST URL: (appKey, base URL).
+    pub apps: Vec<(String, String)>,
     /// The methods posted to the backend; the others are not asked about.
     pub methods: HookSet,
     /// How long a post may take, the wait for a slot and the connection included.
@@ -140,6 +172,7 @@ impl Default for HookConfig {
     fn default() -> Self {
         HookConfig {
             url: None,
+            apps: Vec::new(),
             methods: HookSet::all(),
             timeout: Duration::from_secs(5),
             max_in_flight: 64,
@@ -153,8 +186,12 @@ impl Default for HookConfig {
 /// A bad hook configuration, found at start.
 #[derive(Debug, thiserror::Error)]
 pub enum HookError {
-    #[error("hooks.url {url:?}: {reason}")]
-    Url { url: String, reason: String },
+    #[error("{key} {url:?}: {reason}")]
+    Url {
+        key: String,
+        url: String,
+        reason: String,
+    },
     #[error(transparent)]
     Tls(#[from] TlsError),
 }
@@ -232,18 +269,21 @@ struct Target {
     /// The base path, without its trailing `/`.
     path: String,
     tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// Connections to this backend between requests (at most `max_in_flight`, one per slot).
+    idle: RefCell<Vec<Sender>>,
 }
 
 /// Posts hooks to the backend and hands the answers back to the hub.
 pub struct Hooks {
     /// When a failed notification was last logged: they are logged at most every 10 s.
     notice_logged: Rc<Cell<Option<Instant>>>,
+    /// The default backend, for appKeys without their own.
     target: Option<Rc<Target>>,
+    /// The appKeys' own backends.
+    apps: Vec<(String, Rc<Target>)>,
     methods: HookSet,
     timeout: Duration,
     slots: Rc<Semaphore>,
-    /// Connections to the backend between requests (at most `max_in_flight`, one per slot).
-    idle: Rc<RefCell<Vec<Sender>>>,
     secret: Option<Rc<[u8]>>,
     answers: mpsc::UnboundedSender<HookAnswer>,
     /// Posts started and not yet answered (a graceful stop waits for them).
@@ -256,22 +296,27 @@ impl Hooks {
     pub fn new(
         config: &HookConfig,
     ) -> Result<(Hooks, mpsc::UnboundedReceiver<HookAnswer>), HookError> {
-        let target = match &config.url {
-            Some(url) => Some(Rc::new(target(url, &config.tls)?)),
+        let default = match &config.url {
+            Some(url) => Some(Rc::new(target("hooks.url", url, &config.tls)?)),
             None => None,
         };
+        let mut apps = Vec::new();
+        for (app, url) in &config.apps {
+            let key = format!("hooks.apps.{app}");
+            apps.push((app.clone(), Rc::new(target(&key, url, &config.tls)?)));
+        }
         let (answers, rx) = mpsc::unbounded_channel();
         let hooks = Hooks {
             notice_logged: Rc::new(Cell::new(None)),
-            methods: if target.is_some() {
+            methods: if default.is_some() || !apps.is_empty() {
                 config.methods
             } else {
                 HookSet::default()
             },
-            target,
+            target: default,
+            apps,
             timeout: config.timeout,
             slots: Rc::new(Semaphore::new(config.max_in_flight.max(1))),
-            idle: Rc::new(RefCell::new(Vec::new())),
             secret: config
                 .secret_key
                 .as_ref()
@@ -288,15 +333,30 @@ impl Hooks {
         self.pending.get()
     }
 
-    /// The methods the backend is asked about: none without a URL.
-    pub fn methods(&self) -> HookSet {
-        self.methods
+    /// What the registry puts to a backend: nothing without a URL.
+    pub fn plan(&self) -> HookPlan {
+        HookPlan {
+            methods: self.methods,
+            every_app: self.target.is_some(),
+            apps: self.apps.iter().map(|(app, _)| app.clone()).collect(),
+        }
     }
 
-    /// Posts `body` to the backend's `method`; the answer, with `pending`, arrives on the
-    /// receiver [`Hooks::new`] returned. A method that is not configured passes at once.
+    /// The backend of the session `body` names by its `appKey`.
+    fn target_for(&self, body: &Value) -> Option<&Rc<Target>> {
+        let app = body["appKey"].as_str().unwrap_or_default();
+        self.apps
+            .iter()
+            .find(|(key, _)| key == app)
+            .map(|(_, target)| target)
+            .or(self.target.as_ref())
+    }
+
+    /// Posts `body` to `method` of the backend of the body's `appKey`; the answer, with
+    /// `pending`, arrives on the receiver [`Hooks::new`] returned. A method that is not
+    /// configured, or an appKey without a backend, passes at once.
     pub fn call(&self, method: HookMethod, body: Value, pending: HookPending) {
-        let target = match &self.target {
+        let target = match self.target_for(&body) {
             Some(target) if self.methods.contains(method) => Rc::clone(target),
             _ => {
                 let outcome = HookOutcome::Passed;
@@ -313,7 +373,6 @@ impl Hooks {
         let body = body.to_string();
         let signature = self.secret.as_deref().map(|key| sign(key, body.as_bytes()));
         let slots = Rc::clone(&self.slots);
-        let idle = Rc::clone(&self.idle);
         let answers = self.answers.clone();
         let timeout = self.timeout;
         let notice_logged = Rc::clone(&self.notice_logged);
@@ -324,7 +383,7 @@ impl Hooks {
             let started = Instant::now();
             let posted = async {
                 let _slot = slots.acquire().await.map_err(|e| e.to_string())?;
-                post(&target, &idle, method, body, signature).await
+                post(&target, method, body, signature).await
             };
             let outcome = match tokio::time::timeout(timeout, posted).await {
                 Ok(Ok(status)) if (200..300).contains(&status) => HookOutcome::Passed,
@@ -380,9 +439,10 @@ fn sign(key: &[u8], body: &[u8]) -> String {
     format!("WCS {hex}")
 }
 
-/// Checks a base URL: `http://` or `https://`, a host, no query.
-fn target(url: &str, tls: &ClientTls) -> Result<Target, HookError> {
+/// Checks the base URL set as `key`: `http://` or `https://`, a host, no query.
+fn target(key: &str, url: &str, tls: &ClientTls) -> Result<Target, HookError> {
     let bad = |reason: &str| HookError::Url {
+        key: key.to_owned(),
         url: url.to_owned(),
         reason: reason.to_owned(),
     };
@@ -423,6 +483,7 @@ fn target(url: &str, tls: &ClientTls) -> Result<Target, HookError> {
         authority,
         path: uri.path().trim_end_matches('/').to_owned(),
         tls,
+        idle: RefCell::new(Vec::new()),
     })
 }
 
@@ -435,7 +496,6 @@ type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 /// once it went out, it is never sent twice.
 async fn post(
     target: &Target,
-    idle: &RefCell<Vec<Sender>>,
     method: HookMethod,
     body: String,
     signature: Option<String>,
@@ -450,6 +510,7 @@ async fn post(
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| e.to_string())?;
     let mut request = Some(request);
+    let idle = &target.idle;
     let reused = idle.borrow_mut().pop();
     if let Some(sender) = reused
         && let Some(unsent) = request.take()
@@ -576,19 +637,40 @@ mod tests {
             ("http:///rest", ""),
             ("http://backend/rest?app=1", "takes no query"),
         ] {
-            let error = target(url, &tls).err().expect("refused").to_string();
+            let error = target("hooks.url", url, &tls)
+                .err()
+                .expect("refused")
+                .to_string();
             assert!(error.starts_with(&format!("hooks.url {url:?}")), "{error}");
             assert!(error.contains(reason), "{error}");
         }
-        let plain = target("http://127.0.0.1:8081/rest/my_api/", &tls).unwrap();
+        let plain = target("hooks.url", "http://127.0.0.1:8081/rest/my_api/", &tls).unwrap();
         assert_eq!((plain.host.as_str(), plain.port), ("127.0.0.1", 8081));
         assert_eq!(plain.authority, "127.0.0.1:8081");
         assert_eq!(plain.path, "/rest/my_api");
         assert!(plain.tls.is_none());
-        let secure = target("https://[::1]", &ClientTls::insecure()).unwrap();
+        let secure = target("hooks.url", "https://[::1]", &ClientTls::insecure()).unwrap();
         assert_eq!((secure.host.as_str(), secure.port), ("::1", 443));
         assert_eq!(secure.path, "");
         assert!(secure.tls.is_some());
+    }
+
+    #[test]
+    fn the_plan_says_which_sessions_are_put_to_a_backend() {
+        let only_chat = HookPlan {
+            methods: [HookMethod::Connect].into_iter().collect(),
+            every_app: false,
+            apps: vec!["chatApp".into()],
+        };
+        assert!(only_chat.asks("chatApp", HookMethod::Connect));
+        assert!(!only_chat.asks("defaultApp", HookMethod::Connect));
+        assert!(!only_chat.asks("chatApp", HookMethod::PlayStream));
+        let everyone = HookPlan {
+            every_app: true,
+            ..only_chat
+        };
+        assert!(everyone.asks("defaultApp", HookMethod::Connect));
+        assert!(!HookPlan::default().asks("defaultApp", HookMethod::Connect));
     }
 
     #[test]

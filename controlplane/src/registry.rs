@@ -14,7 +14,7 @@ use relaycast_dataplane::{
 use serde_json::{Value, json};
 
 use crate::auth::{SignallingAccess, TokenCheck};
-use crate::hooks::{HookAnswer, HookMethod, HookPending, HookSet};
+use crate::hooks::{HookAnswer, HookMethod, HookPending, HookPlan};
 use crate::protocol::{
     self, AppData, AppKey, ClientMessage, ConnectionInfo, DataRequest, Info, MEDIA_PROVIDER,
     MediaSessionId, PublisherEvent, SessionId, StreamEventFrames, StreamEventRequest, StreamInfo,
@@ -66,8 +66,8 @@ pub struct RegistryConfig {
     /// Who may connect, publish and play.
     pub access: SignallingAccess,
     pub limits: RegistryLimits,
-    /// The requests the operator's backend is asked about before they go on.
-    pub hooks: HookSet,
+    /// The requests the operator's backend is asked about, for which appKeys.
+    pub hooks: HookPlan,
 }
 
 impl Default for RegistryConfig {
@@ -78,7 +78,7 @@ impl Default for RegistryConfig {
             instance: uuid::Uuid::new_v4().to_string(),
             access: SignallingAccess::default(),
             limits: RegistryLimits::default(),
-            hooks: HookSet::default(),
+            hooks: HookPlan::default(),
         }
     }
 }
@@ -340,7 +340,11 @@ impl Registry {
                 session.app_key = req.app_key;
                 session.client_version = req.client_version;
                 session.media_providers = req.media_providers;
-                if self.config.hooks.contains(HookMethod::Connect) {
+                if self
+                    .config
+                    .hooks
+                    .asks(session.app_key.as_str(), HookMethod::Connect)
+                {
                     session.authorizing = true;
                     let body = json!({
                         "nodeId": self.config.instance,
@@ -462,7 +466,7 @@ impl Registry {
         if !self
             .config
             .hooks
-            .contains(HookMethod::ConnectionStatusEvent)
+            .asks(session.app_key.as_str(), HookMethod::ConnectionStatusEvent)
         {
             return;
         }
@@ -484,10 +488,15 @@ impl Registry {
     /// Tells the backend about a stream's status (`StreamStatusEvent`), when it asked: the
     /// stream object `/stream/find` lists, with WCS's `mediaType`.
     fn notify_stream(&self, ms: &MediaSession, out: &mut Vec<Effect>) {
-        if !self.config.hooks.contains(HookMethod::StreamStatusEvent) {
+        let info = self.info(ms);
+        if !self
+            .config
+            .hooks
+            .asks(info.app_key.as_str(), HookMethod::StreamStatusEvent)
+        {
             return;
         }
-        let mut body = serde_json::to_value(self.info(ms)).unwrap_or_default();
+        let mut body = serde_json::to_value(info).unwrap_or_default();
         if let Value::Object(fields) = &mut body {
             fields.insert("nodeId".into(), json!(self.config.instance));
             let kind = if ms.published { "publish" } else { "play" };
@@ -519,6 +528,13 @@ impl Registry {
             conn,
             protocol::data_status(operation_id, failed.is_none(), failed),
         );
+    }
+
+    /// Whether `conn`'s requests of `method` are put to its appKey's backend.
+    fn asks(&self, conn: ConnId, method: HookMethod) -> bool {
+        self.sessions
+            .get(&conn)
+            .is_some_and(|s| self.config.hooks.asks(s.app_key.as_str(), method))
     }
 
     /// Parks a publish or play request until the backend answers its hook.
@@ -842,7 +858,8 @@ impl Registry {
             self.answer_data(conn, &req.operation_id, Some(info.as_str()), out);
             return;
         }
-        if !self.config.hooks.contains(HookMethod::OnDataEvent) {
+        let app_key = self.sessions[&conn].app_key.as_str();
+        if !self.config.hooks.asks(app_key, HookMethod::OnDataEvent) {
             tracing::debug!(conn = conn.0, operation = %req.operation_id,
                 "sendData accepted (no OnDataEvent hook)");
             self.answer_data(conn, &req.operation_id, None, out);
@@ -1273,7 +1290,7 @@ impl Registry {
             self.stats.refuse("relay_loop");
             return;
         }
-        if !hooked && self.config.hooks.contains(HookMethod::PublishStream) {
+        if !hooked && self.asks(conn, HookMethod::PublishStream) {
             self.ask_backend(conn, &id, req, true, out);
             return;
         }
@@ -1357,7 +1374,7 @@ impl Registry {
             self.stats.refuse("relay_loop");
             return;
         }
-        if !hooked && self.config.hooks.contains(HookMethod::PlayStream) {
+        if !hooked && self.asks(conn, HookMethod::PlayStream) {
             self.ask_backend(conn, &id, req, false, out);
             return;
         }
@@ -2237,7 +2254,7 @@ mod tests {
     fn hooked(hooks: &[HookMethod]) -> Registry {
         let mut r = Registry::new(RegistryConfig {
             cores: 2,
-            hooks: hooks.iter().copied().collect(),
+            hooks: HookPlan::for_every_app(hooks.iter().copied().collect()),
             ..RegistryConfig::default()
         });
         for conn in [1, 2] {
@@ -2362,15 +2379,42 @@ mod tests {
     }
 
     #[test]
+    fn only_the_sessions_of_an_app_with_a_backend_are_put_to_it() {
+        let mut r = Registry::new(RegistryConfig {
+            hooks: HookPlan {
+                methods: [HookMethod::Connect, HookMethod::OnDataEvent]
+                    .into_iter()
+                    .collect(),
+                every_app: false,
+                apps: vec!["chatApp".into()],
+            },
+            ..RegistryConfig::default()
+        });
+        let chat = ConnectionRequest {
+            app_key: "chatApp".into(),
+            ..ConnectionRequest::default()
+        };
+        let out = connect(&mut r, 1, chat);
+        assert_eq!(the_hook(&out).0, HookMethod::Connect);
+        // Another appKey has no backend: established at once, its data accepted at once.
+        let out = connect(&mut r, 2, ConnectionRequest::default());
+        assert_eq!(frames(&out, 2, "getUserData").len(), 1);
+        let out = send_data(&mut r, 2, "op", json!(1));
+        assert_eq!(frames(&out, 2, "DataStatusEvent")[0]["status"], "ACCEPTED");
+    }
+
+    #[test]
     fn the_backend_is_told_of_sessions_and_streams() {
         let mut r = Registry::new(RegistryConfig {
             cores: 2,
-            hooks: [
-                HookMethod::StreamStatusEvent,
-                HookMethod::ConnectionStatusEvent,
-            ]
-            .into_iter()
-            .collect(),
+            hooks: HookPlan::for_every_app(
+                [
+                    HookMethod::StreamStatusEvent,
+                    HookMethod::ConnectionStatusEvent,
+                ]
+                .into_iter()
+                .collect(),
+            ),
             ..RegistryConfig::default()
         });
         let out = connect(&mut r, 1, ConnectionRequest::default());
@@ -2414,7 +2458,7 @@ mod tests {
     #[test]
     fn the_connect_hook_decides_whether_a_session_is_established() {
         let mut r = Registry::new(RegistryConfig {
-            hooks: [HookMethod::Connect].into_iter().collect(),
+            hooks: HookPlan::for_every_app([HookMethod::Connect].into_iter().collect()),
             ..RegistryConfig::default()
         });
         let request = ConnectionRequest {

@@ -136,7 +136,7 @@ pub async fn serve(
             instance: uuid::Uuid::new_v4().to_string(),
             access: config.access.clone(),
             limits: config.limits,
-            hooks: hooks.methods(),
+            hooks: hooks.plan(),
         },
         config.relay.clone(),
         data,
