@@ -509,13 +509,11 @@ async fn post(
     let request = request
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| e.to_string())?;
-    let mut request = Some(request);
     let idle = &target.idle;
     let reused = idle.borrow_mut().pop();
-    if let Some(sender) = reused
-        && let Some(unsent) = request.take()
-    {
-        match send(sender, unsent).await {
+    let request = match reused {
+        None => request,
+        Some(sender) => match send(sender, request).await {
             Ok((status, sender)) => {
                 keep(idle, sender);
                 return Ok(status);
@@ -525,13 +523,10 @@ async fn post(
                 error,
             }) => {
                 tracing::debug!(%error, "an idle hook connection was closed; reconnecting");
-                request = Some(again);
+                again
             }
             Err(Failed { error, .. }) => return Err(error),
-        }
-    }
-    let Some(request) = request else {
-        return Err("no request".into());
+        },
     };
     let sender = connect(target).await?;
     let (status, sender) = send(sender, request).await.map_err(|f| f.error)?;
