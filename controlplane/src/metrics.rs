@@ -150,16 +150,10 @@ pub fn render(hub: &Hub) -> String {
             "Play requests accepted",
             counter(stats.played),
         );
-        let refused = Family::<Labels, Counter>::default();
-        for (kind, n) in &stats.refused {
-            refused
-                .get_or_create(&vec![("kind", (*kind).to_owned())])
-                .inc_by(*n);
-        }
         r.register(
             "requests_refused",
             "publishStream, playStream and connection requests refused, by reason",
-            refused,
+            counters_by("kind", &stats.refused),
         );
         let ended = Family::<Labels, Counter>::default();
         for ((status, info), n) in &stats.ended {
@@ -175,27 +169,15 @@ pub fn render(hub: &Hub) -> String {
             "Media sessions ended, by final status and info",
             ended,
         );
-        let events = Family::<Labels, Counter>::default();
-        for (typ, n) in &stats.stream_events {
-            events
-                .get_or_create(&vec![("type", (*typ).to_owned())])
-                .inc_by(*n);
-        }
         r.register(
             "stream_events",
             "Stream events (mute, unmute, data) of publishers and pull relays passed to players, by type",
-            events,
+            counters_by("type", &stats.stream_events),
         );
-        let app_data = Family::<Labels, Counter>::default();
-        for (result, n) in &stats.app_data {
-            app_data
-                .get_or_create(&vec![("result", (*result).to_owned())])
-                .inc_by(*n);
-        }
         r.register(
             "app_data",
             "Application data: clients' sendData accepted or failed, data sent to clients by REST",
-            app_data,
+            counters_by("result", &stats.app_data),
         );
     }
 
@@ -377,6 +359,20 @@ fn gauge(value: usize) -> Gauge {
     let g = Gauge::default();
     g.set(value as i64);
     g
+}
+
+/// A counter family with one label, `label`, from counts kept by that label's value.
+fn counters_by(
+    label: &'static str,
+    counts: &std::collections::BTreeMap<&'static str, u64>,
+) -> Family<Labels, Counter> {
+    let family = Family::<Labels, Counter>::default();
+    for (value, n) in counts {
+        family
+            .get_or_create(&vec![(label, (*value).to_owned())])
+            .inc_by(*n);
+    }
+    family
 }
 
 fn counter(value: u64) -> Counter {
