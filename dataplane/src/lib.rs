@@ -23,6 +23,7 @@ pub mod media;
 pub mod mesh;
 pub mod peer;
 pub mod router;
+pub mod srtp;
 pub mod synth;
 pub mod timers;
 pub mod udp;
