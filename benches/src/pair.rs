@@ -10,8 +10,9 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use relaycast_dataplane::direct::ResendHistory;
 use relaycast_dataplane::media::MediaPacket;
-use relaycast_dataplane::peer::{Peer, PeerEvent, PeerSetup};
+use relaycast_dataplane::peer::{self, Peer, PeerEvent, PeerSetup};
 use relaycast_dataplane::synth::SynthConfig;
 use relaycast_dataplane::udp::{Datagram, FlushOutcome, SendBatch};
 use relaycast_dataplane::{CoreId, DataPlaneConfig, PeerId, Role, StreamId};
@@ -33,6 +34,8 @@ pub struct Subscribers {
     events: Vec<PeerEvent>,
     seq: u64,
     payload: Arc<[u8]>,
+    /// The stream's recent video, as a core keeps it for the players' NACKs.
+    history: ResendHistory,
 }
 
 impl Subscribers {
@@ -98,6 +101,7 @@ impl Subscribers {
             events: Vec::new(),
             seq: 0,
             payload: vec![0x42u8; PAYLOAD].into(),
+            history: ResendHistory::new(peer::RESEND_HISTORY, peer::RESEND_HISTORY_PACKETS),
         })
     }
 
@@ -122,6 +126,8 @@ impl Subscribers {
             payload: Arc::clone(&self.payload),
             arrival: now,
         };
+        // Once per packet, as a core does for its subscribers.
+        self.history.push(&packet);
         for peer in &mut self.egress {
             peer.write_media(&packet, now);
             // str0m releases written RTP on its next timeout (its "send stream" deadline);
@@ -339,6 +345,16 @@ mod tests {
                 server
                     .drive(self.now, &mut self.subs.tx, &mut self.events)
                     .unwrap();
+            }
+            // What the core does with a NACK on the direct path: resend from its history.
+            for event in self.events.drain(..) {
+                if let PeerEvent::Resend(seqs) = event {
+                    for seq in seqs {
+                        if let Some(packet) = self.subs.history.get(seq) {
+                            server.resend(packet);
+                        }
+                    }
+                }
             }
             if server.deadline() <= self.now {
                 server

@@ -261,6 +261,7 @@ pub fn render(hub: &Hub) -> String {
     let keyframes = Family::<Labels, Counter>::default();
     let player_keyframes = Family::<Labels, Counter>::default();
     let nacks = Family::<Labels, Counter>::default();
+    let resent = Family::<Labels, Counter>::default();
     let messages = Family::<Labels, Counter>::default();
     let wakeups = Family::<Labels, Counter>::default();
     for (n, c) in hub.data().counters().iter().enumerate() {
@@ -295,6 +296,7 @@ pub fn render(hub: &Hub) -> String {
         }
         add(&keyframes, per_core(), &c.keyframe_requests);
         add(&player_keyframes, per_core(), &c.player_keyframe_requests);
+        add(&resent, per_core(), &c.resent);
     }
     r.register("core_peers", "Peer connections on each core", peers);
     r.register(
@@ -336,6 +338,11 @@ pub fn render(hub: &Hub) -> String {
         "core_player_keyframe_requests",
         "Keyframe requests (PLI/FIR) received from players on each core",
         player_keyframes,
+    );
+    r.register(
+        "core_resent_packets",
+        "NACKed packets each core resent to players from its history (direct egress path)",
+        resent,
     );
     r.register(
         "core_nacks",

@@ -61,6 +61,11 @@ pub struct DataPlaneConfig {
     /// `None` (the server, whose relays must not wait, and the tests' clients) waits per
     /// socket.
     pub read_sweep: Option<Duration>,
+    /// Players' media is sealed and sent by relaycast itself, with the SRTP keys of the
+    /// player's DTLS handshake, instead of through the player's str0m `Rtc` packet by packet
+    /// (see `direct`). str0m keeps ICE, DTLS, RTCP and a packet a second per track for its
+    /// sender reports. Off: every packet goes through str0m, as before.
+    pub direct_egress: bool,
 }
 
 impl Default for DataPlaneConfig {
@@ -80,6 +85,7 @@ impl Default for DataPlaneConfig {
             quiet_batching: false,
             arrival_timestamps: true,
             read_sweep: None,
+            direct_egress: true,
             socket_buffer: 4 << 20,
             ring_capacity: 4096,
         }

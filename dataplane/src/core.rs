@@ -23,15 +23,16 @@ use glommio::{LocalExecutorBuilder, Placement};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use rustc_hash::FxHashMap;
 use str0m::config::DtlsCert;
-use str0m::media::KeyframeRequestKind;
+use str0m::media::{KeyframeRequestKind, MediaKind};
 use tokio::sync::Notify;
 
 use crate::api::{Command, DataPlaneConfig, Event, PeerFailure, Role};
 use crate::demux::Demux;
+use crate::direct::ResendHistory;
 use crate::ids::{CoreId, PeerId, StreamId};
 use crate::media::MediaPacket;
 use crate::mesh::{self, Mesh, MeshEnds, MeshError, MeshMsg};
-use crate::peer::{Peer, PeerEvent, PeerSetup};
+use crate::peer::{self, Peer, PeerEvent, PeerSetup};
 use crate::router::{KeyframeDecision, KeyframePacing, Router};
 use crate::timers::Timers;
 use crate::udp::{self, FlushOutcome, RecvBatch, SendBatch};
@@ -75,6 +76,8 @@ pub struct CoreCounters {
     pub nacks_received: AtomicU64,
     /// Packets this core's peers NACKed towards their remotes (publishers).
     pub nacks_sent: AtomicU64,
+    /// NACKed packets resent to players from the core's history (direct egress path).
+    pub resent: AtomicU64,
 }
 
 /// Why a data plane did not start.
@@ -390,6 +393,7 @@ async fn core_main(start: CoreStart) {
         unhold: Rc::new(Notify::new()),
         fanout: Vec::new(),
         mirrors: Vec::new(),
+        history: FxHashMap::default(),
         timer_signal: timer_tx,
         stop: stop_tx,
     }));
@@ -527,6 +531,9 @@ struct Core {
     due_now: Vec<PeerId>,
     fanout: Vec<PeerId>,
     mirrors: Vec<CoreId>,
+    /// The last second of video of each stream with subscribers on this core, which the
+    /// direct egress path resends NACKed packets from (see `direct`).
+    history: FxHashMap<StreamId, ResendHistory>,
     /// Media packets forwarded since `media_window.0`, to tell a quiet core (see
     /// [`Core::idle_hold`]).
     media_window: (Instant, u32),
@@ -738,6 +745,7 @@ impl Core {
                         .fetch_add(received, Ordering::Relaxed);
                     self.counters.nacks_sent.fetch_add(sent, Ordering::Relaxed);
                 }
+                PeerEvent::Resend(seqs) => self.resend(peer, &seqs),
                 PeerEvent::KeyframeRequest(_) => {
                     self.counters
                         .player_keyframe_requests
@@ -775,6 +783,18 @@ impl Core {
                     .fetch_add(1, Ordering::Relaxed);
             }
         }
+        if self.config.direct_egress && packet.kind == MediaKind::Video {
+            if self.fanout.is_empty() {
+                self.history.remove(&stream);
+            } else {
+                self.history
+                    .entry(stream)
+                    .or_insert_with(|| {
+                        ResendHistory::new(peer::RESEND_HISTORY, peer::RESEND_HISTORY_PACKETS)
+                    })
+                    .push(&packet);
+            }
+        }
         for i in 0..self.fanout.len() {
             self.write_to(self.fanout[i], &packet, now);
         }
@@ -800,6 +820,30 @@ impl Core {
                 id,
                 PeerFailure::Internal("the WebRTC stack panicked".into()),
             ),
+        }
+    }
+
+    /// Resends the packets a player NACKed, from its stream's history on this core; the peer
+    /// is driven (and the packets sent) at the end of the batch.
+    fn resend(&mut self, id: PeerId, seqs: &[u64]) {
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let Some(history) = peer.stream().and_then(|s| self.history.get(&s)) else {
+            return;
+        };
+        let mut queued = 0u64;
+        for seq in seqs {
+            if let Some(packet) = history.get(*seq)
+                && peer.resend(packet)
+            {
+                queued += 1;
+            }
+        }
+        self.counters.resent.fetch_add(queued, Ordering::Relaxed);
+        if queued > 0 && !peer.listed {
+            peer.listed = true;
+            self.due_now.push(id);
         }
     }
 
@@ -1055,6 +1099,9 @@ impl Core {
                     .router
                     .route(stream)
                     .is_none_or(|r| r.subscribers.is_empty());
+                if none_left {
+                    self.history.remove(&stream);
+                }
                 if let Some(home) = home
                     && home != self.id
                     && none_left

@@ -18,6 +18,7 @@
 pub mod api;
 pub mod core;
 pub mod demux;
+pub mod direct;
 pub mod ids;
 pub mod media;
 pub mod mesh;

@@ -4,6 +4,7 @@
 //! drains an `Rtc` after every mutation.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
@@ -11,16 +12,19 @@ use str0m::config::DtlsCert;
 use str0m::format::{Codec, PayloadParams};
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::{Extension, ExtensionMap, RtpPacket, RtpWrite, Ssrc};
+use str0m::rtp::rtcp::{Nack, Rtcp};
+use str0m::rtp::{Extension, ExtensionMap, RawPacket, RtpPacket, RtpWrite, Ssrc};
 use str0m::{Candidate, Event as RtcEvent, IceConnectionState, Input, Output, Rtc, RtcConfig};
 use str0m::{RtcError, error::SdpError};
 
 use crate::api::{DataPlaneConfig, LinkStats, PeerFailure, PeerReport, Role};
+use crate::direct::{self, ExtIds, HeaderFields, KeySlot, MAX_HEADER};
 use crate::ids::{CoreId, PeerId, StreamId};
 use crate::media::{
     Continuity, MediaExt, MediaPacket, StreamMedia, TrackRewriter, choose_ingest_codecs,
     offered_kinds, video_resolution,
 };
+use crate::srtp::SrtpSender;
 use crate::synth::{Generator, Probe, SynthConfig, SynthPacket, VideoCodec, unix_micros};
 use crate::udp::{Datagram, SendBatch};
 
@@ -40,6 +44,9 @@ pub enum PeerEvent {
     Keyframe,
     /// The ingested video's picture size changed (read from a keyframe).
     Resolution { width: u32, height: u32 },
+    /// The remote (a player on the direct egress path) NACKed these video packets, given in
+    /// the stream's sequence space: the core resends them from its history.
+    Resend(Vec<u64>),
 }
 
 /// Everything a new peer needs from its core.
@@ -125,6 +132,13 @@ pub struct Peer {
     mids: Vec<(Mid, MediaKind)>,
     limits: Limits,
     local: Option<SocketAddr>,
+    /// Where str0m sends DTLS and SRTP (its ICE-nominated pair: source, destination), which
+    /// the direct egress path sends to as well.
+    media_path: Option<(SocketAddr, SocketAddr)>,
+    /// The SRTP keys of this peer's DTLS handshake, once done (see `direct`).
+    keys: Arc<KeySlot>,
+    /// Bytes sent on the direct egress path, which str0m's statistics do not count.
+    direct_bytes: u64,
     /// NACK totals str0m last reported, per (mid, egress), to turn them into increments.
     nack_totals: Vec<(Mid, bool, u64)>,
     link: LinkMeter,
@@ -140,6 +154,9 @@ struct Limits {
     ice_grace: std::time::Duration,
 }
 
+// Egress is the largest and by far the most common kind (every player), and a `Peer` is
+// boxed by its core already: boxing it again would only add a pointer chase per packet.
+#[allow(clippy::large_enum_variant)]
 enum PeerKind {
     Ingest(Ingest),
     Egress(Egress),
@@ -168,7 +185,38 @@ struct Egress {
     media: StreamMedia,
     audio: Option<EgressTrack>,
     video: Option<EgressTrack>,
+    direct: DirectState,
 }
+
+/// Whether a player's packets take the direct egress path, decided at its first packet.
+enum DirectState {
+    Undecided,
+    /// Every packet goes through str0m (disabled, or something the path needs is missing).
+    Off,
+    On(Box<Direct>),
+}
+
+struct Direct {
+    srtp: SrtpSender,
+    /// Written since the last drive, sealed and queued in order by the next one (so that a
+    /// player's packets stay together in the send queue, for GSO).
+    pending: Vec<Pending>,
+    /// Scratch for the header of the packet being sealed, and for an RTX payload.
+    rtx_payload: Vec<u8>,
+}
+
+struct Pending {
+    packet: MediaPacket,
+    /// The player's sequence number for it.
+    seq: u64,
+    /// A retransmission asked for by a NACK.
+    resend: bool,
+}
+
+/// How often a track's packet goes through str0m instead of the direct path, so its sender
+/// reports map RTP time to wall-clock time from a recent packet (a player synchronises audio
+/// and video with them).
+const SENDER_REPORT_REFRESH: Duration = Duration::from_secs(1);
 
 struct EgressTrack {
     ssrc: Ssrc,
@@ -176,6 +224,16 @@ struct EgressTrack {
     /// Added to the stream's sequence number to get this subscriber's, fixed by the first
     /// packet it receives so every subscriber starts below 2^16 (no ROC signalling needed).
     seq_offset: Option<i64>,
+    mid: Mid,
+    /// The header extension ids the remote accepted; None if one needs the two-byte form.
+    ext_ids: Option<ExtIds>,
+    /// The RTX stream's SSRC and payload type, when negotiated, and its next sequence number.
+    rtx: Option<(Ssrc, Pt)>,
+    rtx_seq: u64,
+    /// The highest sequence number written to the player.
+    last_seq: u64,
+    /// When the next packet goes through str0m (direct path only).
+    str0m_due: Option<Instant>,
 }
 
 struct Generate {
@@ -230,6 +288,7 @@ impl Peer {
                     media,
                     audio: None,
                     video: None,
+                    direct: DirectState::Undecided,
                 };
                 (
                     without_twcc(codecs_config(&StreamMedia { audio, video })),
@@ -307,6 +366,7 @@ impl Peer {
                     media,
                     audio: None,
                     video: None,
+                    direct: DirectState::Undecided,
                 };
                 (
                     without_twcc(codecs_config(&media)),
@@ -398,6 +458,11 @@ impl Peer {
                     if self.local.is_none() {
                         self.local = Some(t.source);
                     }
+                    // DTLS (first byte 20-63) and SRTP/SRTCP (128-191) go to the nominated
+                    // pair; STUN answers go wherever a check came from (RFC 7983).
+                    if matches!(t.contents.first(), Some(20..=63 | 128..=191)) {
+                        self.media_path = Some((t.source, t.destination));
+                    }
                     tx.push(t.destination, Some(t.source.ip()), t.contents.into());
                 }
                 Ok(Output::Event(e)) => self.on_rtc_event(e, now, events),
@@ -415,6 +480,7 @@ impl Peer {
         events: &mut Vec<PeerEvent>,
     ) -> Result<(), PeerFailure> {
         self.check_deadlines(now)?;
+        self.send_direct(now, tx, events)?;
         if now >= self.rtc_deadline {
             self.rtc
                 .handle_input(Input::Timeout(now))
@@ -432,6 +498,15 @@ impl Peer {
     /// The next instant this peer must be woken at.
     pub fn deadline(&self) -> Instant {
         let mut d = self.rtc_deadline;
+        if let PeerKind::Egress(Egress {
+            direct: DirectState::On(direct),
+            ..
+        }) = &self.kind
+            && !direct.pending.is_empty()
+        {
+            // Packets to seal: due now (any instant in the past does).
+            d = d.min(self.created);
+        }
         match self.connected_at {
             None => d = d.min(self.created + self.limits.connect),
             Some(_) => {
@@ -452,12 +527,20 @@ impl Peer {
         d
     }
 
-    /// Writes one stream packet to an egress peer; true if it was written. str0m hands the
-    /// packet out (RTP header, SRTP) on its next timeout, which is now: the caller drives the
-    /// peer once at the end of its batch (`on_timeout`), however many packets it wrote.
+    /// Writes one stream packet to an egress peer; true if it was written. On the direct path
+    /// the packet is sealed and queued by the peer's next drive; otherwise str0m hands it out
+    /// (RTP header, SRTP) on its next timeout. Either is now: the caller drives the peer once
+    /// at the end of its batch (`on_timeout`), however many packets it wrote.
     pub fn write_media(&mut self, packet: &MediaPacket, now: Instant) -> bool {
         if self.connected_at.is_none() {
             return false;
+        }
+        if let PeerKind::Egress(Egress {
+            direct: DirectState::Undecided,
+            ..
+        }) = &self.kind
+        {
+            self.decide_direct();
         }
         let PeerKind::Egress(egress) = &mut self.kind else {
             return false;
@@ -476,12 +559,22 @@ impl Peer {
         if seq < 0 {
             return false;
         }
+        let seq = seq as u64;
+        track.last_seq = track.last_seq.max(seq);
+        if let DirectState::On(direct) = &mut egress.direct {
+            direct.pending.push(Pending {
+                packet: packet.clone(),
+                seq,
+                resend: false,
+            });
+            return true;
+        }
         let (ssrc, pt) = (track.ssrc, track.pt);
         let mut api = self.rtc.direct_api();
         let Some(stream) = api.stream_tx(&ssrc) else {
             return false;
         };
-        let write = RtpWrite::new(pt, (seq as u64).into(), packet.ts, packet.arrival, {
+        let write = RtpWrite::new(pt, seq.into(), packet.ts, packet.arrival, {
             packet.payload.clone()
         })
         .marker(packet.marker)
@@ -491,6 +584,229 @@ impl Peer {
         // What str0m's poll_output would now answer: a timeout that is already due.
         self.rtc_deadline = self.rtc_deadline.min(now);
         true
+    }
+
+    /// Queues a retransmission of a stream packet this player NACKed (direct path only);
+    /// true if queued, and the caller drives the peer as after `write_media`.
+    pub fn resend(&mut self, packet: &MediaPacket) -> bool {
+        let PeerKind::Egress(Egress {
+            video: Some(track),
+            direct: DirectState::On(direct),
+            ..
+        }) = &mut self.kind
+        else {
+            return false;
+        };
+        let Some(offset) = track.seq_offset else {
+            return false;
+        };
+        let seq = packet.seq as i64 + offset;
+        if seq < 0 || packet.kind != MediaKind::Video {
+            return false;
+        }
+        direct.pending.push(Pending {
+            packet: packet.clone(),
+            seq: seq as u64,
+            resend: true,
+        });
+        true
+    }
+
+    /// Whether this player's packets can take the direct path: enabled, the DTLS keys
+    /// captured, the nominated pair known, and every track's header extensions writable.
+    fn decide_direct(&mut self) {
+        let PeerKind::Egress(egress) = &mut self.kind else {
+            return;
+        };
+        let keys = self.keys.get();
+        let tracks_ok = [&egress.audio, &egress.video]
+            .into_iter()
+            .flatten()
+            .all(|t| t.ext_ids.is_some());
+        let srtp = keys.and_then(|k| SrtpSender::new(k.profile, &k.material, k.client));
+        egress.direct = match (srtp, self.media_path, tracks_ok) {
+            (Some(srtp), Some(_), true) => {
+                tracing::debug!(peer = %self.id, profile = ?keys.map(|k| k.profile), "direct egress");
+                DirectState::On(Box::new(Direct {
+                    srtp,
+                    pending: Vec::new(),
+                    rtx_payload: Vec::new(),
+                }))
+            }
+            (srtp, path, tracks_ok) => {
+                if keys.is_some() || path.is_some() {
+                    tracing::debug!(
+                        peer = %self.id,
+                        keys = keys.is_some(),
+                        srtp = srtp.is_some(),
+                        path = path.is_some(),
+                        tracks_ok,
+                        "egress through str0m"
+                    );
+                }
+                DirectState::Off
+            }
+        };
+    }
+
+    /// Seals and queues the packets written since the last drive (direct path), in order.
+    /// Every [`SENDER_REPORT_REFRESH`] a track's packet goes through str0m instead, and str0m
+    /// is driven at once so the packet keeps its place.
+    fn send_direct(
+        &mut self,
+        now: Instant,
+        tx: &mut SendBatch,
+        events: &mut Vec<PeerEvent>,
+    ) -> Result<(), PeerFailure> {
+        let PeerKind::Egress(Egress {
+            direct: DirectState::On(direct),
+            ..
+        }) = &mut self.kind
+        else {
+            return Ok(());
+        };
+        if direct.pending.is_empty() {
+            return Ok(());
+        }
+        let mut pending = std::mem::take(&mut direct.pending);
+        let mut result = Ok(());
+        for item in pending.drain(..) {
+            if result.is_ok() {
+                result = self.send_one(&item, now, tx, events);
+            }
+        }
+        if let PeerKind::Egress(Egress {
+            direct: DirectState::On(direct),
+            ..
+        }) = &mut self.kind
+        {
+            // Keep the buffer (and its capacity) unless more was written meanwhile.
+            if direct.pending.is_empty() {
+                direct.pending = pending;
+            }
+        }
+        result
+    }
+
+    fn send_one(
+        &mut self,
+        item: &Pending,
+        now: Instant,
+        tx: &mut SendBatch,
+        events: &mut Vec<PeerEvent>,
+    ) -> Result<(), PeerFailure> {
+        let Some((source, destination)) = self.media_path else {
+            return Ok(());
+        };
+        let PeerKind::Egress(Egress {
+            audio,
+            video,
+            direct: DirectState::On(direct),
+            ..
+        }) = &mut self.kind
+        else {
+            return Ok(());
+        };
+        let packet = &item.packet;
+        let Some(track) = (match packet.kind {
+            MediaKind::Audio => audio.as_mut(),
+            MediaKind::Video => video.as_mut(),
+        }) else {
+            return Ok(());
+        };
+        if !item.resend && track.str0m_due.is_none_or(|due| now >= due) {
+            track.str0m_due = Some(now + SENDER_REPORT_REFRESH);
+            let (ssrc, pt) = (track.ssrc, track.pt);
+            if let Some(stream) = self.rtc.direct_api().stream_tx(&ssrc) {
+                let write = RtpWrite::new(
+                    pt,
+                    item.seq.into(),
+                    packet.ts,
+                    packet.arrival,
+                    packet.payload.to_vec(),
+                )
+                .marker(packet.marker)
+                .ext_vals(packet.ext.to_values())
+                // Resends come from the core's history, never from str0m's (whose RTX
+                // sequence numbers would collide with relaycast's).
+                .nackable(false);
+                stream.write_rtp(write);
+                self.rtc
+                    .handle_input(Input::Timeout(now))
+                    .map_err(|e| PeerFailure::Internal(e.to_string()))?;
+                return self.drive(now, tx, events);
+            }
+            return Ok(());
+        }
+        let Some(ids) = track.ext_ids else {
+            return Ok(());
+        };
+        let mut header = [0u8; MAX_HEADER];
+        let (ssrc, pt, seq, payload): (Ssrc, Pt, u64, &[u8]) = match (item.resend, track.rtx) {
+            (true, Some((rtx_ssrc, rtx_pt))) => {
+                // RFC 4588: the original sequence number, then the original payload.
+                direct.rtx_payload.clear();
+                direct
+                    .rtx_payload
+                    .extend_from_slice(&(item.seq as u16).to_be_bytes());
+                direct.rtx_payload.extend_from_slice(&packet.payload);
+                let seq = track.rtx_seq;
+                track.rtx_seq += 1;
+                (rtx_ssrc, rtx_pt, seq, &direct.rtx_payload)
+            }
+            // Without RTX a resend is the packet itself.
+            _ => (track.ssrc, track.pt, item.seq, &packet.payload),
+        };
+        let fields = HeaderFields {
+            pt: *pt,
+            marker: packet.marker,
+            seq: seq as u16,
+            ts: packet.ts,
+            ssrc: *ssrc,
+            mid: Some(&track.mid),
+            ext: packet.ext,
+        };
+        let n = direct::write_header(&mut header, &ids, &fields);
+        let mut out = Vec::with_capacity(n + payload.len() + direct.srtp.overhead());
+        direct
+            .srtp
+            .protect_rtp(&header[..n], payload, *ssrc, seq, &mut out);
+        if out.is_empty() {
+            // The crypto backend refused it (aws-lc-rs does not for packet sizes).
+            return Ok(());
+        }
+        self.direct_bytes += out.len() as u64;
+        tx.push(destination, Some(source.ip()), out);
+        Ok(())
+    }
+
+    /// A player's NACK, on the direct path: the stream packets it names, for the core.
+    fn on_nack(&mut self, nack: &Nack, events: &mut Vec<PeerEvent>) {
+        let PeerKind::Egress(Egress {
+            video: Some(track),
+            direct: DirectState::On(_),
+            ..
+        }) = &self.kind
+        else {
+            return;
+        };
+        let Some(offset) = track.seq_offset else {
+            return;
+        };
+        if nack.ssrc != track.ssrc {
+            return;
+        }
+        let seqs: Vec<u64> = nack
+            .reports
+            .iter()
+            .flat_map(|e| direct::nacked(e.pid, e.blp))
+            .map(|s| direct::widen_seq(track.last_seq, s) as i64 - offset)
+            .filter(|s| *s >= 0)
+            .map(|s| s as u64)
+            .collect();
+        if !seqs.is_empty() {
+            events.push(PeerEvent::Resend(seqs));
+        }
     }
 
     /// Asks an ingest peer's remote for a keyframe.
@@ -586,15 +902,24 @@ impl Peer {
     fn build(
         id: PeerId,
         config: RtcConfig,
-        kind: PeerKind,
+        mut kind: PeerKind,
         dedicated: bool,
         setup: &PeerSetup<'_>,
     ) -> Peer {
-        let mut rtc = config
+        // A player on the direct path: its NACKs reach relaycast as str0m's raw RTCP events
+        // (the player's RTCP is light: reports and feedback, a few packets a second).
+        let direct = setup.config.direct_egress && matches!(kind, PeerKind::Egress(_));
+        if let PeerKind::Egress(egress) = &mut kind
+            && !direct
+        {
+            egress.direct = DirectState::Off;
+        }
+        let config = config
             .set_rtp_mode(true)
             .set_stats_interval(Some(STATS_INTERVAL))
             .set_dtls_cert(setup.cert.clone())
-            .build(setup.now);
+            .enable_raw_packets(direct);
+        let (mut rtc, keys) = direct::build_rtc(config, setup.now);
         for addr in setup.candidates {
             match Candidate::host(*addr, "udp") {
                 Ok(c) => {
@@ -625,6 +950,9 @@ impl Peer {
                 ice_grace: setup.config.ice_disconnect_grace,
             },
             local: None,
+            media_path: None,
+            keys,
+            direct_bytes: 0,
             nack_totals: Vec::new(),
             link: LinkMeter::default(),
         }
@@ -675,10 +1003,21 @@ impl Peer {
                             Some(RTX_RATIO_CAP),
                         );
                     }
+                    let rtx_ssrc = self.rtc.direct_api().stream_tx(&ssrc).and_then(|s| s.rtx());
+                    let ext_ids = self
+                        .rtc
+                        .media(mid)
+                        .and_then(|m| ExtIds::from_map(m.remote_extmap()));
                     let track = EgressTrack {
                         ssrc,
                         pt,
                         seq_offset: None,
+                        mid,
+                        ext_ids,
+                        rtx: rtx_ssrc.zip(params.resend()),
+                        rtx_seq: fastrand::u64(1_000..30_000),
+                        last_seq: 0,
+                        str0m_due: None,
                     };
                     match kind {
                         MediaKind::Audio => egress.audio = Some(track),
@@ -761,9 +1100,14 @@ impl Peer {
                 self.count_nacks(stats.mid, false, stats.nacks, events);
                 self.link.on_media(stats.rtt, stats.loss);
             }
+            RtcEvent::RawPacket(raw) => {
+                if let RawPacket::RtcpRx(Rtcp::Nack(nack)) = &*raw {
+                    self.on_nack(nack, events);
+                }
+            }
             RtcEvent::PeerStats(stats) => self.link.on_peer(
                 stats.timestamp,
-                (stats.peer_bytes_rx, stats.peer_bytes_tx),
+                (stats.peer_bytes_rx, stats.peer_bytes_tx + self.direct_bytes),
                 stats.rtt,
                 [stats.egress_loss_fraction, stats.ingress_loss_fraction],
             ),
@@ -993,7 +1337,7 @@ fn without_twcc(mut config: RtcConfig) -> RtcConfig {
 /// 450 packets (some 540 KB) per player of a 1.5 Mbps stream.
 pub const RESEND_HISTORY: Duration = Duration::from_secs(1);
 /// The packet bound of that history: 1 s of a 9.6 Mbps stream of 1,200-byte packets.
-const RESEND_HISTORY_PACKETS: usize = 1000;
+pub const RESEND_HISTORY_PACKETS: usize = 1000;
 /// str0m's default share of resends in what a stream sends, kept.
 const RTX_RATIO_CAP: f32 = 0.15;
 
@@ -1076,6 +1420,298 @@ fn dtls_failure(message: &str) -> PeerFailure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server egress peer and a plain str0m player wired in memory (no sockets): what the
+    /// server queues reaches the player unless `drop` says so, and the player's output
+    /// reaches the server.
+    struct Wire {
+        server: Peer,
+        player: Rtc,
+        tx: SendBatch,
+        now: Instant,
+        server_addr: SocketAddr,
+        player_addr: SocketAddr,
+        /// Video packets the player got, by its sequence number (repairs unwrapped by str0m).
+        received: Vec<u64>,
+        events: Vec<PeerEvent>,
+        /// (when, RTP time) of each video sender report the player got.
+        reports: Vec<(Instant, u32)>,
+    }
+
+    impl Wire {
+        fn new(direct_egress: bool, audio: bool) -> Wire {
+            let now = Instant::now();
+            let server_addr: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+            let player_addr: SocketAddr = "127.0.0.1:40001".parse().unwrap();
+            let mut player = Rtc::builder()
+                .set_rtp_mode(true)
+                .clear_codecs()
+                .enable_opus(true, false)
+                .enable_vp8(true)
+                .enable_raw_packets(true)
+                .build(now);
+            player.add_local_candidate(Candidate::host(player_addr, "udp").unwrap());
+            let mut api = player.sdp_api();
+            if audio {
+                api.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+            }
+            api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+            let (offer, pending) = api.apply().unwrap();
+            let media = synth_media(&SynthConfig {
+                audio,
+                video: Some(VideoCodec::Vp8),
+                ..SynthConfig::default()
+            });
+            assert!(media.video.unwrap().resend().is_some(), "VP8 with RTX");
+            let config = DataPlaneConfig {
+                direct_egress,
+                ..DataPlaneConfig::default()
+            };
+            let cert = str0m::crypto::from_feature_flags()
+                .dtls_provider
+                .generate_certificate()
+                .unwrap();
+            let setup = PeerSetup {
+                core: CoreId(0),
+                now,
+                config: &config,
+                cert: &cert,
+                candidates: &[server_addr],
+            };
+            let role = Role::Egress {
+                stream: StreamId(1),
+                home: CoreId(0),
+                media,
+                relay: false,
+            };
+            let (server, answer, _) =
+                Peer::accept(PeerId(1), &offer.to_sdp_string(), role, &setup).unwrap();
+            player
+                .sdp_api()
+                .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
+                .unwrap();
+            Wire {
+                server,
+                player,
+                tx: SendBatch::new(64),
+                now,
+                server_addr,
+                player_addr,
+                received: Vec::new(),
+                events: Vec::new(),
+                reports: Vec::new(),
+            }
+        }
+
+        /// One round: the server's timers and queue, then the player's output.
+        fn round(&mut self, drop: &mut dyn FnMut(&[u8]) -> bool) {
+            let now = self.now;
+            if self.server.deadline() <= now {
+                self.server
+                    .on_timeout(now, &mut self.tx, &mut self.events)
+                    .unwrap();
+            }
+            while let Some((to, payload)) = self.tx.pop_front() {
+                assert_eq!(to, self.player_addr);
+                if drop(&payload) {
+                    continue;
+                }
+                let r = Receive::new(Protocol::Udp, self.server_addr, to, &payload).unwrap();
+                self.player.handle_input(Input::Receive(now, r)).unwrap();
+            }
+            self.player.handle_input(Input::Timeout(now)).unwrap();
+            loop {
+                match self.player.poll_output().unwrap() {
+                    Output::Timeout(_) => break,
+                    Output::Transmit(t) => {
+                        let d = Datagram {
+                            source: self.player_addr,
+                            destination: self.server_addr,
+                            payload: &t.contents,
+                            truncated: false,
+                            arrival_unix_micros: None,
+                        };
+                        self.server.receive(now, d).unwrap();
+                        self.server
+                            .drive(now, &mut self.tx, &mut self.events)
+                            .unwrap();
+                    }
+                    Output::Event(RtcEvent::RtpPacket(p)) => {
+                        if p.header.payload_type == self.video_pt() {
+                            self.received.push(*p.seq_no);
+                        }
+                    }
+                    Output::Event(RtcEvent::RawPacket(raw)) => {
+                        if let RawPacket::RtcpRx(Rtcp::SenderReport(sr)) = &*raw
+                            && sr.sender_info.ssrc == self.video_ssrc()
+                        {
+                            let rtp = sr.sender_info.rtp_time.numer() as u32;
+                            self.reports.push((now, rtp));
+                        }
+                    }
+                    Output::Event(_) => {}
+                }
+            }
+        }
+
+        fn video_pt(&self) -> Pt {
+            let PeerKind::Egress(e) = &self.server.kind else {
+                unreachable!()
+            };
+            e.video.as_ref().unwrap().pt
+        }
+
+        fn video_ssrc(&self) -> Ssrc {
+            let PeerKind::Egress(e) = &self.server.kind else {
+                unreachable!()
+            };
+            e.video.as_ref().unwrap().ssrc
+        }
+
+        fn advance(&mut self, ms: u64) {
+            self.now += Duration::from_millis(ms);
+        }
+
+        fn connect(&mut self) {
+            for _ in 0..200 {
+                self.round(&mut |_| false);
+                if self.server.is_connected() && self.player.is_connected() {
+                    return;
+                }
+                self.advance(5);
+            }
+            panic!("no connection");
+        }
+    }
+
+    fn video_packet(seq: u64, now: Instant) -> MediaPacket {
+        MediaPacket {
+            kind: MediaKind::Video,
+            seq,
+            ts: 90 * seq as u32,
+            marker: seq % 3 == 2,
+            ext: MediaExt::default(),
+            payload: std::sync::Arc::from(vec![(seq % 251) as u8; 900]),
+            arrival: now,
+        }
+    }
+
+    fn is_video(payload: &[u8], pt: Pt) -> bool {
+        payload.len() > 12 && payload[0] >> 6 == 2 && payload[1] & 0x7f == *pt
+    }
+
+    #[test]
+    fn a_player_on_the_direct_path_gets_every_packet_and_a_nacked_one_again() {
+        let mut w = Wire::new(true, true);
+        w.connect();
+        let pt = w.video_pt();
+        let mut history = crate::direct::ResendHistory::new(RESEND_HISTORY, 100);
+        // 30 packets; the 10th video datagram on the wire is lost on the way.
+        let mut video_seen = 0;
+        let mut lost = None;
+        for seq in 5_000..5_030u64 {
+            let p = video_packet(seq, w.now);
+            history.push(&p);
+            assert!(w.server.write_media(&p, w.now));
+            assert!(w.server.deadline() <= w.now, "due at once to send it");
+            w.round(&mut |d| {
+                if is_video(d, pt) {
+                    video_seen += 1;
+                    if video_seen == 10 {
+                        lost = Some(u16::from_be_bytes([d[2], d[3]]));
+                        return true;
+                    }
+                }
+                false
+            });
+            w.advance(5);
+        }
+        let PeerKind::Egress(Egress {
+            direct: DirectState::On(_),
+            ..
+        }) = &w.server.kind
+        else {
+            panic!("the direct path is on");
+        };
+        let lost = lost.expect("a datagram was dropped") as u64;
+        assert_eq!(w.received.len(), 29, "all but the lost one");
+        assert!(!w.received.iter().any(|s| *s as u16 as u64 == lost));
+        // The player NACKs it; the server names the stream packet and resends it from the
+        // history, as an RTX packet the player unwraps.
+        let mut asked = Vec::new();
+        for _ in 0..100 {
+            w.round(&mut |_| false);
+            for e in w.events.drain(..) {
+                if let PeerEvent::Resend(seqs) = e {
+                    asked.extend(seqs);
+                }
+            }
+            if !asked.is_empty() {
+                break;
+            }
+            w.advance(10);
+        }
+        assert_eq!(asked.len(), 1, "one packet NACKed: {asked:?}");
+        let packet = history.get(asked[0]).expect("in the history");
+        assert!(w.server.resend(packet));
+        let mut rtx = 0;
+        w.round(&mut |d| {
+            if d.len() > 12 && d[0] >> 6 == 2 && d[1] & 0x7f != *pt {
+                rtx += 1;
+            }
+            false
+        });
+        assert_eq!(rtx, 1, "sent on the RTX payload type");
+        assert_eq!(w.received.len(), 30);
+        assert!(w.received.iter().any(|s| *s as u16 as u64 == lost));
+        // The player's sequence numbers run on without a gap.
+        let mut got = w.received.clone();
+        got.sort_unstable();
+        assert!(got.windows(2).all(|p| p[1] == p[0] + 1), "{got:?}");
+    }
+
+    #[test]
+    fn sender_reports_map_the_streams_rtp_time_on_the_direct_path() {
+        let mut w = Wire::new(true, false);
+        w.connect();
+        let t0 = w.now;
+        let ts_at = |at: Instant| 7_000 + 90 * at.duration_since(t0).as_millis() as u32;
+        // 6 s of 30 frames a second, each packet's timestamp on a 90 kHz clock from t0.
+        for n in 0..180u64 {
+            let mut p = video_packet(9_000 + n, w.now);
+            p.ts = ts_at(w.now);
+            assert!(w.server.write_media(&p, w.now));
+            w.round(&mut |_| false);
+            w.advance(33);
+        }
+        // str0m reports once a second or so; from the packets that went through it, once a
+        // second, it tells the stream's RTP time at the report's own instant.
+        assert!(w.reports.len() >= 3, "{:?}", w.reports);
+        for (at, rtp) in &w.reports[1..] {
+            let off = rtp.wrapping_sub(ts_at(*at)) as i32;
+            assert!(off.abs() <= 90 * 34, "report at {at:?} is {off} ticks off");
+        }
+    }
+
+    #[test]
+    fn with_the_direct_path_off_str0m_sends_and_resends() {
+        let mut w = Wire::new(false, false);
+        w.connect();
+        for seq in 100..110u64 {
+            let p = video_packet(seq, w.now);
+            assert!(w.server.write_media(&p, w.now));
+            w.round(&mut |_| false);
+            w.advance(5);
+        }
+        let PeerKind::Egress(Egress {
+            direct: DirectState::Off,
+            ..
+        }) = &w.server.kind
+        else {
+            panic!("the direct path is off");
+        };
+        assert_eq!(w.received.len(), 10);
+    }
 
     #[test]
     fn link_figures_from_str0m_statistics() {
