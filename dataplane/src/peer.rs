@@ -1694,7 +1694,7 @@ mod tests {
     }
 
     #[test]
-    fn with_the_direct_path_off_str0m_sends_and_resends() {
+    fn with_the_direct_path_off_str0m_sends_every_packet() {
         let mut w = Wire::new(false, false);
         w.connect();
         for seq in 100..110u64 {
