@@ -7,8 +7,10 @@
 //! - [`peer`] feeds it to that peer's str0m `Rtc`, which decrypts it once; an ingest peer
 //!   turns RTP into a [`media::MediaPacket`] in its stream's sequence space;
 //! - [`router`] says who subscribes to the stream: this core's egress peers get the packet
-//!   directly (each re-encrypts for its remote), other cores get it through [`mesh`]'s
-//!   lock-free rings, carrying the shared payload without a copy;
+//!   directly (each re-encrypts for its remote: [`direct`] writes the header and [`srtp`]
+//!   seals it with the keys of the peer's DTLS handshake, without a pass through str0m),
+//!   other cores get it through [`mesh`]'s lock-free rings, carrying the shared payload
+//!   without a copy;
 //! - [`udp`] sends everything queued with one `sendmmsg` per batch.
 //!
 //! [`timers`] wakes only the peers that are due; [`api`] is the contract with the control
