@@ -697,3 +697,112 @@ async fn a_quiet_core_still_delivers_and_wakes_up_for_media() {
     assert!(media > 100, "the full-rate player got {media} packets");
     assert!(loss < 1.0, "the full-rate player lost {loss:.3}%");
 }
+
+/// A player that loses a video packet on the way NACKs it, and the server resends it (as
+/// RTX) from its core's history of the stream: the direct egress path's resend, end to end.
+/// The player is a plain str0m peer on its own socket, so the test can drop a datagram.
+#[tokio::test]
+async fn a_lost_packet_is_resent_from_the_cores_history() {
+    use std::net::UdpSocket;
+    use str0m::change::SdpAnswer;
+    use str0m::media::{Direction, MediaKind};
+    use str0m::net::{Protocol, Receive};
+    use str0m::{Candidate, Event, Input, Output, Rtc};
+
+    let server = Server::start(&[]);
+    let ep = endpoint();
+    let publisher_session = session(&server).await;
+    let _publisher = publisher_session
+        .publish(&ep, "lossy", synth(VideoCodec::Vp8))
+        .await
+        .expect("publish");
+
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let local = socket.local_addr().unwrap();
+    let mut rtc = Rtc::builder()
+        .set_rtp_mode(true)
+        .clear_codecs()
+        .enable_vp8(true)
+        .build(Instant::now());
+    rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
+    let mut api = rtc.sdp_api();
+    api.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+    let (offer, pending) = api.apply().unwrap();
+    let player_session = session(&server).await;
+    let (_handle, answer) = player_session
+        .negotiate("lossy", &offer.to_sdp_string(), false, Value::Null)
+        .await
+        .expect("play");
+    rtc.sdp_api()
+        .accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap())
+        .unwrap();
+    let vp8 = rtc
+        .codec_config()
+        .params()
+        .iter()
+        .find(|p| p.spec().codec == str0m::format::Codec::Vp8)
+        .map(|p| *p.pt())
+        .unwrap();
+
+    // The player's loop: the 60th VP8 datagram is dropped; it ends once that packet came
+    // back (str0m unwraps the RTX) or after 15 s.
+    let outcome = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut buf = vec![0u8; 2000];
+        let (mut video, mut dropped, mut repaired, mut received) = (0, None::<u16>, false, 0);
+        while Instant::now() < deadline && !repaired {
+            let timeout = loop {
+                match rtc.poll_output().unwrap() {
+                    Output::Timeout(t) => break t,
+                    Output::Transmit(t) => {
+                        socket.send_to(&t.contents, t.destination).unwrap();
+                    }
+                    Output::Event(Event::RtpPacket(p)) => {
+                        received += 1;
+                        if Some(p.header.sequence_number) == dropped {
+                            repaired = true;
+                        }
+                    }
+                    Output::Event(_) => {}
+                }
+            };
+            let wait = timeout
+                .saturating_duration_since(Instant::now())
+                .clamp(Duration::from_millis(1), Duration::from_millis(50));
+            socket.set_read_timeout(Some(wait)).unwrap();
+            match socket.recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    let data = &buf[..n];
+                    let is_vp8 = n > 12 && data[0] >> 6 == 2 && data[1] & 0x7f == vp8;
+                    if is_vp8 {
+                        video += 1;
+                        if video == 60 {
+                            dropped = Some(u16::from_be_bytes([data[2], data[3]]));
+                            continue;
+                        }
+                    }
+                    let r = Receive::new(Protocol::Udp, from, local, data).unwrap();
+                    rtc.handle_input(Input::Receive(Instant::now(), r)).unwrap();
+                }
+                Err(_) => rtc.handle_input(Input::Timeout(Instant::now())).unwrap(),
+            }
+        }
+        (dropped, repaired, received)
+    })
+    .await
+    .unwrap();
+    let (dropped, repaired, received) = outcome;
+    assert!(
+        dropped.is_some(),
+        "the player got {received} packets, never 60"
+    );
+    assert!(
+        repaired,
+        "packet {dropped:?} was not resent ({received} packets)"
+    );
+    let text = metrics(&server).await;
+    assert!(
+        metric(&text, "relaycast_core_resent_packets_total", &[]) >= 1.0,
+        "the resend is counted"
+    );
+}
