@@ -93,7 +93,21 @@ fn main() -> Result<()> {
     if let Some(saved) = &args.from_json {
         let text = std::fs::read_to_string(saved)
             .with_context(|| format!("reading {}", saved.display()))?;
-        let run: Run = serde_json::from_str(&text).context("parsing the saved run")?;
+        let mut run: Run = serde_json::from_str(&text).context("parsing the saved run")?;
+        if run.micro.is_empty() {
+            // A run made before `cargo bench` on this checkout: take its results now, and
+            // keep them with the run.
+            run.micro = report::read_criterion(&target.join("criterion"));
+            if !run.micro.is_empty() {
+                eprintln!(
+                    "fanout: adding {} criterion results to {}",
+                    run.micro.len(),
+                    saved.display()
+                );
+                std::fs::write(saved, serde_json::to_string_pretty(&run)?)
+                    .with_context(|| format!("writing {}", saved.display()))?;
+            }
+        }
         let results = root.join(&args.results);
         std::fs::create_dir_all(&results)?;
         return write_report(&run, &root, &results, &args.out);
