@@ -1,9 +1,9 @@
 //! N subscribers of one stream, wired in memory: for each, a server-side egress peer (what a
 //! core holds for a player) connected over ICE + DTLS to a client-side probe peer, by handing
 //! datagrams between them with a virtual clock. The forwarding bench then drives the data
-//! plane's own per-packet path: [`Peer::write_media`] on every egress peer (RTP write), the
-//! peer's timeout that str0m needs to release the packet (SRTP seal, transmit), then the
-//! core's batched send.
+//! plane's own per-packet path: [`Peer::write_media`] on every egress peer, the peer's drive
+//! that seals and queues the packet (the direct egress path's header and SRTP, or str0m's
+//! with it off), then the core's batched send.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -130,8 +130,9 @@ impl Subscribers {
         self.history.push(&packet);
         for peer in &mut self.egress {
             peer.write_media(&packet, now);
-            // str0m releases written RTP on its next timeout (its "send stream" deadline);
-            // the core drives the peer at the end of the batch, so the bench does too.
+            // A written packet is sealed when the peer is next driven (str0m's too, on its
+            // next timeout); the core drives the peer at the end of the batch, so the bench
+            // does too.
             if peer.deadline() <= now {
                 let _ = peer.on_timeout(now, &mut self.tx, &mut self.events);
             }

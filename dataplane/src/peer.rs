@@ -201,7 +201,7 @@ struct Direct {
     /// Written since the last drive, sealed and queued in order by the next one (so that a
     /// player's packets stay together in the send queue, for GSO).
     pending: Vec<Pending>,
-    /// Scratch for the header of the packet being sealed, and for an RTX payload.
+    /// Scratch for an RTX payload (the original sequence number, then the payload).
     rtx_payload: Vec<u8>,
 }
 
