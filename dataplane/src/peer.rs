@@ -767,7 +767,7 @@ impl Peer {
             ext: packet.ext,
         };
         let n = direct::write_header(&mut header, &ids, &fields);
-        let mut out = Vec::with_capacity(n + payload.len() + direct.srtp.overhead());
+        let mut out = tx.buffer();
         direct
             .srtp
             .protect_rtp(&header[..n], payload, *ssrc, seq, &mut out);

@@ -18,6 +18,13 @@ pub const RECV_BUFFER_SIZE: usize = 2048;
 /// Datagrams handed to one `sendmmsg` call (well below `UIO_MAXIOV`).
 pub const SEND_CHUNK: usize = 64;
 
+/// How many sent datagrams' buffers a [`SendBatch`] keeps for reuse: two full chunks' worth
+/// (about 1.3 MB per core at most, once a burst has filled it).
+const SPARE_BUFFERS: usize = 2 * SEND_CHUNK_DATAGRAMS;
+
+/// The largest buffer kept for reuse: a full-size datagram's, with room to spare.
+const SPARE_BUFFER_MAX: usize = 2048;
+
 /// Datagrams one `sendmmsg` call can carry: up to [`SEND_CHUNK`] messages, each several
 /// datagrams with UDP GSO.
 const SEND_CHUNK_DATAGRAMS: usize = 8 * SEND_CHUNK;
@@ -356,6 +363,9 @@ pub struct SendBatch {
     grouped: Vec<(usize, Outgoing)>,
     /// Messages the kernel accepted so far (a GSO message carries several datagrams).
     messages: u64,
+    /// Buffers of sent datagrams, emptied, for [`SendBatch::buffer`]: a forwarded packet
+    /// then costs no allocation.
+    spare: Vec<Vec<u8>>,
 }
 
 // SAFETY: the raw pointers inside `iovecs` and `headers` only ever point into heap storage owned by
@@ -381,6 +391,22 @@ impl SendBatch {
             groups: FxHashMap::default(),
             grouped: Vec::new(),
             messages: 0,
+            spare: Vec::new(),
+        }
+    }
+
+    /// An empty buffer to fill with a datagram for [`SendBatch::push`]: one that an earlier
+    /// datagram left once it was sent, when there is one.
+    pub fn buffer(&mut self) -> Vec<u8> {
+        self.spare.pop().unwrap_or_default()
+    }
+
+    /// Keeps a sent datagram's buffer for [`SendBatch::buffer`], up to [`SPARE_BUFFERS`] of
+    /// them, none larger than [`SPARE_BUFFER_MAX`].
+    fn recycle(spare: &mut Vec<Vec<u8>>, mut payload: Vec<u8>) {
+        if spare.len() < SPARE_BUFFERS && payload.capacity() <= SPARE_BUFFER_MAX {
+            payload.clear();
+            spare.push(payload);
         }
     }
 
@@ -474,6 +500,7 @@ impl SendBatch {
                     self.messages += accepted as u64;
                     for out in self.queue.drain(..datagrams) {
                         self.bytes -= out.payload.len();
+                        Self::recycle(&mut self.spare, out.payload);
                     }
                     sent += datagrams;
                 }
@@ -525,6 +552,24 @@ impl SendBatch {
     /// and the destinations in the order of their first datagram.
     fn group(&mut self) {
         if self.queue.len() < 2 {
+            return;
+        }
+        // Peers queue their datagrams together, so the queue is usually grouped already: one
+        // hash per run of a destination tells, and nothing has to move.
+        self.groups.clear();
+        let mut previous = None;
+        let mut already = true;
+        for out in &self.queue {
+            let key = (out.destination, out.source);
+            if previous != Some(key) {
+                if self.groups.insert(key, 0).is_some() {
+                    already = false;
+                    break;
+                }
+                previous = Some(key);
+            }
+        }
+        if already {
             return;
         }
         self.groups.clear();
@@ -1373,6 +1418,83 @@ mod tests {
                 assert!(!truncated);
             }
         }
+    }
+
+    #[test]
+    fn a_destination_that_comes_back_after_another_is_grouped_with_its_first_run() {
+        let (sender, sender_addr) = bind("127.0.0.1:0");
+        let (a, b) = (bind("127.0.0.1:0"), bind("127.0.0.1:0"));
+        let mut batch = SendBatch::new(16);
+        // A A B B A: grouped (one run each) except for A's last datagram.
+        for (addr, seq) in [(a.1, 0), (a.1, 1), (b.1, 2), (b.1, 3), (a.1, 4)] {
+            batch.push(addr, None, payload(seq, 1200));
+        }
+        batch.group();
+        let order: Vec<_> = batch
+            .queue
+            .iter()
+            .map(|o| (o.destination, seq_of(&o.payload)))
+            .collect();
+        assert_eq!(
+            order,
+            [(a.1, 0), (a.1, 1), (a.1, 4), (b.1, 2), (b.1, 3)],
+            "a destination's datagrams keep their order and come together"
+        );
+        assert_eq!(batch.prepare(sender_addr), 2);
+        assert_eq!(batch.segments, [3, 2]);
+
+        // Already grouped: left as queued.
+        batch.queue.clear();
+        for (addr, seq) in [(b.1, 0), (b.1, 1), (a.1, 2)] {
+            batch.push(addr, None, payload(seq, 1200));
+        }
+        batch.group();
+        let order: Vec<_> = batch
+            .queue
+            .iter()
+            .map(|o| (o.destination, seq_of(&o.payload)))
+            .collect();
+        assert_eq!(order, [(b.1, 0), (b.1, 1), (a.1, 2)]);
+        let _ = sender;
+    }
+
+    #[test]
+    fn sent_datagrams_leave_their_buffers_for_the_next_ones() {
+        let (sender, _) = bind("127.0.0.1:0");
+        let (receiver, addr) = bind("127.0.0.1:0");
+        let mut batch = SendBatch::new(16);
+        assert_eq!(
+            batch.buffer().capacity(),
+            0,
+            "nothing sent yet, nothing to reuse"
+        );
+        let mut sent = Vec::new();
+        for seq in 0..4 {
+            let mut buf = batch.buffer();
+            buf.extend_from_slice(&payload(seq, 1200));
+            sent.push(buf.as_ptr() as usize);
+            batch.push(addr, None, buf);
+        }
+        // A buffer too large to keep (a jumbo datagram) is freed, not kept.
+        batch.push(addr, None, vec![7; SPARE_BUFFER_MAX + 1]);
+        assert_eq!(
+            batch.flush(sender.as_raw_fd()),
+            FlushOutcome::Done {
+                sent: 5,
+                dropped: 0
+            }
+        );
+        assert_eq!(recv_n(&receiver, 8, 5).len(), 5);
+        for _ in 0..4 {
+            let buf = batch.buffer();
+            assert!(buf.is_empty(), "a reused buffer starts empty");
+            assert!(buf.capacity() >= 1200);
+            assert!(
+                sent.contains(&(buf.as_ptr() as usize)),
+                "it is a sent datagram's"
+            );
+        }
+        assert_eq!(batch.buffer().capacity(), 0, "four kept, the jumbo one not");
     }
 
     #[test]
