@@ -18,8 +18,9 @@ pub const RECV_BUFFER_SIZE: usize = 2048;
 /// Datagrams handed to one `sendmmsg` call (well below `UIO_MAXIOV`).
 pub const SEND_CHUNK: usize = 64;
 
-/// How many sent datagrams' buffers a [`SendBatch`] keeps for reuse: two full chunks' worth
-/// (about 1.3 MB per core at most, once a burst has filled it).
+/// How many sent datagrams' buffers a [`SendBatch`] keeps for reuse: two full chunks' worth.
+/// A burst fills it; then it holds about 1.3 MB of full-size packets' buffers per socket, and
+/// 2 MB at most.
 const SPARE_BUFFERS: usize = 2 * SEND_CHUNK_DATAGRAMS;
 
 /// The largest buffer kept for reuse: a full-size datagram's, with room to spare.
