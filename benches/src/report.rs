@@ -82,6 +82,25 @@ pub struct Idle {
     pub command: String,
     pub summary: Option<Summary>,
     pub error: Option<String>,
+    /// More players of the same stream, on a fresh server (absent in runs before 27
+    /// November, 17:00 UTC).
+    #[serde(default)]
+    pub more_command: Option<String>,
+    #[serde(default)]
+    pub more: Option<Summary>,
+    #[serde(default)]
+    pub more_error: Option<String>,
+}
+
+impl Idle {
+    /// Server RSS per player added between the 100-player step and the larger one, in KiB,
+    /// from the RSS at the end of each (both with every player connected).
+    pub fn kib_per_added_player(&self) -> Option<f64> {
+        let (few, more) = (self.summary.as_ref()?, self.more.as_ref()?);
+        let added = more.connected.checked_sub(few.connected).filter(|n| *n > 0)?;
+        let grown = more.server_memory?.rss_after_mb - few.server_memory?.rss_after_mb;
+        Some(grown * 1e6 / 1024.0 / added as f64)
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -458,6 +477,26 @@ pub fn markdown(run: &Run, plots: &[String]) -> String {
             }
             _ => {}
         }
+        match (&idle.more, &idle.more_error, idle.kib_per_added_player()) {
+            (Some(more), _, added) => {
+                let mem = more.server_memory.unwrap_or_default();
+                let _ = writeln!(
+                    md,
+                    "{} players of the same stream, on a fresh server: RSS {:.1} -> {:.1} MB. \
+                     From the 100-player step to this one, each added player cost {} of RSS: \
+                     the server's first-use growth and fixed costs left out.\n\n`{}`\n",
+                    more.connected,
+                    mem.rss_before_mb,
+                    mem.rss_after_mb,
+                    added.map_or("(not known)".to_owned(), |k| format!("{k:.1} KiB")),
+                    idle.more_command.as_deref().unwrap_or_default()
+                );
+            }
+            (None, Some(e), _) => {
+                let _ = writeln!(md, "The larger idle step failed: {e}\n");
+            }
+            _ => {}
+        }
     }
 
     if !run.relay.is_empty() {
@@ -707,6 +746,17 @@ fn targets(run: &Run) -> String {
                 "| < 64 KiB server memory per idle player | {kib:.1} KiB | {} |",
                 verdict(kib < 64.0, format!("missed by {:.1} KiB", kib - 64.0))
             );
+            if let Some(added) = idle.kib_per_added_player() {
+                let _ = writeln!(
+                    md,
+                    "| the same, per player added from 100 to {} | {added:.1} KiB | {} |",
+                    idle.more.as_ref().map_or(0, |m| m.connected),
+                    verdict(
+                        added < 64.0,
+                        format!("missed by {:.1} KiB", added - 64.0)
+                    )
+                );
+            }
             let cpu = s.server_cpu_pct.unwrap_or(f64::NAN);
             let _ = writeln!(
                 md,
@@ -979,6 +1029,62 @@ mod tests {
             new.contains("2.0x a forward in the stream's shape (2.40 us)"),
             "{new}"
         );
+    }
+
+    #[test]
+    fn the_memory_of_an_added_idle_player_comes_from_the_two_idle_steps() {
+        let idle_step = |connected: usize, before: f64, after: f64| Summary {
+            connected,
+            duration_s: 10.0,
+            server_cpu_pct: Some(0.5),
+            server_memory: Some(relaycast_loadgen::summary::ServerMemory {
+                rss_before_mb: before,
+                rss_after_mb: after,
+                kib_per_player: (after - before) * 1e6 / 1024.0 / connected as f64,
+            }),
+            ..Default::default()
+        };
+        let mut run = run_with(Vec::new());
+        run.idle = Some(Idle {
+            empty_cpu_pct: 0.0,
+            empty_window_s: 10.0,
+            empty_rss_mb: 22.0,
+            command: "loadgen 100".to_owned(),
+            summary: Some(idle_step(100, 30.0, 36.0)),
+            error: None,
+            more_command: Some("loadgen 400".to_owned()),
+            // 30.72 MB more for 300 more players: 100 KiB each.
+            more: Some(idle_step(400, 24.0, 66.72)),
+            more_error: None,
+        });
+        let idle = run.idle.as_ref().unwrap();
+        assert!((idle.kib_per_added_player().unwrap() - 100.0).abs() < 1e-9);
+        let md = markdown(&run, &[]);
+        assert!(
+            md.contains("each added player cost 100.0 KiB of RSS"),
+            "{md}"
+        );
+        assert!(md.contains("`loadgen 400`"), "{md}");
+        assert!(
+            md.contains(
+                "| the same, per player added from 100 to 400 | 100.0 KiB | missed by 36.0 KiB |"
+            ),
+            "{md}"
+        );
+        // The step's own figure stays: 6 MB over 100 players.
+        assert!(md.contains("| < 64 KiB server memory per idle player | 58.6 KiB | met |"));
+
+        // A run saved before the larger step reads back without it, and says nothing of it.
+        let mut old = serde_json::to_value(idle).unwrap();
+        for key in ["more_command", "more", "more_error"] {
+            old.as_object_mut().unwrap().remove(key);
+        }
+        let old: Idle = serde_json::from_value(old).unwrap();
+        assert_eq!(old.kib_per_added_player(), None);
+        run.idle = Some(old);
+        let md = markdown(&run, &[]);
+        assert!(!md.contains("per player added"), "{md}");
+        assert!(!md.contains("each added player"), "{md}");
     }
 
     #[test]

@@ -431,7 +431,25 @@ impl Drop for ServerProc {
     }
 }
 
-/// Idle: the server's CPU with no peers over 10 s, then with 100 near-silent players.
+/// The idle stream's options: one small video frame a second, no audio, for 10 s.
+fn idle_options(players: usize) -> Vec<String> {
+    owned(&[
+        "--players",
+        &players.to_string(),
+        "--ramp",
+        "100/s",
+        "--fps",
+        "1",
+        "--bitrate",
+        "8k",
+        "--no-audio",
+        "--duration",
+        "10s",
+    ])
+}
+
+/// Idle: the server's CPU with no peers over 10 s, then with 100 near-silent players, then
+/// (a fresh server) with [`IDLE_MORE_PLAYERS`], for the memory one more player costs.
 fn idle_check(bins: &Bins, commands: &mut Vec<String>) -> Result<Idle> {
     eprintln!("fanout: idle check");
     let server = bins.start_server("idle")?;
@@ -441,26 +459,28 @@ fn idle_check(bins: &Bins, commands: &mut Vec<String>) -> Result<Idle> {
     std::thread::sleep(Duration::from_secs(10));
     let b = relaycast_loadgen::procfs::sample(Some(server.pid()))?;
     let (_, empty_cpu_pct) = relaycast_loadgen::procfs::cpu_between(&a, &b);
-    let args = fanout_args(
-        bins,
-        &server,
-        &[
-            "--players",
-            "100",
-            "--ramp",
-            "100/s",
-            "--fps",
-            "1",
-            "--bitrate",
-            "8k",
-            "--no-audio",
-            "--duration",
-            "10s",
-        ],
-    );
+    let options = idle_options(100);
+    let options: Vec<&str> = options.iter().map(String::as_str).collect();
+    let args = fanout_args(bins, &server, &options);
     let command = bins.describe_loadgen(&args);
     commands.push(command.clone());
     let result = bins.loadgen(&args, Duration::from_secs(120), "idle");
+    drop(server);
+
+    eprintln!("fanout: idle check with {IDLE_MORE_PLAYERS} players");
+    let (more_command, more) = match bins.start_server("idle-more") {
+        Ok(server) => {
+            commands.push(bins.describe_server());
+            let options = idle_options(IDLE_MORE_PLAYERS);
+            let options: Vec<&str> = options.iter().map(String::as_str).collect();
+            let args = fanout_args(bins, &server, &options);
+            let command = bins.describe_loadgen(&args);
+            commands.push(command.clone());
+            let more = bins.loadgen(&args, Duration::from_secs(180), "idle-more");
+            (Some(command), more)
+        }
+        Err(e) => (None, Err(e)),
+    };
     Ok(Idle {
         empty_cpu_pct,
         empty_window_s: b.at.duration_since(a.at).as_secs_f64(),
@@ -468,8 +488,16 @@ fn idle_check(bins: &Bins, commands: &mut Vec<String>) -> Result<Idle> {
         command,
         summary: result.as_ref().ok().cloned(),
         error: result.err().map(|e| format!("{e:#}")),
+        more_command,
+        more_error: more.as_ref().err().map(|e| format!("{e:#}")),
+        more: more.ok(),
     })
 }
+
+/// Players of the second idle step: the RSS between it and the 100-player step, divided by
+/// the players between them, is what one more idle player costs, without the server's
+/// first-use growth or its fixed costs.
+const IDLE_MORE_PLAYERS: usize = 400;
 
 /// Publish on A, relay to B (`mode`), play on both.
 fn relay_chain(bins: &Bins, mode: &str, args: &Args, commands: &mut Vec<String>) -> Relay {
