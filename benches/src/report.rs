@@ -97,7 +97,10 @@ impl Idle {
     /// from the RSS at the end of each (both with every player connected).
     pub fn kib_per_added_player(&self) -> Option<f64> {
         let (few, more) = (self.summary.as_ref()?, self.more.as_ref()?);
-        let added = more.connected.checked_sub(few.connected).filter(|n| *n > 0)?;
+        let added = more
+            .connected
+            .checked_sub(few.connected)
+            .filter(|n| *n > 0)?;
         let grown = more.server_memory?.rss_after_mb - few.server_memory?.rss_after_mb;
         Some(grown * 1e6 / 1024.0 / added as f64)
     }
@@ -751,10 +754,7 @@ fn targets(run: &Run) -> String {
                     md,
                     "| the same, per player added from 100 to {} | {added:.1} KiB | {} |",
                     idle.more.as_ref().map_or(0, |m| m.connected),
-                    verdict(
-                        added < 64.0,
-                        format!("missed by {:.1} KiB", added - 64.0)
-                    )
+                    verdict(added < 64.0, format!("missed by {:.1} KiB", added - 64.0))
                 );
             }
             let cpu = s.server_cpu_pct.unwrap_or(f64::NAN);
