@@ -1431,13 +1431,8 @@ mod tests {
             batch.push(addr, None, payload(seq, 1200));
         }
         batch.group();
-        let order: Vec<_> = batch
-            .queue
-            .iter()
-            .map(|o| (o.destination, seq_of(&o.payload)))
-            .collect();
         assert_eq!(
-            order,
+            queued_order(&batch),
             [(a.1, 0), (a.1, 1), (a.1, 4), (b.1, 2), (b.1, 3)],
             "a destination's datagrams keep their order and come together"
         );
@@ -1445,18 +1440,22 @@ mod tests {
         assert_eq!(batch.segments, [3, 2]);
 
         // Already grouped: left as queued.
-        batch.queue.clear();
+        let mut batch = SendBatch::new(16);
         for (addr, seq) in [(b.1, 0), (b.1, 1), (a.1, 2)] {
             batch.push(addr, None, payload(seq, 1200));
         }
         batch.group();
-        let order: Vec<_> = batch
+        assert_eq!(queued_order(&batch), [(b.1, 0), (b.1, 1), (a.1, 2)]);
+        drop(sender);
+    }
+
+    /// The queue as (destination, sequence number) pairs, in the order it would be sent.
+    fn queued_order(batch: &SendBatch) -> Vec<(SocketAddr, usize)> {
+        batch
             .queue
             .iter()
             .map(|o| (o.destination, seq_of(&o.payload)))
-            .collect();
-        assert_eq!(order, [(b.1, 0), (b.1, 1), (a.1, 2)]);
-        let _ = sender;
+            .collect()
     }
 
     #[test]

@@ -431,11 +431,19 @@ impl Drop for ServerProc {
     }
 }
 
-/// The idle stream's options: one small video frame a second, no audio, for 10 s.
-fn idle_options(players: usize) -> Vec<String> {
-    owned(&[
+/// One idle step on `server`: `players` of a near-silent stream (one small video frame a
+/// second, no audio) for 10 s. Returns the loadgen's command line and its summary.
+fn idle_players(
+    bins: &Bins,
+    server: &ServerProc,
+    players: usize,
+    label: &str,
+    commands: &mut Vec<String>,
+) -> (String, Result<Summary>) {
+    let players = players.to_string();
+    let options = [
         "--players",
-        &players.to_string(),
+        &players,
         "--ramp",
         "100/s",
         "--fps",
@@ -445,7 +453,12 @@ fn idle_options(players: usize) -> Vec<String> {
         "--no-audio",
         "--duration",
         "10s",
-    ])
+    ];
+    let args = fanout_args(bins, server, &options);
+    let command = bins.describe_loadgen(&args);
+    commands.push(command.clone());
+    let summary = bins.loadgen(&args, Duration::from_secs(180), label);
+    (command, summary)
 }
 
 /// Idle: the server's CPU with no peers over 10 s, then with 100 near-silent players, then
@@ -459,24 +472,15 @@ fn idle_check(bins: &Bins, commands: &mut Vec<String>) -> Result<Idle> {
     std::thread::sleep(Duration::from_secs(10));
     let b = relaycast_loadgen::procfs::sample(Some(server.pid()))?;
     let (_, empty_cpu_pct) = relaycast_loadgen::procfs::cpu_between(&a, &b);
-    let options = idle_options(100);
-    let options: Vec<&str> = options.iter().map(String::as_str).collect();
-    let args = fanout_args(bins, &server, &options);
-    let command = bins.describe_loadgen(&args);
-    commands.push(command.clone());
-    let result = bins.loadgen(&args, Duration::from_secs(120), "idle");
+    let (command, result) = idle_players(bins, &server, 100, "idle", commands);
     drop(server);
 
     eprintln!("fanout: idle check with {IDLE_MORE_PLAYERS} players");
     let (more_command, more) = match bins.start_server("idle-more") {
         Ok(server) => {
             commands.push(bins.describe_server());
-            let options = idle_options(IDLE_MORE_PLAYERS);
-            let options: Vec<&str> = options.iter().map(String::as_str).collect();
-            let args = fanout_args(bins, &server, &options);
-            let command = bins.describe_loadgen(&args);
-            commands.push(command.clone());
-            let more = bins.loadgen(&args, Duration::from_secs(180), "idle-more");
+            let (command, more) =
+                idle_players(bins, &server, IDLE_MORE_PLAYERS, "idle-more", commands);
             (Some(command), more)
         }
         Err(e) => (None, Err(e)),
