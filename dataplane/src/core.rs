@@ -1375,6 +1375,13 @@ fn spawn_later(task: impl std::future::Future<Output = ()> + 'static) {
     .detach();
 }
 
+/// Messages per `recvmmsg` on a core's shared socket and in the sweep of its dedicated ones.
+const SHARED_RECV_BATCH: usize = 64;
+
+/// Messages per `recvmmsg` on a socket of its own (a relay's, or a loadgen peer's without
+/// the sweep).
+const DEDICATED_RECV_BATCH: usize = 8;
+
 async fn socket_reader(
     core: Weak<RefCell<Core>>,
     key: SocketKey,
@@ -1383,7 +1390,12 @@ async fn socket_reader(
     stop: Option<LocalReceiver<()>>,
 ) {
     let fd = socket.as_raw_fd();
-    let mut batch = RecvBatch::new(64);
+    // A core's shared socket carries all its peers; a dedicated one a single peer, for which
+    // fewer 64 KiB slots do (one GRO message holds up to 64 datagrams).
+    let mut batch = RecvBatch::new(match key {
+        SocketKey::Shared => SHARED_RECV_BATCH,
+        SocketKey::Dedicated(_) => DEDICATED_RECV_BATCH,
+    });
     let mut probe = [0u8; 1];
     loop {
         let ready = async { Some(socket.peek_from(&mut probe).await.map(|_| ())) };
@@ -1448,7 +1460,7 @@ fn drain(
         drained += n;
         // A batch that was not full drained the socket: no second recvmmsg to hear
         // EAGAIN (what arrives meanwhile makes the next readiness wait end at once).
-        if drained >= 1024 || n < batch.capacity() {
+        if drained >= 1024 || !batch.filled() {
             break;
         }
     }
@@ -1459,7 +1471,7 @@ fn drain(
 /// non-blocking `epoll_wait` lists the sockets with datagrams waiting, and each is drained.
 /// No socket has a readiness wait armed, so senders never have to interrupt this CPU.
 async fn sweep_reader(core: Weak<RefCell<Core>>, epoll: Rc<Epoll>, every: Duration) {
-    let mut batch = RecvBatch::new(64);
+    let mut batch = RecvBatch::new(SHARED_RECV_BATCH);
     let mut ready = vec![EpollEvent::empty(); 1024];
     loop {
         glommio::timer::sleep(every).await;

@@ -12,8 +12,14 @@ use std::ptr;
 use rustc_hash::FxHashMap;
 use socket2::{Domain, Protocol, Socket, Type};
 
-/// Size of each receive buffer; longer datagrams are cut and reported as `truncated`.
+/// The longest datagram the data plane accepts; longer ones are cut to this and reported as
+/// `truncated` (media, STUN and DTLS datagrams all fit well below it).
 pub const RECV_BUFFER_SIZE: usize = 2048;
+
+/// Size of each `recvmmsg` slot: with UDP GRO one message can carry up to 64 KiB of datagrams
+/// of one sender (a GSO send on loopback, or what the NIC's GRO merged), and a slot smaller
+/// than that would cut them off.
+const RECV_SLOT_SIZE: usize = 65_536;
 
 /// Datagrams handed to one `sendmmsg` call (well below `UIO_MAXIOV`).
 pub const SEND_CHUNK: usize = 64;
@@ -39,14 +45,15 @@ const GSO_MAX_BYTES: usize = 65_000;
 /// The kernel caps `recvmmsg` batches at `UIO_MAXIOV`.
 const MAX_RECV_BATCH: usize = 1024;
 
-/// Ancillary data space per message: room for both packet-info kinds and an arrival
-/// timestamp, cmsg-aligned.
-const CMSG_BUFFER_SIZE: usize = 128;
+/// Ancillary data space per message: room for both packet-info kinds, an arrival timestamp
+/// and a GRO segment size, cmsg-aligned.
+const CMSG_BUFFER_SIZE: usize = 160;
 
 const _: () = assert!(
     cmsg_space(mem::size_of::<libc::in6_pktinfo>())
         + cmsg_space(mem::size_of::<libc::in_pktinfo>())
         + cmsg_space(mem::size_of::<libc::timespec>())
+        + cmsg_space(mem::size_of::<libc::c_int>())
         <= CMSG_BUFFER_SIZE
 );
 const _: () = assert!(
@@ -121,6 +128,12 @@ pub fn bind_media_socket(
         ),
     };
     set_int_option(socket.as_raw_fd(), level, name, 1).map_err(option_error(option))?;
+    // UDP GRO: datagrams of one sender that arrive together (one GSO send, or what the NIC
+    // merged) come up as one message, which `RecvBatch` splits. A kernel without it (before
+    // 5.0) delivers them one by one, which `RecvBatch` reads just as well.
+    if let Err(error) = set_int_option(socket.as_raw_fd(), libc::SOL_UDP, libc::UDP_GRO, 1) {
+        tracing::debug!(%addr, %error, "UDP GRO refused: datagrams are read one by one");
+    }
 
     socket
         .bind(&addr.into())
@@ -150,14 +163,20 @@ pub fn enable_arrival_timestamps(socket: &Socket) -> io::Result<()> {
     )
 }
 
-/// Reusable storage for receiving up to `batch` datagrams with one `recvmmsg` call.
+/// Reusable storage for receiving up to `batch` messages with one `recvmmsg` call. A message
+/// is one datagram, or with UDP GRO (which [`bind_media_socket`] turns on) a run of datagrams
+/// of one sender, which [`RecvBatch::recv`] splits so that callers see datagrams only.
 pub struct RecvBatch {
+    /// `batch` slots of [`RECV_SLOT_SIZE`] bytes (zeroed pages: only the bytes received into
+    /// are ever made resident).
     buffers: Vec<u8>,
     iovecs: Vec<libc::iovec>,
     names: Vec<libc::sockaddr_storage>,
     controls: Vec<CmsgBuffer>,
     headers: Vec<libc::mmsghdr>,
     received: Vec<Received>,
+    /// Whether the last `recvmmsg` filled every message slot (the socket may hold more).
+    filled: bool,
 }
 
 // SAFETY: the raw pointers inside `iovecs` and `headers` only ever point into heap storage owned by
@@ -182,7 +201,7 @@ pub struct Datagram<'a> {
 }
 
 impl RecvBatch {
-    /// Allocates storage for `batch` datagrams (clamped to `1..=1024`).
+    /// Allocates storage for `batch` messages (clamped to `1..=1024`), 64 KiB each.
     pub fn new(batch: usize) -> Self {
         let batch = batch.clamp(1, MAX_RECV_BATCH);
         let empty_iovec = libc::iovec {
@@ -190,25 +209,34 @@ impl RecvBatch {
             iov_len: 0,
         };
         Self {
-            buffers: vec![0; batch * RECV_BUFFER_SIZE],
+            buffers: vec![0; batch * RECV_SLOT_SIZE],
             iovecs: vec![empty_iovec; batch],
             names: vec![zeroed_sockaddr(); batch],
             controls: vec![CmsgBuffer::new(); batch],
             headers: vec![zeroed_mmsghdr(); batch],
             received: Vec::with_capacity(batch),
+            filled: false,
         }
     }
 
-    /// How many datagrams one [`RecvBatch::recv`] can return.
+    /// How many messages one [`RecvBatch::recv`] can read.
     pub fn capacity(&self) -> usize {
         self.headers.len()
     }
 
-    /// Receives up to `batch` datagrams with `recvmmsg(MSG_DONTWAIT)`: `Ok(0)` when none is
+    /// Whether the last [`recv`](Self::recv) read as many messages as it could: the socket
+    /// may hold more. When it read fewer, it emptied the socket.
+    pub fn filled(&self) -> bool {
+        self.filled
+    }
+
+    /// Receives up to `batch` messages with `recvmmsg(MSG_DONTWAIT)` and returns how many
+    /// datagrams they held (more than messages where GRO merged some): `Ok(0)` when none is
     /// waiting (`EAGAIN`), `Err` on other errors. `local_fallback` (the socket's bound address)
     /// is the destination reported when a datagram carries no packet info.
     pub fn recv(&mut self, fd: RawFd, local_fallback: SocketAddr) -> io::Result<usize> {
         self.received.clear();
+        self.filled = false;
         self.prepare();
         let count = loop {
             // SAFETY: `prepare` pointed every header at this batch's own name, iovec, buffer and
@@ -233,23 +261,41 @@ impl RecvBatch {
             }
         };
 
+        self.filled = count == self.headers.len();
         let local = canonical(local_fallback);
-        for (header, name) in self.headers[..count].iter().zip(&self.names) {
+        for (i, (header, name)) in self.headers[..count].iter().zip(&self.names).enumerate() {
             let msg = &header.msg_hdr;
             let source = decode_sockaddr(name, msg.msg_namelen)
                 .unwrap_or_else(|| SocketAddr::new(unspecified_like(local.ip()), 0));
             // SAFETY: `msg` was filled in by the kernel for this batch; its control pointer and
             // length describe this message's own control buffer.
             let control = unsafe { read_control(msg, local.port()) };
-            self.received.push(Received {
+            let slot = i * RECV_SLOT_SIZE;
+            let len = (header.msg_len as usize).min(RECV_SLOT_SIZE);
+            let cut = msg.msg_flags & libc::MSG_TRUNC != 0;
+            let datagram = |start: usize, len: usize| Received {
                 source,
                 destination: control.destination.unwrap_or(local),
-                len: (header.msg_len as usize).min(RECV_BUFFER_SIZE),
-                truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
+                start,
+                len: len.min(RECV_BUFFER_SIZE),
+                truncated: cut || len > RECV_BUFFER_SIZE,
                 arrival_unix_micros: control.arrival_unix_micros,
-            });
+            };
+            match control.gro_segment {
+                // A GRO message: datagrams of `size` bytes, the last one possibly shorter.
+                Some(size) if size > 0 && len > size => {
+                    for offset in (0..len).step_by(size) {
+                        let received = datagram(slot + offset, size.min(len - offset));
+                        self.received.push(received);
+                    }
+                }
+                _ => {
+                    let received = datagram(slot, len);
+                    self.received.push(received);
+                }
+            }
         }
-        Ok(count)
+        Ok(self.received.len())
     }
 
     /// The `i`-th datagram of the last [`recv`](Self::recv).
@@ -258,7 +304,7 @@ impl RecvBatch {
     /// If `i >= self.len()` (a caller bug, not network input).
     pub fn get(&self, i: usize) -> Datagram<'_> {
         let received = &self.received[i];
-        let start = i * RECV_BUFFER_SIZE;
+        let start = received.start;
         Datagram {
             source: received.source,
             destination: received.destination,
@@ -290,12 +336,12 @@ impl RecvBatch {
         let controls = self.controls.as_mut_ptr();
         for (i, header) in self.headers.iter_mut().enumerate() {
             // SAFETY: every vector holds `headers.len()` entries (`buffers` that many
-            // RECV_BUFFER_SIZE slots), so each offset stays inside its allocation.
+            // RECV_SLOT_SIZE slots), so each offset stays inside its allocation.
             let (iovec, name, control) = unsafe {
                 let iovec = iovecs.add(i);
                 iovec.write(libc::iovec {
-                    iov_base: buffers.add(i * RECV_BUFFER_SIZE).cast(),
-                    iov_len: RECV_BUFFER_SIZE,
+                    iov_base: buffers.add(i * RECV_SLOT_SIZE).cast(),
+                    iov_len: RECV_SLOT_SIZE,
                 });
                 (iovec, names.add(i), controls.add(i))
             };
@@ -689,6 +735,8 @@ struct Outgoing {
 struct Received {
     source: SocketAddr,
     destination: SocketAddr,
+    /// Where the datagram starts in `RecvBatch::buffers`.
+    start: usize,
     len: usize,
     truncated: bool,
     arrival_unix_micros: Option<u64>,
@@ -786,6 +834,8 @@ struct Control {
     destination: Option<SocketAddr>,
     /// From `SCM_TIMESTAMPNS`.
     arrival_unix_micros: Option<u64>,
+    /// From `UDP_GRO`: the message holds datagrams of this size (the last may be shorter).
+    gro_segment: Option<usize>,
 }
 
 /// The destination (packet info) and arrival time (`SCM_TIMESTAMPNS`) of a received datagram,
@@ -843,6 +893,11 @@ unsafe fn read_control(msg: &libc::msghdr, port: u16) -> Control {
                     .ok()
                     .zip(u64::try_from(ts.tv_nsec).ok())
                     .map(|(s, ns)| s.saturating_mul(1_000_000).saturating_add(ns / 1_000));
+            }
+            (libc::SOL_UDP, libc::UDP_GRO) if in_bounds(mem::size_of::<libc::c_int>()) => {
+                // SAFETY: bounds checked above; the data may be unaligned.
+                let size = unsafe { data.cast::<libc::c_int>().read_unaligned() };
+                control.gro_segment = usize::try_from(size).ok();
             }
             _ => {}
         }
@@ -1419,6 +1474,58 @@ mod tests {
                 assert!(!truncated);
             }
         }
+    }
+
+    #[test]
+    fn a_gro_message_is_split_into_the_datagrams_that_were_sent() {
+        let (sender, sender_addr) = bind("127.0.0.1:0");
+        let (receiver, addr) = bind("127.0.0.1:0");
+        enable_arrival_timestamps(&receiver).unwrap();
+        let mut batch = SendBatch::new(16);
+        // Two frames (five full packets and a shorter last one) and a lone datagram.
+        let mut sent = Vec::new();
+        for frame in 0..2 {
+            for i in 0..6 {
+                let len = if i == 5 { 700 } else { 1200 };
+                sent.push(payload(frame * 6 + i, len));
+                batch.push(addr, None, sent.last().unwrap().clone());
+            }
+        }
+        sent.push(payload(12, 300));
+        batch.push(addr, None, sent.last().unwrap().clone());
+        assert_eq!(batch.flush(sender.as_raw_fd()).sent(), 13);
+        assert_eq!(
+            batch.messages_sent(),
+            3,
+            "two GSO frames and the lone datagram"
+        );
+
+        // On loopback a GSO send reaches a GRO socket whole: three messages, 13 datagrams.
+        let fd = receiver.as_raw_fd();
+        let mut rb = RecvBatch::new(3);
+        let mut n = rb.recv(fd, addr).unwrap();
+        while n == 0 {
+            assert!(readable(fd), "nothing arrived");
+            n = rb.recv(fd, addr).unwrap();
+        }
+        assert_eq!(
+            n, 13,
+            "every datagram of the three messages, from one recvmmsg"
+        );
+        assert!(rb.filled(), "three messages filled a batch of three");
+        let got: Vec<_> = rb.iter().collect();
+        for (d, want) in got.iter().zip(&sent) {
+            assert_eq!((d.source, d.destination), (sender_addr, addr));
+            assert_eq!(d.payload, &want[..], "whole and in order");
+            assert!(!d.truncated);
+            assert!(d.arrival_unix_micros.is_some());
+        }
+        assert_eq!(
+            got[0].arrival_unix_micros, got[5].arrival_unix_micros,
+            "a frame's datagrams share their message's arrival time"
+        );
+        assert_eq!(rb.recv(fd, addr).unwrap(), 0, "the socket is empty");
+        assert!(!rb.filled());
     }
 
     #[test]
