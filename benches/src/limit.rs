@@ -8,8 +8,9 @@
 //! buffer is full the kernel drops every datagram at the receiving end, after the copy, the
 //! route and the loopback hand-off. And once to a receiver that a thread on another CPU reads
 //! ([`Drain`]), as the load generator reads the server's datagrams (a sweep every
-//! [`READ_SWEEP`]): on loopback the sender's system call also queues each datagram on the
-//! receiving socket, and frees it after the reader's CPU has touched it, work the drop skips.
+//! [`READ_SWEEP`]), with UDP GRO on as the loadgen's sockets have it: on loopback the sender's
+//! system call also queues each message (a GSO message whole) on the receiving socket, and
+//! frees it after the reader's CPU has touched it, work the drop skips.
 //! The second is the like-for-like limit for a server whose datagrams all arrive; the first
 //! is kept to compare with runs from before it existed.
 //!

@@ -347,8 +347,10 @@ pub fn markdown(run: &Run, plots: &[String]) -> String {
          \"Unread\": to a socket nobody reads, so once its buffer is full the kernel drops each \
          datagram on arrival. \"Read\": to a socket that a thread on the loadgen's CPU empties \
          every 1 ms, as the loadgen reads the server's datagrams (`--read-sweep`); on \
-         loopback the sender's system call then also queues each datagram on that socket, \
-         and frees it once the other CPU has read it. Each read figure is the median of \
+         loopback the sender's system call then also queues what it sends on that socket \
+         (each datagram; since 27 November, when the reader has UDP GRO on as the loadgen's \
+         sockets do, each GSO message whole), and frees it once the other CPU has read it. \
+         Each read figure is the median of \
          three measurements. The server's datagrams all arrive, so the read figures are its \
          limit.\n\n\
          | operation | ns per packet |\n|---|---:|\n\
