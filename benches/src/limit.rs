@@ -94,20 +94,7 @@ impl Drain {
             )?;
             // UDP GRO, as the loadgen's media sockets have it: a GSO send arrives as one
             // message instead of one per datagram.
-            let on: libc::c_int = 1;
-            // SAFETY: passes a pointer to a live c_int together with its exact size.
-            let rc = unsafe {
-                libc::setsockopt(
-                    socket.as_raw_fd(),
-                    libc::SOL_UDP,
-                    libc::UDP_GRO,
-                    std::ptr::from_ref(&on).cast(),
-                    size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-            if rc != 0 {
-                return Err(io::Error::last_os_error());
-            }
+            relaycast_dataplane::udp::enable_udp_gro(&socket)?;
             sockets.push(socket);
         }
         let mut set = if epoll {

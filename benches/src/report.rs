@@ -505,11 +505,12 @@ pub fn markdown(run: &Run, plots: &[String]) -> String {
                 let _ = writeln!(
                     md,
                     "{} players of the same stream, on a fresh server: RSS {:.1} -> {:.1} MB. \
-                     From the 100-player step to this one, each added player cost {} of RSS: \
+                     From the {}-player step to this one, each added player cost {} of RSS: \
                      the server's first-use growth and fixed costs left out.\n\n`{}`\n",
                     more.connected,
                     mem.rss_before_mb,
                     mem.rss_after_mb,
+                    idle.summary.as_ref().map_or(0, |few| few.connected),
                     added.map_or("(not known)".to_owned(), |k| format!("{k:.1} KiB")),
                     idle.more_command.as_deref().unwrap_or_default()
                 );
@@ -771,7 +772,8 @@ fn targets(run: &Run) -> String {
             if let Some(added) = idle.kib_per_added_player() {
                 let _ = writeln!(
                     md,
-                    "| the same, per player added from 100 to {} | {added:.1} KiB | {} |",
+                    "| the same, per player added from {} to {} | {added:.1} KiB | {} |",
+                    idle.summary.as_ref().map_or(0, |few| few.connected),
                     idle.more.as_ref().map_or(0, |m| m.connected),
                     verdict(added < 64.0, format!("missed by {:.1} KiB", added - 64.0))
                 );

@@ -1379,8 +1379,8 @@ fn spawn_later(task: impl std::future::Future<Output = ()> + 'static) {
 /// Each message has a 64 KiB slot (a GRO message can fill one), and the slots' pages become
 /// resident as datagrams land in them: with 64 slots (4 MiB) the server's RSS at 400 idle
 /// players grew by 3.5 MB; with 8 or 16 an idle player cost what it did before GRO (27
-/// November). Fan-out servers receive
-/// little (1 datagram in 130 at 1,600 players), and a GRO message holds a whole frame.
+/// November). Fan-out servers receive little (1 datagram in 130 at 1,600 players), and a
+/// GRO message holds a whole frame.
 const SHARED_RECV_BATCH: usize = 16;
 
 /// Messages per `recvmmsg` on a socket of its own (a relay's, or a loadgen peer's without

@@ -128,10 +128,9 @@ pub fn bind_media_socket(
         ),
     };
     set_int_option(socket.as_raw_fd(), level, name, 1).map_err(option_error(option))?;
-    // UDP GRO: datagrams of one sender that arrive together (one GSO send, or what the NIC
-    // merged) come up as one message, which `RecvBatch` splits. A kernel without it (before
-    // 5.0) delivers them one by one, which `RecvBatch` reads just as well.
-    if let Err(error) = set_int_option(socket.as_raw_fd(), libc::SOL_UDP, libc::UDP_GRO, 1) {
+    // A kernel without GRO (before 5.0) delivers datagrams one by one, which `RecvBatch`
+    // reads just as well.
+    if let Err(error) = enable_udp_gro(&socket) {
         tracing::debug!(%addr, %error, "UDP GRO refused: datagrams are read one by one");
     }
 
@@ -145,6 +144,14 @@ pub fn bind_media_socket(
         "media socket bound (kernel-reported buffer sizes)"
     );
     Ok(socket)
+}
+
+/// Turns UDP GRO (`UDP_GRO`) on for `socket`: datagrams of one sender that arrive together
+/// (one GSO send on loopback, or what the NIC merged) are queued and read as one message of up
+/// to 64 KiB. [`RecvBatch`] splits such messages; any other reader needs 64 KiB buffers and
+/// the segment size from the `UDP_GRO` control message.
+pub fn enable_udp_gro(socket: &impl AsRawFd) -> io::Result<()> {
+    set_int_option(socket.as_raw_fd(), libc::SOL_UDP, libc::UDP_GRO, 1)
 }
 
 /// Asks the kernel to stamp every datagram queued on `socket` with its arrival time
