@@ -12,15 +12,19 @@
 //! Only RTP is protected here. RTCP and decryption stay with str0m.
 //!
 //! The session keys come from the DTLS exporter output with the SRTP key derivation
-//! function (RFC 3711 section 4.3, key_derivation_rate 0). The block cipher, GCM and
-//! HMAC-SHA1 are str0m's crypto provider (aws-lc-rs), so no crypto crate is added.
+//! function (RFC 3711 section 4.3, key_derivation_rate 0). The ciphers and HMAC-SHA1 are
+//! aws-lc-rs, str0m's own crypto backend, used directly so that every key (the AES key, the
+//! GCM key, the HMAC's padded key) is set up once per session and each packet is sealed in
+//! place in the buffer it is sent from: str0m's provider API sets the AES-CM key and the
+//! HMAC key up again for every packet and seals from one buffer into another.
 
 use std::fmt;
-use std::sync::OnceLock;
 
-use str0m::config::CryptoProvider;
+use aws_lc_rs::aead::{AES_128_GCM, AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+use aws_lc_rs::cipher::{AES_128, AES_256, EncryptingKey, EncryptionContext, UnboundCipherKey};
+use aws_lc_rs::hmac;
+use aws_lc_rs::iv::FixedLength;
 use str0m::crypto::dtls::SrtpProfile;
-use str0m::crypto::{AeadAes128GcmCipher, AeadAes256GcmCipher, Aes128CmSha1_80Cipher};
 
 /// KDF label of the RTP encryption key (RFC 3711 section 4.3.1).
 const LABEL_RTP_ENCRYPTION: u8 = 0x00;
@@ -39,14 +43,8 @@ const GCM_TAG_LEN: usize = 16;
 const AES_CM_SALT_LEN: usize = 14;
 /// Master and session salt of the GCM profiles (96 bits, RFC 7714 section 12).
 const GCM_SALT_LEN: usize = 12;
-/// The fixed RTP header. The GCM provider refuses shorter associated data.
+/// The fixed RTP header: nothing shorter is sealed.
 const MIN_RTP_HEADER_LEN: usize = 12;
-
-/// The crypto provider, built once for the process.
-fn provider() -> &'static CryptoProvider {
-    static PROVIDER: OnceLock<CryptoProvider> = OnceLock::new();
-    PROVIDER.get_or_init(str0m::crypto::from_feature_flags)
-}
 
 /// Master key and salt lengths of a profile, or None if this module does not support it.
 fn master_lengths(profile: SrtpProfile) -> Option<(usize, usize)> {
@@ -64,24 +62,30 @@ fn master_lengths(profile: SrtpProfile) -> Option<(usize, usize)> {
 /// counter block is the master salt XOR (label at byte 7), followed by a 16-bit block
 /// counter. The 96-bit GCM master salt is padded with zeros on the right to 112 bits, as
 /// libsrtp and str0m do. A 32-byte master key selects AES-256 (RFC 6188, RFC 7714).
-fn derive(master_key: &[u8], master_salt: &[u8], label: u8, out: &mut [u8]) {
-    debug_assert!(master_key.len() == 16 || master_key.len() == 32);
-    debug_assert!(master_salt.len() <= AES_CM_SALT_LEN);
-    let srtp = provider().srtp_provider;
+/// None if the master key is neither 16 nor 32 bytes long, or the salt longer than 14.
+fn derive(master_key: &[u8], master_salt: &[u8], label: u8, out: &mut [u8]) -> Option<()> {
+    if master_salt.len() > AES_CM_SALT_LEN {
+        return None;
+    }
     let mut block = [0u8; 16];
     block[..master_salt.len()].copy_from_slice(master_salt);
     block[7] ^= label;
-    // Twice a block: some providers write more than the input through their ECB API.
-    let mut keystream = [0u8; 32];
-    for (counter, chunk) in out.chunks_mut(16).enumerate() {
-        block[14..].copy_from_slice(&(counter as u16).to_be_bytes());
-        if master_key.len() == 32 {
-            srtp.srtp_aes_256_ecb_round(master_key, &block, &mut keystream);
-        } else {
-            srtp.srtp_aes_128_ecb_round(master_key, &block, &mut keystream);
-        }
-        chunk.copy_from_slice(&keystream[..chunk.len()]);
-    }
+    // The keystream from that block is counter mode over zeros. Its 128-bit counter runs in
+    // the last two bytes for the at most 32 bytes derived here.
+    out.fill(0);
+    let context = EncryptionContext::Iv128(FixedLength::from(block));
+    ctr_key(master_key)?.less_safe_encrypt(out, context).ok()?;
+    Some(())
+}
+
+/// An AES counter-mode key: AES-128 for a 16-byte key, AES-256 for a 32-byte one.
+fn ctr_key(key: &[u8]) -> Option<EncryptingKey> {
+    let algorithm = match key.len() {
+        16 => &AES_128,
+        32 => &AES_256,
+        _ => return None,
+    };
+    EncryptingKey::ctr(UnboundCipherKey::new(algorithm, key).ok()?).ok()
 }
 
 /// The AES-CM counter block of a packet (RFC 3711 section 4.1.1):
@@ -111,21 +115,22 @@ fn gcm_iv(salt: &[u8; GCM_SALT_LEN], ssrc: u32, index: u64) -> [u8; GCM_SALT_LEN
     iv
 }
 
-/// The per-profile session state, with the cipher keyed once.
+/// The per-profile session state, every key set up once.
 enum Sealer {
-    AesCm {
-        cipher: Box<dyn Aes128CmSha1_80Cipher>,
-        salt: [u8; AES_CM_SALT_LEN],
-        auth_key: [u8; AUTH_KEY_LEN],
-    },
-    Gcm128 {
-        cipher: Box<dyn AeadAes128GcmCipher>,
+    /// Boxed: its keys are 1.7 KB, a GCM key is a pointer.
+    AesCm(Box<CmKeys>),
+    /// Both GCM profiles: the key's length chose AES-128 or AES-256.
+    Gcm {
+        key: LessSafeKey,
         salt: [u8; GCM_SALT_LEN],
     },
-    Gcm256 {
-        cipher: Box<dyn AeadAes256GcmCipher>,
-        salt: [u8; GCM_SALT_LEN],
-    },
+}
+
+/// AES-CM's keys: the AES key, the session salt and the HMAC-SHA1 key.
+struct CmKeys {
+    cipher: EncryptingKey,
+    salt: [u8; AES_CM_SALT_LEN],
+    auth: hmac::Key,
 }
 
 /// Seals the RTP packets one side of a DTLS-SRTP association sends.
@@ -167,17 +172,17 @@ impl SrtpSender {
             master_salt,
             LABEL_RTP_ENCRYPTION,
             &mut key[..key_len],
-        );
+        )?;
         let mut salt = [0u8; AES_CM_SALT_LEN];
         derive(
             master_key,
             master_salt,
             LABEL_RTP_SALT,
             &mut salt[..salt_len],
-        );
+        )?;
         let mut auth_key = [0u8; AUTH_KEY_LEN];
         if profile == SrtpProfile::AES128_CM_SHA1_80 {
-            derive(master_key, master_salt, LABEL_RTP_AUTH, &mut auth_key);
+            derive(master_key, master_salt, LABEL_RTP_AUTH, &mut auth_key)?;
         }
         SrtpSender::from_session_keys(profile, &key[..key_len], &salt[..salt_len], &auth_key)
     }
@@ -191,25 +196,20 @@ impl SrtpSender {
         salt: &[u8],
         auth_key: &[u8],
     ) -> Option<SrtpSender> {
-        let srtp = provider().srtp_provider;
         let sealer = match profile {
-            SrtpProfile::AES128_CM_SHA1_80 => Sealer::AesCm {
-                cipher: srtp
-                    .aes_128_cm_sha1_80()
-                    .create_cipher(key.try_into().ok()?, true),
-                salt: salt.try_into().ok()?,
-                auth_key: auth_key.try_into().ok()?,
-            },
-            SrtpProfile::AEAD_AES_128_GCM => Sealer::Gcm128 {
-                cipher: srtp
-                    .aead_aes_128_gcm()
-                    .create_cipher(key.try_into().ok()?, true),
+            SrtpProfile::AES128_CM_SHA1_80 if key.len() == 16 && auth_key.len() == AUTH_KEY_LEN => {
+                Sealer::AesCm(Box::new(CmKeys {
+                    cipher: ctr_key(key)?,
+                    salt: salt.try_into().ok()?,
+                    auth: hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, auth_key),
+                }))
+            }
+            SrtpProfile::AEAD_AES_128_GCM if key.len() == 16 => Sealer::Gcm {
+                key: LessSafeKey::new(UnboundKey::new(&AES_128_GCM, key).ok()?),
                 salt: salt.try_into().ok()?,
             },
-            SrtpProfile::AEAD_AES_256_GCM => Sealer::Gcm256 {
-                cipher: srtp
-                    .aead_aes_256_gcm()
-                    .create_cipher(key.try_into().ok()?, true),
+            SrtpProfile::AEAD_AES_256_GCM if key.len() == 32 => Sealer::Gcm {
+                key: LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).ok()?),
                 salt: salt.try_into().ok()?,
             },
             _ => return None,
@@ -239,43 +239,38 @@ impl SrtpSender {
         let start = out.len();
         let body = start + header.len();
         let end = body + payload.len();
-        let tag_len = self.overhead();
-        out.reserve(header.len() + payload.len() + tag_len);
+        out.reserve(header.len() + payload.len() + self.overhead());
         out.extend_from_slice(header);
-        // The providers write into initialised memory only, so the tail is zeroed first.
-        out.resize(end + tag_len, 0);
+        out.extend_from_slice(payload);
 
-        let sealed = match &mut self.sealer {
-            Sealer::AesCm {
-                cipher,
-                salt,
-                auth_key,
-            } => {
+        let sealed = match &self.sealer {
+            Sealer::AesCm(keys) => {
+                let CmKeys { cipher, salt, auth } = &**keys;
                 let iv = aes_cm_iv(salt, ssrc, index);
-                // The tag's room doubles as slack for the counter-mode output.
-                let encrypted =
-                    payload.is_empty() || cipher.encrypt(&iv, payload, &mut out[body..]).is_ok();
+                let context = EncryptionContext::Iv128(FixedLength::from(iv));
+                let encrypted = payload.is_empty()
+                    || cipher
+                        .less_safe_encrypt(&mut out[body..end], context)
+                        .is_ok();
                 if encrypted {
                     let roc = ((index >> 16) as u32).to_be_bytes();
-                    let mac = provider()
-                        .sha1_hmac_provider
-                        .sha1_hmac(auth_key, &[&out[start..end], &roc]);
-                    out[end..].copy_from_slice(&mac[..AES_CM_TAG_LEN]);
+                    let mut mac = hmac::Context::with_key(auth);
+                    mac.update(&out[start..end]);
+                    mac.update(&roc);
+                    out.extend_from_slice(&mac.sign().as_ref()[..AES_CM_TAG_LEN]);
                 }
                 encrypted
             }
-            Sealer::Gcm128 { cipher, salt } => {
-                let iv = gcm_iv(salt, ssrc, index);
-                // The provider writes the ciphertext and then the tag right after it.
-                cipher
-                    .encrypt(&iv, header, payload, &mut out[body..])
-                    .is_ok()
-            }
-            Sealer::Gcm256 { cipher, salt } => {
-                let iv = gcm_iv(salt, ssrc, index);
-                cipher
-                    .encrypt(&iv, header, payload, &mut out[body..])
-                    .is_ok()
+            Sealer::Gcm { key, salt } => {
+                let nonce = Nonce::assume_unique_for_key(gcm_iv(salt, ssrc, index));
+                let (aad, text) = out[start..].split_at_mut(header.len());
+                match key.seal_in_place_separate_tag(nonce, Aad::from(&*aad), text) {
+                    Ok(tag) => {
+                        out.extend_from_slice(tag.as_ref());
+                        true
+                    }
+                    Err(_) => false,
+                }
             }
         };
         if !sealed {
@@ -286,8 +281,8 @@ impl SrtpSender {
     /// Bytes `protect_rtp` adds after the payload (10 or 16).
     pub fn overhead(&self) -> usize {
         match self.sealer {
-            Sealer::AesCm { .. } => AES_CM_TAG_LEN,
-            Sealer::Gcm128 { .. } | Sealer::Gcm256 { .. } => GCM_TAG_LEN,
+            Sealer::AesCm(_) => AES_CM_TAG_LEN,
+            Sealer::Gcm { .. } => GCM_TAG_LEN,
         }
     }
 }
@@ -335,7 +330,7 @@ mod tests {
 
     fn derived(master_key: &[u8], master_salt: &[u8], label: u8, len: usize) -> Vec<u8> {
         let mut out = vec![0u8; len];
-        derive(master_key, master_salt, label, &mut out);
+        derive(master_key, master_salt, label, &mut out).expect("valid lengths");
         out
     }
 
@@ -514,7 +509,12 @@ mod tests {
         }
     }
 
-    /// Opens a packet sealed by `SrtpSender::new(profile, material, client)` with the
+    /// str0m's crypto provider: an opener that shares no code with the sealer.
+    fn provider() -> str0m::config::CryptoProvider {
+        str0m::crypto::from_feature_flags()
+    }
+
+    /// Opens a packet sealed by `SrtpSender::new(profile, material, client)` with str0m's
     /// provider's decrypt functions and IVs built here, and returns the payload.
     fn open(
         profile: SrtpProfile,
