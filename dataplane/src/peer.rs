@@ -211,6 +211,57 @@ struct Pending {
     seq: u64,
     /// A retransmission asked for by a NACK.
     resend: bool,
+    /// Its sealed length, set by the drive that sends it (0: it does not take the direct path).
+    len: usize,
+    /// Bytes of RTP padding it gets (see [`gso_padding`]).
+    padding: u8,
+}
+
+impl Pending {
+    fn new(packet: &MediaPacket, seq: u64, resend: bool) -> Pending {
+        Pending {
+            packet: packet.clone(),
+            seq,
+            resend,
+            len: 0,
+            padding: 0,
+        }
+    }
+}
+
+/// The most RTP padding a player's packet gets so that a run of its packets of sizes this
+/// close leaves as one GSO message, whose datagrams must all have one size but the last,
+/// which may be shorter. libwebrtc splits a frame into packets one byte apart in size, the
+/// larger ones last, and a header extension on some of them adds a few bytes more.
+const MAX_GSO_PADDING: usize = 16;
+
+/// Sets the RTP padding of packets queued in this order to one player, from their sealed
+/// lengths: each run of packets whose lengths are within [`MAX_GSO_PADDING`] of each other
+/// is padded to the run's largest, except the run's last packet, which GSO lets be
+/// shorter. A packet of length 0 (not sealed here) ends a run.
+fn gso_padding(pending: &mut [Pending]) {
+    let mut start = 0;
+    while start < pending.len() {
+        let first = pending[start].len;
+        pending[start].padding = 0;
+        if first == 0 {
+            start += 1;
+            continue;
+        }
+        let (mut lo, mut hi, mut end) = (first, first, start + 1);
+        while let Some(next) = pending.get(end).map(|p| p.len).filter(|l| *l > 0) {
+            let (l, h) = (lo.min(next), hi.max(next));
+            if h - l > MAX_GSO_PADDING {
+                break;
+            }
+            (lo, hi, end) = (l, h, end + 1);
+        }
+        for p in &mut pending[start..end - 1] {
+            p.padding = (hi - p.len) as u8;
+        }
+        pending[end - 1].padding = 0;
+        start = end;
+    }
 }
 
 /// How often a track's packet goes through str0m instead of the direct path, so its sender
@@ -562,11 +613,7 @@ impl Peer {
         let seq = seq as u64;
         track.last_seq = track.last_seq.max(seq);
         if let DirectState::On(direct) = &mut egress.direct {
-            direct.pending.push(Pending {
-                packet: packet.clone(),
-                seq,
-                resend: false,
-            });
+            direct.pending.push(Pending::new(packet, seq, false));
             return true;
         }
         let (ssrc, pt) = (track.ssrc, track.pt);
@@ -604,11 +651,7 @@ impl Peer {
         if seq < 0 || packet.kind != MediaKind::Video {
             return false;
         }
-        direct.pending.push(Pending {
-            packet: packet.clone(),
-            seq: seq as u64,
-            resend: true,
-        });
+        direct.pending.push(Pending::new(packet, seq as u64, true));
         true
     }
 
@@ -669,6 +712,7 @@ impl Peer {
             return Ok(());
         }
         let mut pending = std::mem::take(&mut direct.pending);
+        self.plan_padding(now, &mut pending);
         let mut result = Ok(());
         for item in pending.drain(..) {
             if result.is_ok() {
@@ -686,6 +730,59 @@ impl Peer {
             }
         }
         result
+    }
+
+    /// Sets the sealed length of each queued packet as [`Peer::send_one`] will seal it, then
+    /// its padding ([`gso_padding`]).
+    fn plan_padding(&self, now: Instant, pending: &mut [Pending]) {
+        let PeerKind::Egress(Egress {
+            audio,
+            video,
+            direct: DirectState::On(direct),
+            ..
+        }) = &self.kind
+        else {
+            return;
+        };
+        let overhead = direct.srtp.overhead();
+        // A track's first fresh packet once its refresh is due goes through str0m.
+        let due = |t: &Option<EgressTrack>| {
+            t.as_ref()
+                .is_some_and(|t| t.str0m_due.is_none_or(|due| now >= due))
+        };
+        let mut through_str0m = [due(audio), due(video)];
+        let mut header = [0u8; MAX_HEADER];
+        for item in pending.iter_mut() {
+            let packet = &item.packet;
+            let (track, k) = match packet.kind {
+                MediaKind::Audio => (audio.as_ref(), 0),
+                MediaKind::Video => (video.as_ref(), 1),
+            };
+            item.len = 0;
+            let Some(track) = track else { continue };
+            if !item.resend && through_str0m[k] {
+                through_str0m[k] = false;
+                continue;
+            }
+            let Some(ids) = track.ext_ids else { continue };
+            let fields = HeaderFields {
+                pt: *track.pt,
+                marker: packet.marker,
+                seq: 0,
+                ts: packet.ts,
+                ssrc: *track.ssrc,
+                mid: Some(&track.mid),
+                ext: packet.ext,
+            };
+            let rtx = if item.resend && track.rtx.is_some() {
+                2
+            } else {
+                0
+            };
+            let n = direct::write_header(&mut header, &ids, &fields);
+            item.len = n + rtx + packet.payload.len() + overhead;
+        }
+        gso_padding(pending);
     }
 
     fn send_one(
@@ -770,7 +867,7 @@ impl Peer {
         let mut out = tx.buffer();
         direct
             .srtp
-            .protect_rtp(&header[..n], payload, *ssrc, seq, &mut out);
+            .protect_rtp_padded(&header[..n], payload, item.padding, *ssrc, seq, &mut out);
         if out.is_empty() {
             // The crypto backend refused it (aws-lc-rs does not for packet sizes).
             return Ok(());
@@ -1433,6 +1530,8 @@ mod tests {
         player_addr: SocketAddr,
         /// Video packets the player got, by its sequence number (repairs unwrapped by str0m).
         received: Vec<u64>,
+        /// Their payloads, in the same order.
+        payloads: Vec<Vec<u8>>,
         events: Vec<PeerEvent>,
         /// (when, RTP time) of each video sender report the player got.
         reports: Vec<(Instant, u32)>,
@@ -1498,6 +1597,7 @@ mod tests {
                 server_addr,
                 player_addr,
                 received: Vec::new(),
+                payloads: Vec::new(),
                 events: Vec::new(),
                 reports: Vec::new(),
             }
@@ -1520,6 +1620,14 @@ mod tests {
                 self.player.handle_input(Input::Receive(now, r)).unwrap();
             }
             self.player.handle_input(Input::Timeout(now)).unwrap();
+            self.poll();
+        }
+
+        /// The player's output: its datagrams to the server (which is driven), its events.
+        /// In RTP mode str0m holds one received packet until this, so a caller that hands
+        /// the player several datagrams polls after each.
+        fn poll(&mut self) {
+            let now = self.now;
             loop {
                 match self.player.poll_output().unwrap() {
                     Output::Timeout(_) => break,
@@ -1539,6 +1647,7 @@ mod tests {
                     Output::Event(RtcEvent::RtpPacket(p)) => {
                         if p.header.payload_type == self.video_pt() {
                             self.received.push(*p.seq_no);
+                            self.payloads.push(p.payload.to_vec());
                         }
                     }
                     Output::Event(RtcEvent::RawPacket(raw)) => {
@@ -1668,6 +1777,79 @@ mod tests {
         let mut got = w.received.clone();
         got.sort_unstable();
         assert!(got.windows(2).all(|p| p[1] == p[0] + 1), "{got:?}");
+    }
+
+    fn padding_of(lens: &[usize]) -> Vec<u8> {
+        let now = Instant::now();
+        let mut pending: Vec<Pending> = lens
+            .iter()
+            .map(|&len| Pending {
+                len,
+                padding: 99,
+                ..Pending::new(&video_packet(1, now), 1, false)
+            })
+            .collect();
+        gso_padding(&mut pending);
+        pending.iter().map(|p| p.padding).collect()
+    }
+
+    #[test]
+    fn runs_of_near_sizes_are_padded_to_one_size_but_their_last() {
+        // libwebrtc's split: one byte apart, the larger last.
+        assert_eq!(padding_of(&[1040, 1040, 1041, 1041]), [1, 1, 0, 0]);
+        // Larger first: the shorter ones but the last are padded.
+        assert_eq!(padding_of(&[1041, 1040, 1040]), [0, 1, 0]);
+        // An audio packet before the frame, and a frame's short tail after it, end runs.
+        assert_eq!(padding_of(&[220, 1040, 1041, 1041, 400]), [0, 1, 0, 0, 0]);
+        // Further apart than MAX_GSO_PADDING: left as they are.
+        assert_eq!(padding_of(&[1000, 1000 + MAX_GSO_PADDING + 1]), [0, 0]);
+        assert_eq!(padding_of(&[1000, 1000 + MAX_GSO_PADDING]), [16, 0]);
+        // A packet not sealed here (length 0) ends a run.
+        assert_eq!(padding_of(&[1040, 0, 1040, 1041]), [0, 0, 1, 0]);
+        assert_eq!(padding_of(&[]), Vec::<u8>::new());
+        assert_eq!(padding_of(&[1200]), [0]);
+    }
+
+    #[test]
+    fn a_frames_packets_leave_in_one_size_and_arrive_without_the_padding() {
+        let mut w = Wire::new(true, false);
+        w.connect();
+        let pt = w.video_pt();
+        // The track's first packet goes through str0m (for its sender reports).
+        assert!(w.server.write_media(&video_packet(7_000, w.now), w.now));
+        w.round(&mut |_| false);
+        w.advance(5);
+        // A frame split as libwebrtc splits one (payloads a byte apart, the larger last),
+        // then the next frame's single short packet, written in one batch.
+        let sizes = [1000, 1000, 1001, 1001, 1001, 300];
+        for (i, len) in sizes.iter().enumerate() {
+            let mut p = video_packet(7_001 + i as u64, w.now);
+            p.payload = std::sync::Arc::from(vec![i as u8 + 1; *len]);
+            assert!(w.server.write_media(&p, w.now));
+        }
+        assert!(w.server.deadline() <= w.now);
+        w.server
+            .on_timeout(w.now, &mut w.tx, &mut w.events)
+            .unwrap();
+        let mut wire = Vec::new();
+        while let Some((to, d)) = w.tx.pop_front() {
+            if is_video(&d, pt) {
+                wire.push(d.len());
+            }
+            let r = Receive::new(Protocol::Udp, w.server_addr, to, &d).unwrap();
+            w.player.handle_input(Input::Receive(w.now, r)).unwrap();
+            w.poll();
+        }
+        assert_eq!(wire.len(), 6, "{wire:?}");
+        // The frame's five datagrams have one size (one GSO message); the short one is not
+        // padded.
+        assert!(wire[..5].iter().all(|l| *l == wire[0]), "{wire:?}");
+        assert!(wire[5] < wire[0] - 600, "{wire:?}");
+        // str0m, as a player, drops the padding: every payload arrives as written.
+        let got = &w.payloads[w.payloads.len() - 6..];
+        for (i, (payload, len)) in got.iter().zip(sizes).enumerate() {
+            assert_eq!(payload, &vec![i as u8 + 1; len], "packet {i}");
+        }
     }
 
     #[test]

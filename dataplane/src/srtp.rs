@@ -43,6 +43,8 @@ const GCM_TAG_LEN: usize = 16;
 const AES_CM_SALT_LEN: usize = 14;
 /// Master and session salt of the GCM profiles (96 bits, RFC 7714 section 12).
 const GCM_SALT_LEN: usize = 12;
+/// The P bit of the first RTP header byte: the payload ends in padding (RFC 3550 5.1).
+const RTP_PADDING_BIT: u8 = 0x20;
 /// The fixed RTP header: nothing shorter is sealed.
 const MIN_RTP_HEADER_LEN: usize = 12;
 
@@ -233,22 +235,44 @@ impl SrtpSender {
         index: u64,
         out: &mut Vec<u8>,
     ) {
+        self.protect_rtp_padded(header, payload, 0, ssrc, index, out);
+    }
+
+    /// [`protect_rtp`](Self::protect_rtp) with `padding` bytes of RTP padding (RFC 3550
+    /// 5.1) after the payload, encrypted with it: the padding bit is set in the header and
+    /// the last padding byte holds the count. Receivers drop the padding with the packet's
+    /// SRTP layer; 0 adds none.
+    pub fn protect_rtp_padded(
+        &mut self,
+        header: &[u8],
+        payload: &[u8],
+        padding: u8,
+        ssrc: u32,
+        index: u64,
+        out: &mut Vec<u8>,
+    ) {
         if header.len() < MIN_RTP_HEADER_LEN {
             return;
         }
+        let padding = usize::from(padding);
         let start = out.len();
         let body = start + header.len();
-        let end = body + payload.len();
-        out.reserve(header.len() + payload.len() + self.overhead());
+        let end = body + payload.len() + padding;
+        out.reserve(header.len() + payload.len() + padding + self.overhead());
         out.extend_from_slice(header);
         out.extend_from_slice(payload);
+        if padding > 0 {
+            out[start] |= RTP_PADDING_BIT;
+            out.resize(end - 1, 0);
+            out.push(padding as u8);
+        }
 
         let sealed = match &self.sealer {
             Sealer::AesCm(keys) => {
                 let CmKeys { cipher, salt, auth } = &**keys;
                 let iv = aes_cm_iv(salt, ssrc, index);
                 let context = EncryptionContext::Iv128(FixedLength::from(iv));
-                let encrypted = payload.is_empty()
+                let encrypted = body == end
                     || cipher
                         .less_safe_encrypt(&mut out[body..end], context)
                         .is_ok();
@@ -638,6 +662,40 @@ mod tests {
                     );
                     assert_eq!(plain, payload, "{what}");
                 }
+            }
+        }
+    }
+
+    // RTP padding is sealed with the payload: the P bit is set in the authenticated header,
+    // and the opener gets the payload, then the padding ending in its count.
+    #[test]
+    fn padding_is_sealed_after_the_payload_and_flagged_in_the_header() {
+        let header = hex("80600001 00000000 00000001");
+        for profile in PROFILES {
+            let (key_len, salt_len) = master_lengths(profile).unwrap();
+            let material = pattern(2 * (key_len + salt_len), 5);
+            let mut sender = SrtpSender::new(profile, &material, true).unwrap();
+            for (len, padding) in [(1000, 1u8), (1000, 16), (0, 3)] {
+                let payload = pattern(len, 9);
+                let mut out = Vec::new();
+                sender.protect_rtp_padded(&header, &payload, padding, 1, 1, &mut out);
+                let what = format!("{profile} len {len} padding {padding}");
+                let padding = usize::from(padding);
+                assert_eq!(
+                    out.len(),
+                    header.len() + len + padding + sender.overhead(),
+                    "{what}"
+                );
+                assert_eq!(out[0], header[0] | 0x20, "{what}: the P bit");
+                assert_eq!(&out[1..header.len()], &header[1..], "{what}");
+                let plain = open(profile, &material, true, &out, header.len(), 1, 1);
+                assert_eq!(&plain[..len], &payload[..], "{what}");
+                assert_eq!(plain.len(), len + padding, "{what}");
+                assert_eq!(usize::from(plain[plain.len() - 1]), padding, "{what}");
+                assert!(
+                    plain[len..plain.len() - 1].iter().all(|b| *b == 0),
+                    "{what}"
+                );
             }
         }
     }
