@@ -190,6 +190,8 @@ impl Generator {
                 seq: 0,
                 max_payload: cfg.max_payload.max(MIN_MAX_PAYLOAD),
                 delta_bytes: (delta.round() as usize).max(MIN_FRAME_BYTES),
+                variation: None,
+                rng: fastrand::Rng::with_seed(seed),
                 key_bytes: ((delta * 3.0).round() as usize).max(MIN_FRAME_BYTES),
                 keyframe_interval: cfg.keyframe_interval,
                 last_keyframe: None,
@@ -568,6 +570,8 @@ const STALL: Duration = Duration::from_millis(500);
 const IDLE_DEADLINE: Duration = Duration::from_secs(3600);
 /// Room for the largest header (VP8 keyframe: 14 bytes) plus the trailer, twice over.
 const MIN_MAX_PAYLOAD: usize = 128;
+/// How far a delta frame's size strays from the average, as a share of it.
+const DELTA_VARIATION: f64 = 0.1;
 const MIN_FRAME_BYTES: usize = 64;
 /// First byte of an Opus packet: config 31 (CELT fullband 20 ms), mono, one frame.
 const OPUS_TOC: u8 = 0xf8;
@@ -704,6 +708,10 @@ struct VideoTrack {
     seq: u64,
     max_payload: usize,
     delta_bytes: usize,
+    /// Bytes the last delta frame had over `delta_bytes`, which the next one has under.
+    variation: Option<usize>,
+    /// Draws the delta frames' sizes.
+    rng: fastrand::Rng,
     key_bytes: usize,
     keyframe_interval: Duration,
     last_keyframe: Option<Instant>,
@@ -716,6 +724,22 @@ struct VideoTrack {
 }
 
 impl VideoTrack {
+    /// The next delta frame's size. An encoder's frames vary in size, so these do too, by up
+    /// to [`DELTA_VARIATION`] either way: a frame over the average size is followed by one as
+    /// far under it, so every two delta frames keep the bitrate exactly.
+    fn delta_size(&mut self) -> usize {
+        let size = match self.variation.take() {
+            Some(under) => self.delta_bytes.saturating_sub(under),
+            None => {
+                let most = (self.delta_bytes as f64 * DELTA_VARIATION) as usize;
+                let over = self.rng.usize(0..=most);
+                self.variation = Some(over);
+                self.delta_bytes + over
+            }
+        };
+        size.max(MIN_FRAME_BYTES)
+    }
+
     fn emit(&mut self, unix_micros: u64, stats: &mut GeneratorStats, out: &mut Vec<SynthPacket>) {
         let (due, rtp_time) = self.clock.take();
         let keyframe = self.keyframe_pending
@@ -730,7 +754,7 @@ impl VideoTrack {
         let budget = if keyframe {
             self.key_bytes
         } else {
-            self.delta_bytes
+            self.delta_size()
         };
         let payloads = match self.codec {
             VideoCodec::Vp8 => {
@@ -961,11 +985,14 @@ impl SeqWindow {
     }
 }
 
-/// Splits `total` bytes into the fewest parts of at most `max` bytes, sizes differing by <= 1.
+/// Splits `total` bytes into the fewest parts of at most `max` bytes, sizes differing by <= 1
+/// and the larger ones last, as libwebrtc's packetizers split a frame.
 fn split_even(total: usize, max: usize) -> Vec<usize> {
     let parts = total.div_ceil(max.max(1)).max(1);
     let (base, rem) = (total / parts, total % parts);
-    (0..parts).map(|i| base + usize::from(i < rem)).collect()
+    (0..parts)
+        .map(|i| base + usize::from(i >= parts - rem))
+        .collect()
 }
 
 /// VP8 packets (RFC 7741) of one frame totalling `budget` bytes, trailer room included.
@@ -1275,6 +1302,35 @@ mod tests {
             .filter(|p| p.kind == kind)
             .map(|p| p.payload.len())
             .sum()
+    }
+
+    #[test]
+    fn delta_frames_vary_in_size_and_split_as_libwebrtc_splits_them() {
+        let (_, packets) = run(codec_cfg(VideoCodec::Vp8), Duration::from_secs(2));
+        let frames = frames(&packets);
+        let sizes: Vec<usize> = frames
+            .iter()
+            .filter(|f| !f[0].keyframe)
+            .map(|f| f.iter().map(|p| p.payload.len()).sum())
+            .collect();
+        let mut distinct = sizes.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert!(distinct.len() > sizes.len() / 4, "sizes vary: {sizes:?}");
+        // Each frame over the average is followed by one as far under it.
+        let average = sizes[0..2].iter().sum::<usize>() / 2;
+        for pair in sizes.chunks_exact(2) {
+            assert_eq!(pair[0] + pair[1], 2 * average, "{sizes:?}");
+            assert!(pair[0].abs_diff(average) as f64 <= 0.1 * average as f64 + 1.0);
+        }
+        for frame in &frames {
+            // Payload sizes one byte apart at most, the larger ones last.
+            let lens: Vec<usize> = frame.iter().map(|p| p.payload.len()).collect();
+            assert!(lens.windows(2).all(|w| w[0] <= w[1]), "{lens:?}");
+            assert!(lens[lens.len() - 1] - lens[0] <= 1, "{lens:?}");
+        }
+        assert_eq!(split_even(10, 4), [3, 3, 4]);
+        assert_eq!(split_even(12, 4), [4, 4, 4]);
     }
 
     #[test]
