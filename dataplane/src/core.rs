@@ -416,11 +416,25 @@ async fn core_main(start: CoreStart) {
     for (from, rx) in mesh_receivers {
         let weak = Rc::downgrade(&core);
         glommio::spawn_local(async move {
+            // What the ring holds when it wakes this task is handled as one batch, as a
+            // socket read is: a frame's packets from another core then reach each player
+            // in one drive (one size, one GSO message) and one flush.
+            let mut batch = Vec::with_capacity(MESH_BATCH);
             while let Some(msg) = rx.recv().await {
+                batch.push(msg);
+                while batch.len() < MESH_BATCH {
+                    match futures_lite::future::poll_once(rx.recv()).await {
+                        Some(Some(msg)) => batch.push(msg),
+                        _ => break,
+                    }
+                }
                 let Some(core) = weak.upgrade() else { return };
                 let mut core = core.borrow_mut();
-                core.on_mesh(msg, Instant::now());
-                core.finish(Instant::now());
+                let now = Instant::now();
+                for msg in batch.drain(..) {
+                    core.on_mesh(msg, now);
+                }
+                core.finish(now);
             }
             tracing::trace!(%from, "mesh ring closed");
         })
@@ -1255,6 +1269,8 @@ impl Core {
 /// first subscribers' packets leave while the rest are still being sealed (a keyframe to
 /// 100 players is 1,700 datagrams); it costs one more `sendmmsg` per this many datagrams.
 const EARLY_FLUSH_DATAGRAMS: usize = udp::SEND_CHUNK;
+/// The most messages from another core's ring handled in one batch.
+const MESH_BATCH: usize = 256;
 
 /// A core that forwarded fewer media packets than this in the last second is quiet (an audio
 /// stream alone is 50 a second).
