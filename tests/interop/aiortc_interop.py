@@ -4,10 +4,13 @@ real relaycast servers over the WCS WebSocket protocol, as the WebSDK would.
 
 Checks, for VP8 and H264: aiortc publishes (PUBLISHING), another aiortc peer plays
 (PLAYING) and decodes video frames and audio frames; the same through a push relay to a
-second server; then unPublishStream gives UNPUBLISHED and the player STOPPED.
+second server; then unPublishStream gives UNPUBLISHED and the player STOPPED. And an aiortc
+player of a relaycast-loadgen publisher, whose frames the server pads to one packet size
+for UDP GSO, takes the padded packets as media (libsrtp and aiortc's RTP parser).
 
 Run: python3 tests/interop/aiortc_interop.py  (needs `pip install aiortc websockets`;
-RELAYCAST_BIN names the server binary, default target/debug/relaycast)."""
+RELAYCAST_BIN names the server binary, default target/debug/relaycast, and
+RELAYCAST_LOADGEN the loadgen's, default target/debug/relaycast-loadgen)."""
 
 import asyncio
 import json
@@ -21,10 +24,13 @@ from pathlib import Path
 
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, VideoStreamTrack
+from aiortc.rtp import RtpPacket
 import websockets
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = os.environ.get("RELAYCAST_BIN", str(ROOT / "target" / "debug" / "relaycast"))
+LOADGEN = os.environ.get("RELAYCAST_LOADGEN",
+                         str(ROOT / "target" / "debug" / "relaycast-loadgen"))
 
 
 class Server:
@@ -207,12 +213,64 @@ async def scenario(a, b, codec):
         await s.close()
 
 
+async def padded(a):
+    """The loadgen's publisher splits each frame as libwebrtc does (packets a byte apart in
+    size, the larger last), so the server pads a frame's packets to one size before sealing
+    them. aiortc must take them as media: every one arrives, none is lost, and its RTP
+    parser (after libsrtp) sees the padding."""
+    name = "aiortc-padded"
+    seen = {"padded": 0, "packets": 0}
+    parse = RtpPacket.parse.__func__
+
+    def counting(cls, data, *args, **kwargs):
+        packet = parse(cls, data, *args, **kwargs)
+        seen["packets"] += 1
+        seen["padded"] += packet.padding_size > 0
+        return packet
+
+    log = open(ROOT / "target" / "interop" / "loadgen-padded.log", "w")
+    publisher = subprocess.Popen(
+        [LOADGEN, "publish", "--server", a.ws, "--stream", name, "--bitrate", "1500k",
+         "--warmup", "0s", "--duration", "20s"],
+        stdout=log, stderr=log)
+    RtpPacket.parse = classmethod(counting)
+    session = await Session().open(a.ws)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            status, _ = a.post("/rest-api/stream/find", {"name": name})
+            if status == 200:
+                break
+            assert time.monotonic() < deadline, "the loadgen's stream was not published"
+            await asyncio.sleep(0.2)
+        pc, msid, _ = await play(session, name)
+        await asyncio.sleep(4)
+        stats = [s for s in (await pc.getStats()).values()
+                 if s.type == "inbound-rtp" and s.kind == "video"]
+        assert stats, "no inbound video statistics"
+        received, lost = stats[0].packetsReceived, stats[0].packetsLost
+        print(f"  padded frames: {received} video packets received, {lost} lost, "
+              f"{seen['padded']} of {seen['packets']} RTP packets carried padding")
+        assert received > 300, f"only {received} video packets in 4 s"
+        assert lost == 0, f"{lost} video packets lost"
+        assert seen["padded"] > 30, f"only {seen['padded']} packets carried padding"
+        await pc.close()
+    finally:
+        RtpPacket.parse = classmethod(parse)
+        await session.close()
+        publisher.terminate()
+        publisher.wait(10)
+        log.close()
+
+
 async def main():
     a, b = Server("a"), Server("b")
     try:
         for codec in ("video/VP8", "video/H264"):
             print(f"aiortc interop, {codec}")
             await scenario(a, b, codec)
+        print("aiortc interop, a loadgen publisher's frames padded to one size")
+        await padded(a)
     finally:
         a.stop()
         b.stop()
