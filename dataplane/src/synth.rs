@@ -191,7 +191,7 @@ impl Generator {
                 max_payload: cfg.max_payload.max(MIN_MAX_PAYLOAD),
                 delta_bytes: (delta.round() as usize).max(MIN_FRAME_BYTES),
                 variation: None,
-                rng: fastrand::Rng::with_seed(seed),
+                rng: fastrand::Rng::with_seed(DELTA_SIZES_SEED),
                 key_bytes: ((delta * 3.0).round() as usize).max(MIN_FRAME_BYTES),
                 keyframe_interval: cfg.keyframe_interval,
                 last_keyframe: None,
@@ -572,6 +572,9 @@ const IDLE_DEADLINE: Duration = Duration::from_secs(3600);
 const MIN_MAX_PAYLOAD: usize = 128;
 /// How far a delta frame's size strays from the average, as a share of it.
 const DELTA_VARIATION: f64 = 0.1;
+/// The delta frames' sizes follow one pseudo-random sequence, the same for every stream and
+/// run, so that runs (and a paced and an unpaced publisher) send the same frames.
+const DELTA_SIZES_SEED: u64 = 0x005e_edf7_a3e5_12e5;
 const MIN_FRAME_BYTES: usize = 64;
 /// First byte of an Opus packet: config 31 (CELT fullband 20 ms), mono, one frame.
 const OPUS_TOC: u8 = 0xf8;
@@ -710,7 +713,7 @@ struct VideoTrack {
     delta_bytes: usize,
     /// Bytes the last delta frame had over `delta_bytes`, which the next one has under.
     variation: Option<usize>,
-    /// Draws the delta frames' sizes.
+    /// Draws the delta frames' sizes ([`DELTA_SIZES_SEED`]).
     rng: fastrand::Rng,
     key_bytes: usize,
     keyframe_interval: Duration,
