@@ -203,6 +203,31 @@ impl ExtIds {
 /// a 16-byte mid and three one-byte values with their id bytes, padded to a word.
 pub const MAX_HEADER: usize = 12 + 4 + 17 + 3 * 2 + 3;
 
+/// A mid as its header extension carries it, taken from str0m's `Mid` once: `Mid`'s `Deref`
+/// checks and trims its string on every call, which the header of every packet would pay.
+#[derive(Clone, Copy, Debug)]
+pub struct MidBytes {
+    bytes: [u8; 16],
+    len: u8,
+}
+
+impl MidBytes {
+    pub fn new(mid: &Mid) -> MidBytes {
+        let text = mid.as_bytes();
+        let len = text.len().min(16);
+        let mut bytes = [0u8; 16];
+        bytes[..len].copy_from_slice(&text[..len]);
+        MidBytes {
+            bytes,
+            len: len as u8,
+        }
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
 /// The fields of one RTP header.
 #[derive(Clone, Copy, Debug)]
 pub struct HeaderFields<'a> {
@@ -212,7 +237,7 @@ pub struct HeaderFields<'a> {
     pub ts: u32,
     pub ssrc: u32,
     /// Written when the media line accepted the mid extension.
-    pub mid: Option<&'a Mid>,
+    pub mid: Option<&'a [u8]>,
     pub ext: MediaExt,
 }
 
@@ -234,7 +259,7 @@ pub fn write_header(buf: &mut [u8; MAX_HEADER], ids: &ExtIds, h: &HeaderFields<'
         }
     };
     if let Some(mid) = h.mid {
-        put(ids.mid, mid.as_bytes(), buf);
+        put(ids.mid, mid, buf);
     }
     if let (Some(level), Some(voice)) = (h.ext.audio_level, h.ext.voice_activity) {
         let v = if voice { 0x80 } else { 0 } | (level.unsigned_abs() & 0x7f);
@@ -374,7 +399,7 @@ mod tests {
     #[test]
     fn extensions_are_written_in_the_one_byte_form_and_padded() {
         let mut buf = [0u8; MAX_HEADER];
-        let mid = Mid::from("1");
+        let mid = MidBytes::new(&Mid::from("1"));
         let ids = ExtIds {
             mid: Some(4),
             audio_level: Some(1),
@@ -387,7 +412,7 @@ mod tests {
             seq: 7,
             ts: 960,
             ssrc: 42,
-            mid: Some(&mid),
+            mid: Some(mid.as_slice()),
             ext: MediaExt {
                 audio_level: Some(-37),
                 voice_activity: Some(true),

@@ -18,7 +18,7 @@ use str0m::{Candidate, Event as RtcEvent, IceConnectionState, Input, Output, Rtc
 use str0m::{RtcError, error::SdpError};
 
 use crate::api::{DataPlaneConfig, LinkStats, PeerFailure, PeerReport, Role};
-use crate::direct::{self, ExtIds, HeaderFields, KeySlot, MAX_HEADER};
+use crate::direct::{self, ExtIds, HeaderFields, KeySlot, MAX_HEADER, MidBytes};
 use crate::ids::{CoreId, PeerId, StreamId};
 use crate::media::{
     Continuity, MediaExt, MediaPacket, StreamMedia, TrackRewriter, choose_ingest_codecs,
@@ -275,7 +275,8 @@ struct EgressTrack {
     /// Added to the stream's sequence number to get this subscriber's, fixed by the first
     /// packet it receives so every subscriber starts below 2^16 (no ROC signalling needed).
     seq_offset: Option<i64>,
-    mid: Mid,
+    /// Its media line's mid, for the header extension.
+    mid: MidBytes,
     /// The header extension ids the remote accepted; None if one needs the two-byte form.
     ext_ids: Option<ExtIds>,
     /// The RTX stream's SSRC and payload type, when negotiated, and its next sequence number.
@@ -771,7 +772,7 @@ impl Peer {
                 seq: 0,
                 ts: packet.ts,
                 ssrc: *track.ssrc,
-                mid: Some(&track.mid),
+                mid: Some(track.mid.as_slice()),
                 ext: packet.ext,
             };
             let rtx = if item.resend && track.rtx.is_some() {
@@ -860,7 +861,7 @@ impl Peer {
             seq: seq as u16,
             ts: packet.ts,
             ssrc: *ssrc,
-            mid: Some(&track.mid),
+            mid: Some(track.mid.as_slice()),
             ext: packet.ext,
         };
         let n = direct::write_header(&mut header, &ids, &fields);
@@ -1109,7 +1110,7 @@ impl Peer {
                         ssrc,
                         pt,
                         seq_offset: None,
-                        mid,
+                        mid: MidBytes::new(&mid),
                         ext_ids,
                         rtx: rtx_ssrc.zip(params.resend()),
                         rtx_seq: fastrand::u64(1_000..30_000),
