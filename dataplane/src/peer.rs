@@ -264,6 +264,9 @@ fn gso_padding(pending: &mut [Pending]) {
     }
 }
 
+/// Bytes an RTX packet puts before the original payload: its sequence number (RFC 4588).
+const RTX_OSN_LEN: usize = 2;
+
 /// How often a track's packet goes through str0m instead of the direct path, so its sender
 /// reports map RTP time to wall-clock time from a recent packet (a player synchronises audio
 /// and video with them).
@@ -286,6 +289,34 @@ struct EgressTrack {
     last_seq: u64,
     /// When the next packet goes through str0m (direct path only).
     str0m_due: Option<Instant>,
+}
+
+impl EgressTrack {
+    /// Whether a packet of this track sent now goes through str0m: the first fresh one once
+    /// [`SENDER_REPORT_REFRESH`] has passed (resends never do).
+    fn str0m_turn(&self, resend: bool, now: Instant) -> bool {
+        !resend && self.str0m_due.is_none_or(|due| now >= due)
+    }
+
+    /// The RTP header of `packet` on the direct path, with the payload type, SSRC and
+    /// sequence number it is sent under (the track's, or its RTX stream's for a resend).
+    fn header_fields(
+        &self,
+        packet: &MediaPacket,
+        pt: Pt,
+        ssrc: Ssrc,
+        seq: u64,
+    ) -> HeaderFields<'_> {
+        HeaderFields {
+            pt: *pt,
+            marker: packet.marker,
+            seq: seq as u16,
+            ts: packet.ts,
+            ssrc: *ssrc,
+            mid: Some(self.mid.as_slice()),
+            ext: packet.ext,
+        }
+    }
 }
 
 struct Generate {
@@ -747,10 +778,7 @@ impl Peer {
         };
         let overhead = direct.srtp.overhead();
         // A track's first fresh packet once its refresh is due goes through str0m.
-        let due = |t: &Option<EgressTrack>| {
-            t.as_ref()
-                .is_some_and(|t| t.str0m_due.is_none_or(|due| now >= due))
-        };
+        let due = |t: &Option<EgressTrack>| t.as_ref().is_some_and(|t| t.str0m_turn(false, now));
         let mut through_str0m = [due(audio), due(video)];
         let mut header = [0u8; MAX_HEADER];
         for item in pending.iter_mut() {
@@ -766,22 +794,15 @@ impl Peer {
                 continue;
             }
             let Some(ids) = track.ext_ids else { continue };
-            let fields = HeaderFields {
-                pt: *track.pt,
-                marker: packet.marker,
-                seq: 0,
-                ts: packet.ts,
-                ssrc: *track.ssrc,
-                mid: Some(track.mid.as_slice()),
-                ext: packet.ext,
-            };
-            let rtx = if item.resend && track.rtx.is_some() {
-                2
+            // The header's length does not depend on the payload type, SSRC or number.
+            let fields = track.header_fields(packet, track.pt, track.ssrc, 0);
+            let osn = if item.resend && track.rtx.is_some() {
+                RTX_OSN_LEN
             } else {
                 0
             };
             let n = direct::write_header(&mut header, &ids, &fields);
-            item.len = n + rtx + packet.payload.len() + overhead;
+            item.len = n + osn + packet.payload.len() + overhead;
         }
         gso_padding(pending);
     }
@@ -812,7 +833,7 @@ impl Peer {
         }) else {
             return Ok(());
         };
-        if !item.resend && track.str0m_due.is_none_or(|due| now >= due) {
+        if track.str0m_turn(item.resend, now) {
             track.str0m_due = Some(now + SENDER_REPORT_REFRESH);
             let (ssrc, pt) = (track.ssrc, track.pt);
             if let Some(stream) = self.rtc.direct_api().stream_tx(&ssrc) {
@@ -842,7 +863,8 @@ impl Peer {
         let mut header = [0u8; MAX_HEADER];
         let (ssrc, pt, seq, payload): (Ssrc, Pt, u64, &[u8]) = match (item.resend, track.rtx) {
             (true, Some((rtx_ssrc, rtx_pt))) => {
-                // RFC 4588: the original sequence number, then the original payload.
+                // RFC 4588: the original sequence number (RTX_OSN_LEN bytes), then the
+                // original payload.
                 direct.rtx_payload.clear();
                 direct
                     .rtx_payload
@@ -855,15 +877,7 @@ impl Peer {
             // Without RTX a resend is the packet itself.
             _ => (track.ssrc, track.pt, item.seq, &packet.payload),
         };
-        let fields = HeaderFields {
-            pt: *pt,
-            marker: packet.marker,
-            seq: seq as u16,
-            ts: packet.ts,
-            ssrc: *ssrc,
-            mid: Some(track.mid.as_slice()),
-            ext: packet.ext,
-        };
+        let fields = track.header_fields(packet, pt, ssrc, seq);
         let n = direct::write_header(&mut header, &ids, &fields);
         let mut out = tx.buffer();
         direct
