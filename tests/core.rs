@@ -53,6 +53,14 @@ async fn fanout(codec: VideoCodec, players: usize) {
     let (cpu_us, cpu_pct) = procfs::cpu_between(&cpu_before, &cpu_after);
     let forwarded = out_after - out_before;
     assert!(forwarded > 0.0, "the server sent nothing in 3 s");
+    // The synthetic frames' packets differ in size by a byte, as a browser's do: the server
+    // pads them to one size so that each frame goes to a player as one GSO message.
+    let padded = metric(
+        &metrics(&server).await,
+        "relaycast_core_padded_packets_total",
+        &[],
+    );
+    assert!(padded > 0.0, "no packet was padded for GSO");
     eprintln!(
         "{codec}: server sent {forwarded} datagrams in the window; CPU {:.1} us per datagram ({cpu_pct:.1}% of a core)",
         cpu_us as f64 / forwarded

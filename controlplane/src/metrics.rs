@@ -262,6 +262,7 @@ pub fn render(hub: &Hub) -> String {
     let player_keyframes = Family::<Labels, Counter>::default();
     let nacks = Family::<Labels, Counter>::default();
     let resent = Family::<Labels, Counter>::default();
+    let padded = Family::<Labels, Counter>::default();
     let messages = Family::<Labels, Counter>::default();
     let wakeups = Family::<Labels, Counter>::default();
     for (n, c) in hub.data().counters().iter().enumerate() {
@@ -297,6 +298,7 @@ pub fn render(hub: &Hub) -> String {
         add(&keyframes, per_core(), &c.keyframe_requests);
         add(&player_keyframes, per_core(), &c.player_keyframe_requests);
         add(&resent, per_core(), &c.resent);
+        add(&padded, per_core(), &c.tx_padded);
     }
     r.register("core_peers", "Peer connections on each core", peers);
     r.register(
@@ -343,6 +345,12 @@ pub fn render(hub: &Hub) -> String {
         "core_resent_packets",
         "NACKed packets each core resent to players from its history (direct egress path)",
         resent,
+    );
+    r.register(
+        "core_padded_packets",
+        "Datagrams sent to players with RTP padding, so that a run of one player's packets of \
+         near sizes went as one UDP GSO message (direct egress path)",
+        padded,
     );
     r.register(
         "core_nacks",

@@ -78,6 +78,9 @@ pub struct CoreCounters {
     pub nacks_sent: AtomicU64,
     /// NACKed packets resent to players from the core's history (direct egress path).
     pub resent: AtomicU64,
+    /// Datagrams to players sent with RTP padding, so that a run of one player's packets
+    /// of near sizes went as one UDP GSO message (direct egress path).
+    pub tx_padded: AtomicU64,
 }
 
 /// Why a data plane did not start.
@@ -1339,6 +1342,9 @@ fn flush_one(io: &mut SocketIo, fd: std::os::fd::RawFd, counters: &CoreCounters)
     counters
         .dropped_send_error
         .fetch_add(dropped as u64, Ordering::Relaxed);
+    counters
+        .tx_padded
+        .fetch_add(io.tx.take_padded(), Ordering::Relaxed);
     blocked
 }
 

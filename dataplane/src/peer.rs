@@ -889,6 +889,9 @@ impl Peer {
         }
         self.direct_bytes += out.len() as u64;
         tx.push(destination, Some(source.ip()), out);
+        if item.padding > 0 {
+            tx.note_padded();
+        }
         Ok(())
     }
 

@@ -417,6 +417,8 @@ pub struct SendBatch {
     grouped: Vec<(usize, Outgoing)>,
     /// Messages the kernel accepted so far (a GSO message carries several datagrams).
     messages: u64,
+    /// Datagrams queued with RTP padding since the last [`SendBatch::take_padded`].
+    padded: u64,
     /// Buffers of sent datagrams, emptied, for [`SendBatch::buffer`]: a forwarded packet
     /// then costs no allocation.
     spare: Vec<Vec<u8>>,
@@ -445,6 +447,7 @@ impl SendBatch {
             groups: FxHashMap::default(),
             grouped: Vec::new(),
             messages: 0,
+            padded: 0,
             spare: Vec::new(),
         }
     }
@@ -487,6 +490,17 @@ impl SendBatch {
     /// without GSO, fewer with it.
     pub fn messages_sent(&self) -> u64 {
         self.messages
+    }
+
+    /// Notes that the datagram just queued carries RTP padding (a player's packet padded to
+    /// the size of the run it joins, so the run goes as one GSO message).
+    pub fn note_padded(&mut self) {
+        self.padded += 1;
+    }
+
+    /// Padded datagrams noted since the last call.
+    pub fn take_padded(&mut self) -> u64 {
+        std::mem::take(&mut self.padded)
     }
 
     /// Total payload bytes waiting to be sent.
