@@ -22,6 +22,8 @@ static GLOBAL: dhat::Alloc = dhat::Alloc;
 fn main() -> std::process::ExitCode {
     #[cfg(feature = "dhat-heap")]
     let _profiler = dhat::Profiler::new_heap();
+    // Before the server allocates much: 2 MiB pages would hold peers' memory half-used.
+    let thp = relaycast_dataplane::memory::disable_transparent_huge_pages();
     let cli = Cli::parse();
     let config = match Config::load(&cli) {
         Ok(config) => config,
@@ -66,6 +68,9 @@ fn main() -> std::process::ExitCode {
     match config.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+    if let Err(e) = thp {
+        tracing::warn!(error = %e, "could not turn transparent huge pages off; memory per player will be higher");
     }
     let server_config = match config.server_config() {
         Ok(server_config) => server_config,

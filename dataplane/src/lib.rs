@@ -23,6 +23,7 @@ pub mod demux;
 pub mod direct;
 pub mod ids;
 pub mod media;
+pub mod memory;
 pub mod mesh;
 pub mod peer;
 pub mod router;

@@ -14,12 +14,17 @@ use tracing_subscriber::EnvFilter;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // As the server does: its peers' memory in 4 KiB pages, not half-used 2 MiB ones.
+    let thp = relaycast_dataplane::memory::disable_transparent_huge_pages();
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    if let Err(e) = thp {
+        tracing::warn!(error = %e, "could not turn transparent huge pages off");
+    }
 
     let (json, players) = match &cli.command {
         Scenario::Publish(a) => (a.common.json, a.publishers),
