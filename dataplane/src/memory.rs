@@ -3,7 +3,8 @@
 use std::io;
 
 /// Turns transparent huge pages (THP) off for this process (`PR_SET_THP_DISABLE`), for the
-/// memory it faults in from then on: call it first thing in `main`.
+/// memory it faults in from then on: call it first thing in `main`. Child processes would
+/// inherit the setting; neither binary starts any.
 ///
 /// Where the kernel's THP mode is `always`, or `madvise` (mimalloc advises its arenas), the
 /// allocator's memory comes in 2 MiB pages, each resident as a whole however little of it
