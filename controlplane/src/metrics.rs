@@ -348,8 +348,8 @@ pub fn render(hub: &Hub) -> String {
     );
     r.register(
         "core_padded_packets",
-        "Datagrams sent to players with RTP padding, so that a run of one player's packets of \
-         near sizes went as one UDP GSO message (direct egress path)",
+        "Datagrams to players given RTP padding, so that a run of one player's packets of near \
+         sizes goes as one UDP GSO message (direct egress path)",
         padded,
     );
     r.register(

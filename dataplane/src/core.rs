@@ -78,8 +78,8 @@ pub struct CoreCounters {
     pub nacks_sent: AtomicU64,
     /// NACKed packets resent to players from the core's history (direct egress path).
     pub resent: AtomicU64,
-    /// Datagrams to players sent with RTP padding, so that a run of one player's packets
-    /// of near sizes went as one UDP GSO message (direct egress path).
+    /// Datagrams to players given RTP padding (counted as queued), so that a run of one
+    /// player's packets of near sizes goes as one UDP GSO message (direct egress path).
     pub tx_padded: AtomicU64,
 }
 

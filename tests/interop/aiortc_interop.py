@@ -10,7 +10,7 @@ for UDP GSO, takes the padded packets as media (libsrtp and aiortc's RTP parser)
 
 Run: python3 tests/interop/aiortc_interop.py  (needs `pip install aiortc websockets`;
 RELAYCAST_BIN names the server binary, default target/debug/relaycast, and
-RELAYCAST_LOADGEN the loadgen's, default target/debug/relaycast-loadgen)."""
+RELAYCAST_LOADGEN the loadgen's, default relaycast-loadgen beside the server binary)."""
 
 import asyncio
 import json
@@ -29,8 +29,9 @@ import websockets
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = os.environ.get("RELAYCAST_BIN", str(ROOT / "target" / "debug" / "relaycast"))
-LOADGEN = os.environ.get("RELAYCAST_LOADGEN",
-                         str(ROOT / "target" / "debug" / "relaycast-loadgen"))
+# Beside the server binary unless named (scripts/test sets RELAYCAST_BIN under a
+# CARGO_TARGET_DIR).
+LOADGEN = os.environ.get("RELAYCAST_LOADGEN", str(Path(BIN).parent / "relaycast-loadgen"))
 
 
 class Server:
