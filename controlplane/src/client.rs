@@ -711,7 +711,12 @@ pub struct Endpoint {
 impl Endpoint {
     /// Starts a client data plane (unpinned: it shares the machine with a server) and the task
     /// that routes its events to peers. Must be called inside a tokio runtime.
+    /// Its peers keep their last report once they fail, until closed (dropped).
     pub fn start(config: DataPlaneConfig) -> Result<Arc<Endpoint>, StartError> {
+        let config = DataPlaneConfig {
+            keep_failed_reports: true,
+            ..config
+        };
         let endpoint = Arc::new(Endpoint {
             data: DataPlane::start(config)?,
             routes: Mutex::new(HashMap::new()),

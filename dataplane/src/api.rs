@@ -66,6 +66,11 @@ pub struct DataPlaneConfig {
     /// (see `direct`). str0m keeps ICE, DTLS, RTCP and a packet a second per track for its
     /// sender reports. Off: every packet goes through str0m, as before.
     pub direct_egress: bool,
+    /// A peer that fails keeps answering [`Command::Query`] with its last report until it is
+    /// closed ([`Command::Close`]), so a measuring client can still count what a player
+    /// dropped by the server received and missed. On for clients (the load generator closes
+    /// each peer it drops); off for the server, which closes no failed peer.
+    pub keep_failed_reports: bool,
 }
 
 impl Default for DataPlaneConfig {
@@ -86,6 +91,7 @@ impl Default for DataPlaneConfig {
             arrival_timestamps: true,
             read_sweep: None,
             direct_egress: true,
+            keep_failed_reports: false,
             socket_buffer: 4 << 20,
             ring_capacity: 4096,
         }

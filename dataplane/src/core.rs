@@ -26,7 +26,7 @@ use str0m::config::DtlsCert;
 use str0m::media::{KeyframeRequestKind, MediaKind};
 use tokio::sync::Notify;
 
-use crate::api::{Command, DataPlaneConfig, Event, PeerFailure, Role};
+use crate::api::{Command, DataPlaneConfig, Event, PeerFailure, PeerReport, Role};
 use crate::demux::Demux;
 use crate::direct::ResendHistory;
 use crate::ids::{CoreId, PeerId, StreamId};
@@ -383,6 +383,7 @@ async fn core_main(start: CoreStart) {
         shared: SocketIo::new(Rc::clone(&shared), local, None),
         candidates,
         dedicated: FxHashMap::default(),
+        failed_reports: FxHashMap::default(),
         sweep: sweep.as_ref().map(|(epoll, _)| Rc::clone(epoll)),
         dirty: Vec::new(),
         sink,
@@ -531,6 +532,9 @@ struct Core {
     shared: SocketIo,
     candidates: Vec<SocketAddr>,
     dedicated: FxHashMap<PeerId, SocketIo>,
+    /// The last reports of failed peers, kept until they are closed
+    /// ([`DataPlaneConfig::keep_failed_reports`]).
+    failed_reports: FxHashMap<PeerId, PeerReport>,
     /// With [`DataPlaneConfig::read_sweep`], the dedicated sockets are registered here (keyed
     /// by peer) and read by [`sweep_reader`] instead of a reader task each.
     sweep: Option<Rc<Epoll>>,
@@ -935,6 +939,7 @@ impl Core {
                 }
             }
             Command::Close { peer } => {
+                self.failed_reports.remove(&peer);
                 self.with_peer(peer, now, |p, tx, events| {
                     p.close(now, tx, events);
                     Ok(())
@@ -949,7 +954,11 @@ impl Core {
             }
             Command::RequestKeyframe { stream } => self.request_keyframe(stream, now),
             Command::Query { peer, reply } => {
-                let _ = reply.send(self.peers.get(&peer).map(|p| p.report()));
+                let report = match self.peers.get(&peer) {
+                    Some(p) => Some(p.report()),
+                    None => self.failed_reports.get(&peer).cloned(),
+                };
+                let _ = reply.send(report);
             }
             Command::Shutdown => {
                 let ids: Vec<PeerId> = self.peers.keys().copied().collect();
@@ -960,6 +969,7 @@ impl Core {
                     });
                 }
                 self.queue.clear();
+                self.failed_reports.clear();
                 self.flush_all();
                 for id in self.peers.keys().copied().collect::<Vec<_>>() {
                     self.remove_peer(id);
@@ -1150,6 +1160,9 @@ impl Core {
     fn fail_peer(&mut self, id: PeerId, reason: PeerFailure) {
         if let Some(peer) = self.remove_peer(id) {
             tracing::info!(core = %self.id, peer = %id, %reason, "peer failed");
+            if self.config.keep_failed_reports {
+                self.failed_reports.insert(id, peer.report());
+            }
             self.sink.emit(Event::Failed {
                 peer: id,
                 reason,
