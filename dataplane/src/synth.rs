@@ -440,6 +440,8 @@ impl Probe {
     pub fn report(&self) -> ProbeReport {
         let mut report = self.totals.clone();
         report.lost = self.audio.lost().saturating_add(self.video.lost());
+        report.audio_seqs = self.audio.span();
+        report.video_seqs = self.video.span();
         report.latency_us = self.latency_summary();
         report
     }
@@ -530,6 +532,14 @@ pub struct ProbeReport {
     pub reordered: u64,
     /// Per-SSRC RTP sequence regressions (u16 wraparound handled).
     pub rtp_out_of_order: u64,
+    /// The audio trailer sequences received so far (not serialized): where the current source
+    /// started and the highest. With what the publisher sent, this says what a player that
+    /// stopped receiving has missed since its last packet, which `lost` cannot see.
+    #[serde(skip)]
+    pub audio_seqs: Option<SeqSpan>,
+    /// The same for video.
+    #[serde(skip)]
+    pub video_seqs: Option<SeqSpan>,
     /// When the first packet arrived (not serialized).
     #[serde(skip)]
     pub first_packet_at: Option<Instant>,
@@ -541,6 +551,15 @@ pub struct ProbeReport {
     pub latency_us: LatencySummary,
     /// Keyframes received (an H264 STAP-A of parameter sets and its IDR count once).
     pub keyframes: u64,
+}
+
+/// The trailer sequences of one kind a [`Probe`] has seen from its current source.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SeqSpan {
+    /// The first sequence received: nothing below it counts as lost.
+    pub first: u64,
+    /// The highest sequence received.
+    pub highest: u64,
 }
 
 /// Latency distribution in microseconds.
@@ -930,6 +949,13 @@ impl SeqWindow {
 
     fn lost(&self) -> u64 {
         self.finalized_lost.saturating_add(self.missing_in_window())
+    }
+
+    fn span(&self) -> Option<SeqSpan> {
+        Some(SeqSpan {
+            first: self.base,
+            highest: self.highest?,
+        })
     }
 
     fn restart(&mut self, seq: u64, sent: u64) {
@@ -1788,6 +1814,21 @@ mod tests {
         feed(&mut probe, Kind::Video, [50].into_iter().chain(53..100));
         let r = probe.report();
         assert_eq!((r.lost, r.reordered, r.duplicates), (0, 1, 0));
+    }
+
+    #[test]
+    fn probe_reports_the_sequences_it_has_seen() {
+        let mut probe = Probe::new();
+        assert_eq!(probe.report().video_seqs, None);
+        feed(&mut probe, Kind::Video, [5, 6, 8, 7]);
+        feed(&mut probe, Kind::Audio, [40]);
+        let r = probe.report();
+        let span = |first, highest| Some(SeqSpan { first, highest });
+        assert_eq!(r.video_seqs, span(5, 8));
+        assert_eq!(r.audio_seqs, span(40, 40));
+        // A late packet below the first is not a new start.
+        feed(&mut probe, Kind::Video, [4]);
+        assert_eq!(probe.report().video_seqs, span(5, 8));
     }
 
     #[test]

@@ -5,21 +5,22 @@
 //! the endpoint's data-plane cores.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use relaycast_controlplane::client::{
-    ClientError, ClientStream, ClientTimeouts, Endpoint, Session,
+    ClientError, ClientPeer, ClientStream, ClientTimeouts, Endpoint, Session, StreamHandle,
+    StreamSignal,
 };
 use relaycast_controlplane::protocol::ConnectionRequest;
 use relaycast_dataplane::PeerReport;
 use relaycast_dataplane::synth::SynthConfig;
 use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 
-use crate::summary::{Baseline, Totals};
+use crate::summary::{Baseline, Expected, Totals};
 
 /// Reports are read this many at a time: each carries a latency histogram (~140 KB).
 const REPORT_CHUNK: usize = 64;
@@ -33,7 +34,11 @@ pub struct Player {
     pub started: Instant,
     /// Its figures at the start of the measured window (`None` before the window opens).
     pub baseline: RefCell<Option<Baseline>>,
-    pub client: ClientStream,
+    /// Its measuring peer.
+    peer: ClientPeer,
+    /// Why its stream or its signalling session ended, once one has: set by `watch`.
+    ended: Rc<RefCell<Option<String>>>,
+    watch: AbortHandle,
     _session: Session,
 }
 
@@ -43,6 +48,43 @@ impl Player {
         let first = report.probe.as_ref()?.first_packet_at?;
         Some(first.saturating_duration_since(self.started).as_secs_f64() * 1000.0)
     }
+
+    /// Its peer's statistics; `None` once the peer is gone.
+    pub async fn report(&self) -> Option<PeerReport> {
+        self.peer.report().await
+    }
+
+    /// Why the server ended its stream (a final status) or its session closed, if either
+    /// happened: a player that joined and was then dropped.
+    pub fn ended(&self) -> Option<String> {
+        self.ended.borrow().clone()
+    }
+}
+
+impl Drop for Player {
+    fn drop(&mut self) {
+        self.watch.abort();
+    }
+}
+
+/// Follows a player's stream statuses until a final one or the end of its session, and records
+/// why it ended. The loadgen does not stop its players during a run, so either means the
+/// server dropped it.
+fn watch(mut handle: StreamHandle, ended: Rc<RefCell<Option<String>>>) -> AbortHandle {
+    tokio::task::spawn_local(async move {
+        let reason = loop {
+            match handle.next_signal().await {
+                Ok(StreamSignal::Status(e)) if e.status.is_final() => {
+                    let info = e.info.map(|i| format!(": {i}")).unwrap_or_default();
+                    break format!("stream {}{info}", e.status.as_str());
+                }
+                Ok(_) => {}
+                Err(e) => break e.to_string(),
+            }
+        };
+        *ended.borrow_mut() = Some(reason);
+    })
+    .abort_handle()
 }
 
 /// One publisher of synthetic media.
@@ -58,6 +100,50 @@ impl Publisher {
         let report = self.client.report().await?;
         let g = report.generator?;
         Some(g.audio_packets + g.video_packets)
+    }
+
+    /// The newest sequence of each kind sent so far.
+    pub async fn expected(&self) -> Option<Expected> {
+        let report = self.client.report().await?;
+        Some(Expected::sent(&report.generator?))
+    }
+}
+
+/// What every player should have received by the time its report is read: what the stream's
+/// publisher had sent a moment before (this process's publisher), or the furthest any player
+/// of the same stream had got (a stream published elsewhere).
+#[derive(Clone, Debug, Default)]
+pub enum Reference {
+    /// Not known: only gaps in what a player received count as lost.
+    #[default]
+    Unknown,
+    /// One publisher feeds every player (relayed or not).
+    All(Expected),
+    /// By stream name.
+    PerStream(HashMap<String, Expected>),
+}
+
+impl Reference {
+    pub fn of(&self, player: &Player) -> Option<Expected> {
+        match self {
+            Reference::Unknown => None,
+            Reference::All(e) => Some(*e),
+            Reference::PerStream(map) => map.get(&player.stream).copied(),
+        }
+    }
+
+    /// The furthest sequences `players` have received, per stream.
+    pub async fn furthest(players: &[Rc<Player>]) -> Reference {
+        let mut map: HashMap<String, Expected> = HashMap::new();
+        each_report(players, |player, report| {
+            if let Some(report) = report {
+                let reached = Expected::reached(&report);
+                let entry = map.entry(player.stream.clone()).or_default();
+                *entry = entry.max(reached);
+            }
+        })
+        .await;
+        Reference::PerStream(map)
     }
 }
 
@@ -94,14 +180,18 @@ impl Dialer {
     ) -> Result<Player, ClientError> {
         let started = Instant::now();
         let session = Session::connect(server, &self.connection, self.timeouts).await?;
-        let client = session.play(&self.endpoint, stream).await?;
+        let ClientStream { handle, peer } = session.play(&self.endpoint, stream).await?;
+        let ended = Rc::new(RefCell::new(None));
+        let watch = watch(handle, Rc::clone(&ended));
         Ok(Player {
             index,
             server: server.to_owned(),
             stream: stream.to_owned(),
             started,
             baseline: RefCell::new(None),
-            client,
+            peer,
+            ended,
+            watch,
             _session: session,
         })
     }
@@ -132,6 +222,20 @@ impl Fleet {
     pub fn failed(&self) -> usize {
         self.failures.values().sum()
     }
+
+    /// Players that joined and were then dropped by the server, by reason.
+    pub fn dropped(&self) -> BTreeMap<String, usize> {
+        dropped(&self.players)
+    }
+}
+
+/// Those of `players` whose stream or session has ended, by reason.
+pub fn dropped(players: &[Rc<Player>]) -> BTreeMap<String, usize> {
+    let mut reasons = BTreeMap::new();
+    for reason in players.iter().filter_map(|p| p.ended()) {
+        *reasons.entry(reason).or_default() += 1;
+    }
+    reasons
 }
 
 /// A failure reason as it is grouped in the summary.
@@ -198,28 +302,32 @@ pub fn admit(fleet: &SharedFleet, result: Result<Player, ClientError>) {
 /// Reports of `players`, in order, read `REPORT_CHUNK` at a time; `f` sees each one.
 pub async fn each_report(players: &[Rc<Player>], mut f: impl FnMut(&Player, Option<PeerReport>)) {
     for chunk in players.chunks(REPORT_CHUNK) {
-        let reports = futures_util::future::join_all(chunk.iter().map(|p| p.client.report())).await;
+        let reports = futures_util::future::join_all(chunk.iter().map(|p| p.report())).await;
         for (player, report) in chunk.iter().zip(reports) {
             f(player, report);
         }
     }
 }
 
-/// Opens the measured window: every current player's baseline is its report now.
-pub async fn open_window(fleet: &SharedFleet) {
+/// Opens the measured window: every current player's baseline is its report now, with what
+/// `reference` says it should have received by then.
+pub async fn open_window(fleet: &SharedFleet, reference: &Reference) {
     let players = fleet.borrow().players.clone();
     each_report(&players, |player, report| {
-        *player.baseline.borrow_mut() =
-            Some(report.as_ref().map_or_else(Baseline::zero, Baseline::of));
+        *player.baseline.borrow_mut() = Some(
+            report
+                .as_ref()
+                .map_or_else(Baseline::zero, |r| Baseline::of(r, reference.of(player))),
+        );
     })
     .await;
     fleet.borrow_mut().window_open = true;
 }
 
 /// Closes the window over `players`: their totals since their baselines, and their join
-/// times. `missed` is what a player that received nothing lost (the packets sent in the
-/// window), for players that were there for the whole window.
-pub async fn close_window(players: &[Rc<Player>], missed: Option<u64>) -> (Totals, Vec<f64>) {
+/// times. `reference` says what each should have received by now: what it has not counts as
+/// lost, as do the gaps in what it received.
+pub async fn close_window(players: &[Rc<Player>], reference: &Reference) -> (Totals, Vec<f64>) {
     let mut totals = Totals::default();
     let mut joins = Vec::new();
     each_report(players, |player, report| {
@@ -228,12 +336,12 @@ pub async fn close_window(players: &[Rc<Player>], missed: Option<u64>) -> (Total
             joins.push(ms);
         }
         let baseline = player.baseline.borrow();
-        match baseline.as_ref() {
-            Some(b) => {
-                totals.add(b, &report, if b.from_start { missed } else { None });
-            }
-            None => totals.add(&Baseline::zero(), &report, None),
-        }
+        let expected = reference.of(player);
+        totals.add(
+            baseline.as_ref().unwrap_or(&Baseline::zero()),
+            &report,
+            expected,
+        );
     })
     .await;
     (totals, joins)
@@ -249,7 +357,7 @@ pub async fn depart_one(fleet: &SharedFleet) -> bool {
         let i = fastrand::usize(..f.players.len());
         f.players.swap_remove(i)
     };
-    let report = player.client.report().await;
+    let report = player.report().await;
     {
         let mut f = fleet.borrow_mut();
         f.left += 1;

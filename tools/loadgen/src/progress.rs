@@ -78,19 +78,20 @@ async fn update(
         let pps = (rx - last_rx) as f64 / now.duration_since(last_at).as_secs_f64().max(1e-3);
         (last_rx, last_at) = (rx, now);
 
-        let (sample, connected, failed) = {
+        let (sample, connected, failed, dropped) = {
             let f = fleet.borrow();
+            let dropped = f.players.iter().filter(|p| p.ended().is_some()).count();
             let n = f.players.len();
             let take = n.min(SAMPLE);
             let sample: Vec<_> = (0..take)
                 .map(|k| Rc::clone(&f.players[(cursor + k) % n]))
                 .collect();
             cursor = if n == 0 { 0 } else { (cursor + take) % n };
-            (sample, n, f.failed())
+            (sample, n - dropped, f.failed(), dropped)
         };
         let (mut received, mut lost, mut p99) = (0u64, 0u64, 0u64);
         for player in &sample {
-            if let Some(report) = player.client.report().await {
+            if let Some(report) = player.report().await {
                 let (r, l) = media_counts(&report);
                 received += r;
                 lost += l;
@@ -105,7 +106,8 @@ async fn update(
             lost as f64 * 100.0 / (received + lost) as f64
         };
         bar.set_message(format!(
-            "{} | players {connected}/{target} failed {failed} | {:.0} pkt/s in | loss {loss:.3}% \
+            "{} | players {connected}/{target} failed {failed} dropped {dropped} | {:.0} pkt/s in \
+             | loss {loss:.3}% \
              | p99 {:.2} ms (sample)",
             phase.borrow(),
             pps,

@@ -16,13 +16,18 @@ use serde_json::json;
 use crate::cli::{
     Common, FanoutArgs, PlayArgs, PublishArgs, RelayChainArgs, RelayMode, Scenario, SoakArgs,
 };
-use crate::fleet::{self, Dialer, Fleet, Player, Publisher, SharedFleet, Target};
+use crate::fleet::{self, Dialer, Fleet, Player, Publisher, Reference, SharedFleet, Target};
 use crate::procfs::{self, ProcSample};
 use crate::progress::Progress;
 use crate::rest::{CoreCounters, Rest};
 use crate::summary::{
     Added, Churn, Failed, Hop, Own, ServerMemory, Summary, Totals, join_summary, round3,
 };
+
+/// How long before each end of the measured window the loadgen reads what the publisher has
+/// sent: by the window's edge, a packet sent then has arrived unless it was lost (or is more
+/// than this late). It is what lets a player that stops receiving count as losing packets.
+const IN_FLIGHT: Duration = Duration::from_secs(1);
 
 /// Why a run stopped before its summary. The exit code tells them apart.
 #[derive(Debug, thiserror::Error)]
@@ -178,7 +183,11 @@ impl Run {
 
     async fn sleep(&self, label: &str, length: Duration) {
         let start = Instant::now();
-        let end = start + length;
+        self.sleep_until(label, start, length, start + length).await;
+    }
+
+    /// Sleeps until `end`, showing `label` with the time since `start` out of `length`.
+    async fn sleep_until(&self, label: &str, start: Instant, length: Duration, end: Instant) {
         loop {
             let now = Instant::now();
             if now >= end {
@@ -196,6 +205,35 @@ impl Run {
     fn players(&self) -> Vec<Rc<Player>> {
         self.fleet.borrow().players.clone()
     }
+
+    /// What every player should have received by now: see [`Reference`]. With no players,
+    /// nothing is read.
+    async fn reference(&self, publishers: &[Publisher]) -> Reference {
+        let players = self.players();
+        if players.is_empty() {
+            return Reference::Unknown;
+        }
+        match publishers {
+            [one] => one
+                .expected()
+                .await
+                .map_or(Reference::Unknown, Reference::All),
+            [] => Reference::furthest(&players).await,
+            _ => Reference::Unknown,
+        }
+    }
+
+    /// The measured window's body: sleeps `length`, reading the [`Reference`] that closes it
+    /// `IN_FLIGHT` before the end.
+    async fn measure(&self, label: &str, length: Duration, publishers: &[Publisher]) -> Reference {
+        let start = Instant::now();
+        let end = start + length;
+        let grace = IN_FLIGHT.min(length / 2);
+        self.sleep_until(label, start, length, end - grace).await;
+        let reference = self.reference(publishers).await;
+        self.sleep_until(label, start, length, end).await;
+        reference
+    }
 }
 
 /// Counters at the start of a measured window.
@@ -207,9 +245,14 @@ struct WindowStart {
     counters: Option<CoreCounters>,
 }
 
+/// Opens the measured window `IN_FLIGHT` after reading what the publisher has sent.
 async fn open_window(run: &Run, publishers: &[Publisher]) -> WindowStart {
+    let reference = run.reference(publishers).await;
+    if !matches!(reference, Reference::Unknown) {
+        run.sleep("warm-up, packets in flight", IN_FLIGHT).await;
+    }
     run.phase("opening the window");
-    fleet::open_window(&run.fleet).await;
+    fleet::open_window(&run.fleet, &reference).await;
     let counters = run.server_counters().await;
     WindowStart {
         at: Instant::now(),
@@ -243,9 +286,17 @@ struct Measured {
     /// The server's own counters over the window (with `--rest`).
     counters: Option<CoreCounters>,
     own: Own,
+    /// What the players should have received by the window's end.
+    reference: Reference,
 }
 
-async fn close_window(run: &Run, start: WindowStart, publishers: &[Publisher]) -> Measured {
+/// Closes the window; `reference` was read `IN_FLIGHT` before (see [`Run::measure`]).
+async fn close_window(
+    run: &Run,
+    start: WindowStart,
+    publishers: &[Publisher],
+    reference: Reference,
+) -> Measured {
     run.phase("closing the window");
     let server_end = run.server_sample();
     let counters_end = run.server_counters().await;
@@ -257,7 +308,7 @@ async fn close_window(run: &Run, start: WindowStart, publishers: &[Publisher]) -
         _ => None,
     };
     let players = run.players();
-    let (mut totals, mut joins) = fleet::close_window(&players, packets_sent).await;
+    let (mut totals, mut joins) = fleet::close_window(&players, &reference).await;
     {
         let f = run.fleet.borrow();
         totals.merge(&f.departed);
@@ -291,6 +342,7 @@ async fn close_window(run: &Run, start: WindowStart, publishers: &[Publisher]) -
         server_end,
         counters,
         own,
+        reference,
     }
 }
 
@@ -315,15 +367,21 @@ fn build_summary(
         .server_cpu_us
         .filter(|_| forwarded > 0)
         .map(|us| round3(us as f64 / forwarded as f64));
+    let dropped = fleet.dropped();
+    let dropped_count = dropped.values().sum::<usize>();
     Summary {
         command: command.to_owned(),
         server: server.to_owned(),
         streams,
         players,
-        connected: fleet.players.len(),
+        connected: fleet.players.len().saturating_sub(dropped_count),
         failed: Failed {
             count: fleet.failed(),
             reasons: fleet.failures.clone(),
+        },
+        dropped: Failed {
+            count: dropped_count,
+            reasons: dropped,
         },
         publishers,
         duration_s: round3(m.duration_s),
@@ -382,8 +440,10 @@ async fn fanout(a: FanoutArgs) -> Result<Summary, RunError> {
     run.sleep("warm-up", a.common.warmup).await;
     let publishers = [publisher];
     let start = open_window(&run, &publishers).await;
-    run.sleep("measuring", a.common.duration).await;
-    let m = close_window(&run, start, &publishers).await;
+    let reference = run
+        .measure("measuring", a.common.duration, &publishers)
+        .await;
+    let m = close_window(&run, start, &publishers, reference).await;
     let fleet = run.fleet.borrow();
     let mut summary = build_summary("fanout", &server, vec![name], a.ramp.players, 1, &fleet, &m);
     summary.server_memory = server_memory(memory_before, &m, fleet.players.len());
@@ -425,8 +485,8 @@ async fn play(a: PlayArgs) -> Result<Summary, RunError> {
     }
     run.sleep("warm-up", a.common.warmup).await;
     let start = open_window(&run, &[]).await;
-    run.sleep("measuring", a.common.duration).await;
-    let m = close_window(&run, start, &[]).await;
+    let reference = run.measure("measuring", a.common.duration, &[]).await;
+    let m = close_window(&run, start, &[], reference).await;
     let fleet = run.fleet.borrow();
     let mut summary = build_summary(
         "play",
@@ -466,7 +526,7 @@ async fn publish(a: PublishArgs) -> Result<Summary, RunError> {
     run.sleep("warm-up", a.common.warmup).await;
     let start = open_window(&run, &publishers).await;
     run.sleep("publishing", a.common.duration).await;
-    let m = close_window(&run, start, &publishers).await;
+    let m = close_window(&run, start, &publishers, Reference::Unknown).await;
     let fleet = run.fleet.borrow();
     let mut summary = build_summary(
         "publish",
@@ -516,6 +576,8 @@ async fn soak(a: SoakArgs) -> Result<Summary, RunError> {
     // Churn: every period one player leaves and a new one starts joining.
     let period = Duration::from_secs_f64(1.0 / a.churn.max(1e-3));
     let end = Instant::now() + a.common.duration;
+    let reference_at = end - IN_FLIGHT.min(a.common.duration / 2);
+    let mut reference = None;
     let mut next_index = players;
     let mut joins = tokio::task::JoinSet::new();
     let mut ticker = tokio::time::interval(period);
@@ -523,6 +585,10 @@ async fn soak(a: SoakArgs) -> Result<Summary, RunError> {
     while Instant::now() < end {
         tokio::select! {
             _ = ticker.tick() => {}
+            () = tokio::time::sleep_until(reference_at.into()), if reference.is_none() => {
+                reference = Some(run.reference(&publishers).await);
+                continue;
+            }
             () = tokio::time::sleep_until(end.into()) => break,
         }
         let left = end.saturating_duration_since(Instant::now()).as_secs_f64();
@@ -543,7 +609,11 @@ async fn soak(a: SoakArgs) -> Result<Summary, RunError> {
         while joins.try_join_next().is_some() {}
     }
     while joins.join_next().await.is_some() {}
-    let m = close_window(&run, start, &publishers).await;
+    let reference = match reference {
+        Some(r) => r,
+        None => run.reference(&publishers).await,
+    };
+    let m = close_window(&run, start, &publishers, reference).await;
     let fleet = run.fleet.borrow();
     let mut summary = build_summary("soak", &server, vec![name], a.ramp.players, 1, &fleet, &m);
     summary.server_memory = server_memory(memory_before, &m, fleet.players.len());
@@ -624,19 +694,22 @@ async fn relay_chain(a: RelayChainArgs) -> Result<Summary, RunError> {
     run.sleep("warm-up", a.common.warmup).await;
     let publishers = [publisher];
     let start = open_window(&run, &publishers).await;
-    run.sleep("measuring", a.common.duration).await;
-    let m = close_window(&run, start, &publishers).await;
+    let reference = run
+        .measure("measuring", a.common.duration, &publishers)
+        .await;
+    let m = close_window(&run, start, &publishers, reference).await;
 
     let mut hops = Vec::new();
     let mut last_totals = Totals::default();
     let mut previous: Option<crate::summary::Latency> = None;
     for (hop, group) in groups.iter().enumerate() {
-        let (totals, _) = fleet::close_window(group, m.packets_sent).await;
+        let (totals, _) = fleet::close_window(group, &m.reference).await;
         let latency = totals.latency_ms();
+        let dropped: usize = fleet::dropped(group).values().sum();
         hops.push(Hop {
             server: servers[hop].clone(),
             players: group_size(&a, hop, last),
-            connected: group.len(),
+            connected: group.len().saturating_sub(dropped),
             packets_received: totals.received,
             loss_pct: round3(totals.loss_pct()),
             latency_ms: latency,
@@ -664,7 +737,12 @@ async fn relay_chain(a: RelayChainArgs) -> Result<Summary, RunError> {
         &fleet,
         &last_measured,
     );
-    summary.connected = groups[last].len();
+    summary.connected = hops.last().map_or(0, |h| h.connected);
+    let dropped = fleet::dropped(&groups[last]);
+    summary.dropped = Failed {
+        count: dropped.values().sum(),
+        reasons: dropped,
+    };
     summary.hops = hops;
     Ok(summary)
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use hdrhistogram::Histogram;
 use relaycast_dataplane::PeerReport;
+use relaycast_dataplane::synth::{GeneratorStats, SeqSpan};
 use serde::{Deserialize, Serialize};
 
 /// The final report of one run.
@@ -19,11 +20,16 @@ pub struct Summary {
     pub streams: Vec<String>,
     /// Players asked for (publishers for `publish`).
     pub players: usize,
-    /// Players that reached PLAYING with a connected peer (publishers that reached PUBLISHING
-    /// for `publish`).
+    /// Players that reached PLAYING with a connected peer and were still playing when the
+    /// window closed (publishers that reached PUBLISHING for `publish`).
     pub connected: usize,
     /// Joins that failed, by reason.
     pub failed: Failed,
+    /// Players that joined and were then dropped: the server ended their stream (a final
+    /// status such as `STOPPED` or `FAILED`) or their signalling session closed. Their packets
+    /// count until then, and what they missed after it counts as lost.
+    #[serde(default)]
+    pub dropped: Failed,
     /// Publishers run by this process.
     pub publishers: usize,
     /// Length of the measured window, in seconds.
@@ -33,8 +39,10 @@ pub struct Summary {
     pub packets_sent: Option<u64>,
     /// Media packets the players received during the window.
     pub packets_received: u64,
-    /// Media packets the players missed during the window (gaps in the trailer sequence, plus
-    /// everything sent while a player received nothing).
+    /// Media packets the players missed during the window: gaps in the trailer sequences, and
+    /// what was sent after a player's last packet (with this process's publisher, what it had
+    /// sent a second before the window closed; for `play`, as far as the stream's furthest
+    /// player had got).
     pub packets_lost: u64,
     /// `packets_lost / (packets_received + packets_lost)`, in percent.
     pub loss_pct: f64,
@@ -83,7 +91,7 @@ pub struct Summary {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Failed {
     pub count: usize,
-    /// Reason -> how many joins failed with it.
+    /// Reason -> how many.
     pub reasons: BTreeMap<String, usize>,
 }
 
@@ -145,13 +153,78 @@ pub struct Churn {
     pub failed_joins: usize,
 }
 
+/// The newest trailer sequence of each kind a player should have received (sequences start
+/// at 0 and go up by one per packet of that kind); `None`: none of that kind was sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Expected {
+    pub audio: Option<u64>,
+    pub video: Option<u64>,
+}
+
+impl Expected {
+    /// What a publisher has sent so far.
+    pub fn sent(g: &GeneratorStats) -> Expected {
+        Expected {
+            audio: g.audio_packets.checked_sub(1),
+            video: g.video_packets.checked_sub(1),
+        }
+    }
+
+    /// What a player has received so far: its highest sequences.
+    pub fn reached(report: &PeerReport) -> Expected {
+        let probe = report.probe.as_ref();
+        Expected {
+            audio: probe.and_then(|p| p.audio_seqs).map(|s| s.highest),
+            video: probe.and_then(|p| p.video_seqs).map(|s| s.highest),
+        }
+    }
+
+    /// The further of two, kind by kind.
+    pub fn max(self, other: Expected) -> Expected {
+        Expected {
+            audio: self.audio.max(other.audio),
+            video: self.video.max(other.video),
+        }
+    }
+}
+
+/// Media packets a player has missed so far. The gaps in what it received, plus, when
+/// `expected` is known, the sequences after its highest up to `expected` (a player that stopped
+/// receiving has no gap to show for it), and with `from_zero` everything below its first
+/// packet (all of `expected` if it never had one). Differences of this between two reports are
+/// what the player missed in between.
+pub fn missed_so_far(report: &PeerReport, expected: Option<Expected>, from_zero: bool) -> u64 {
+    let Some(probe) = report.probe.as_ref() else {
+        return 0;
+    };
+    let Some(expected) = expected else {
+        return probe.lost;
+    };
+    let kind = |newest: Option<u64>, seen: Option<SeqSpan>| -> u64 {
+        let Some(newest) = newest else { return 0 };
+        match seen {
+            Some(span) => {
+                let below = if from_zero { span.first } else { 0 };
+                below.saturating_add(newest.saturating_sub(span.highest))
+            }
+            None if from_zero => newest.saturating_add(1),
+            None => 0,
+        }
+    };
+    probe
+        .lost
+        .saturating_add(kind(expected.audio, probe.audio_seqs))
+        .saturating_add(kind(expected.video, probe.video_seqs))
+}
+
 /// A player's counters at the start of the window; the window's figures are the difference.
 #[derive(Clone, Debug, Default)]
 pub struct Baseline {
     /// Taken when the window opened (not a late joiner's zero).
     pub from_start: bool,
     received: u64,
-    lost: u64,
+    /// [`missed_so_far`] then.
+    missed: u64,
     /// Non-empty latency buckets (value, count): a few hundred entries, not a whole histogram.
     latency: Vec<(u64, u64)>,
 }
@@ -162,8 +235,9 @@ impl Baseline {
         Baseline::default()
     }
 
-    pub fn of(report: &PeerReport) -> Baseline {
-        let (received, lost) = media_counts(report);
+    /// `expected`: what the player should have received by now, when known.
+    pub fn of(report: &PeerReport, expected: Option<Expected>) -> Baseline {
+        let (received, _) = media_counts(report);
         let latency = report
             .latency
             .as_ref()
@@ -176,13 +250,13 @@ impl Baseline {
         Baseline {
             from_start: true,
             received,
-            lost,
+            missed: missed_so_far(report, expected, true),
             latency,
         }
     }
 }
 
-/// Media packets received and lost by a player so far.
+/// Media packets received and lost (gaps) by a player so far.
 pub fn media_counts(report: &PeerReport) -> (u64, u64) {
     report
         .probe
@@ -213,15 +287,16 @@ impl Default for Totals {
 }
 
 impl Totals {
-    /// Adds one player's figures since `baseline`. `missed` is what counts as lost if the
-    /// player received nothing (the packets sent during the whole window, when known).
-    pub fn add(&mut self, baseline: &Baseline, report: &PeerReport, missed: Option<u64>) {
-        let (received, lost) = media_counts(report);
+    /// Adds one player's figures since `baseline`. `expected` is what it should have received
+    /// by now, when known: see [`missed_so_far`]. A player that joined during the window
+    /// (`baseline` zero) misses nothing before its first packet.
+    pub fn add(&mut self, baseline: &Baseline, report: &PeerReport, expected: Option<Expected>) {
+        let (received, _) = media_counts(report);
         let received = received.saturating_sub(baseline.received);
-        let mut lost = lost.saturating_sub(baseline.lost);
+        let lost =
+            missed_so_far(report, expected, baseline.from_start).saturating_sub(baseline.missed);
         if received == 0 {
             self.stalled += 1;
-            lost += missed.unwrap_or(0);
         }
         self.players += 1;
         self.received += received;
@@ -315,6 +390,12 @@ impl Summary {
         for (reason, n) in &self.failed.reasons {
             s += &format!("  failed x{n}: {reason}\n");
         }
+        if self.dropped.count > 0 {
+            s += &format!("{} dropped after joining:\n", self.dropped.count);
+        }
+        for (reason, n) in &self.dropped.reasons {
+            s += &format!("  dropped x{n}: {reason}\n");
+        }
         s += &format!(
             "packets: sent {} received {} lost {} ({:.3}% loss), {:.0} pkt/s received, {} stalled\n",
             self.packets_sent
@@ -400,12 +481,27 @@ mod tests {
         }
     }
 
+    /// A player's report with video sequences `first..=highest` seen (`None`: nothing yet).
+    fn seen(report: PeerReport, video: Option<(u64, u64)>) -> PeerReport {
+        let mut report = report;
+        let probe = report.probe.as_mut().unwrap();
+        probe.video_seqs = video.map(|(first, highest)| SeqSpan { first, highest });
+        report
+    }
+
+    fn video_sent(newest: u64) -> Option<Expected> {
+        Some(Expected {
+            audio: None,
+            video: Some(newest),
+        })
+    }
+
     #[test]
     fn window_is_the_difference_from_the_baseline() {
         let before = report(100, 1, &[5_000; 100]);
         let after = report(300, 3, &[&[5_000u64; 100][..], &[1_000; 200][..]].concat());
         let mut totals = Totals::default();
-        totals.add(&Baseline::of(&before), &after, Some(200));
+        totals.add(&Baseline::of(&before, None), &after, None);
         assert_eq!(totals.received, 200);
         assert_eq!(totals.lost, 2);
         assert_eq!(totals.stalled, 0);
@@ -416,12 +512,99 @@ mod tests {
     }
 
     #[test]
-    fn a_player_that_received_nothing_lost_the_window() {
-        let before = report(100, 0, &[]);
+    fn a_player_that_stops_receiving_loses_what_was_sent_after() {
+        // Sequences 0..=100 received when the window opens (the publisher at 100), 101..=150
+        // by the end, while the publisher had sent up to 300: 150 lost, with no gap to show.
+        let before = seen(report(101, 0, &[]), Some((0, 100)));
+        let after = seen(report(151, 0, &[]), Some((0, 150)));
         let mut totals = Totals::default();
-        totals.add(&Baseline::of(&before), &before, Some(50));
+        totals.add(
+            &Baseline::of(&before, video_sent(100)),
+            &after,
+            video_sent(300),
+        );
+        assert_eq!(totals.received, 50);
+        assert_eq!(totals.lost, 150);
+        assert_eq!(totals.stalled, 0);
+        // Without the publisher's figure only gaps count.
+        let mut gaps_only = Totals::default();
+        gaps_only.add(&Baseline::of(&before, None), &after, None);
+        assert_eq!(gaps_only.lost, 0);
+    }
+
+    #[test]
+    fn a_player_behind_at_the_start_that_catches_up_lost_nothing() {
+        // At the start it had 90 of the publisher's 100 (ten in flight); all arrive later.
+        let before = seen(report(91, 0, &[]), Some((0, 90)));
+        let after = seen(report(301, 0, &[]), Some((0, 300)));
+        let mut totals = Totals::default();
+        totals.add(
+            &Baseline::of(&before, video_sent(100)),
+            &after,
+            video_sent(300),
+        );
+        assert_eq!(totals.lost, 0);
+        assert_eq!(totals.received, 210);
+    }
+
+    #[test]
+    fn a_player_that_received_nothing_lost_the_window() {
+        let before = seen(report(0, 0, &[]), None);
+        let mut totals = Totals::default();
+        totals.add(
+            &Baseline::of(&before, video_sent(99)),
+            &before,
+            video_sent(149),
+        );
         assert_eq!(totals.stalled, 1);
         assert_eq!(totals.lost, 50);
+    }
+
+    #[test]
+    fn a_player_whose_first_packet_came_late_lost_those_before_it() {
+        // Nothing when the window opened (publisher at 99); its first packet was 120.
+        let before = seen(report(0, 0, &[]), None);
+        let after = seen(report(30, 0, &[]), Some((120, 149)));
+        let mut totals = Totals::default();
+        totals.add(
+            &Baseline::of(&before, video_sent(99)),
+            &after,
+            video_sent(149),
+        );
+        assert_eq!(totals.lost, 20);
+    }
+
+    #[test]
+    fn a_late_joiner_misses_nothing_before_its_first_packet() {
+        let after = seen(report(30, 0, &[]), Some((1_000, 1_029)));
+        let mut totals = Totals::default();
+        totals.add(&Baseline::zero(), &after, video_sent(1_029));
+        assert_eq!(totals.lost, 0);
+        // ... but what was sent after its last packet counts.
+        let mut totals = Totals::default();
+        totals.add(&Baseline::zero(), &after, video_sent(1_049));
+        assert_eq!(totals.lost, 20);
+    }
+
+    #[test]
+    fn expected_is_the_newest_sequence_sent() {
+        let g = GeneratorStats {
+            audio_packets: 0,
+            video_packets: 10,
+            ..GeneratorStats::default()
+        };
+        assert_eq!(Expected::sent(&g), video_sent(9).unwrap());
+        let a = Expected {
+            audio: Some(5),
+            video: None,
+        };
+        assert_eq!(
+            a.max(video_sent(9).unwrap()),
+            Expected {
+                audio: Some(5),
+                video: Some(9)
+            }
+        );
     }
 
     #[test]

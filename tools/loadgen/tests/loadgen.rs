@@ -345,6 +345,137 @@ fn relay_chain_measures_each_hop() {
 }
 
 #[test]
+fn a_server_that_dies_mid_run_shows_as_dropped_players_and_loss() {
+    let mut server = Server::start();
+    let run = Command::new(LOADGEN)
+        .args([
+            "fanout",
+            "--server",
+            &server.ws,
+            "--players",
+            "4",
+            "--ramp",
+            "20/s",
+            "--warmup",
+            "1s",
+            "--duration",
+            "8s",
+            "--bitrate",
+            "300k",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The window opens about 2.5 s in (joins, 1 s warm-up, 1 s for packets in flight) and
+    // the publisher's figure that closes it is read about 10 s in: the server is gone for
+    // more than half of the window.
+    std::thread::sleep(Duration::from_secs(5));
+    server.child.kill().unwrap();
+    let _ = server.child.wait();
+    let out = run.wait_with_output_timeout();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Every player lost its session, and what the publisher sent after that counts as lost:
+    // the players' sequences stop without a gap, so only the publisher's figure shows it.
+    assert_eq!(f(&s, &["dropped", "count"]), 4.0, "{s:#}");
+    let reasons = s["dropped"]["reasons"].as_object().unwrap();
+    assert!(
+        reasons.keys().all(|r| r.starts_with("session closed")),
+        "{s:#}"
+    );
+    assert_eq!(s["connected"], 0, "{s:#}");
+    assert!(f(&s, &["packets_received"]) > 0.0, "{s:#}");
+    let loss = f(&s, &["loss_pct"]);
+    assert!(loss > 30.0, "{loss}% loss: {s:#}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn a_relay_ended_mid_run_shows_on_its_hop() {
+    let (a, b) = (Server::start(), Server::start());
+    let run = Command::new(LOADGEN)
+        .args([
+            "relay-chain",
+            "--server",
+            &a.ws,
+            "--rest",
+            &a.rest,
+            "--hop",
+            &b.ws,
+            "--hop-rest",
+            &b.rest,
+            "--mode",
+            "pull",
+            "--players",
+            "3",
+            "--hop-players",
+            "2",
+            "--bitrate",
+            "300k",
+            "--warmup",
+            "1s",
+            "--duration",
+            "8s",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The relay is up within a second or two and the window opens about 3 s in; its
+    // closing figure is read about 10 s in. End the relay (B pulls from A) at 6 s.
+    std::thread::sleep(Duration::from_secs(6));
+    let reply = post(
+        &b.rest,
+        "/rest-api/pull/terminate",
+        &format!(r#"{{"uri":"{}"}}"#, a.ws),
+    );
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let out = run.wait_with_output_timeout();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let hops = s["hops"].as_array().expect("hops");
+    // The origin's players are untouched.
+    assert_eq!(hops[0]["connected"], 2, "{s:#}");
+    assert!(f(&hops[0], &["loss_pct"]) < 25.0, "{s:#}");
+    // The relayed stream ended: B stopped its players, whose figures still count (their
+    // peers are gone, but their last reports are kept) and who missed the rest.
+    assert_eq!(hops[1]["connected"], 0, "{s:#}");
+    assert_eq!(s["connected"], 0, "{s:#}");
+    assert_eq!(f(&s, &["dropped", "count"]), 3.0, "{s:#}");
+    let reasons = s["dropped"]["reasons"].as_object().unwrap();
+    assert!(
+        reasons.keys().all(|r| r.starts_with("stream STOPPED")),
+        "{s:#}"
+    );
+    assert!(f(&hops[1], &["packets_received"]) > 0.0, "{s:#}");
+    assert!(f(&hops[1], &["loss_pct"]) > 20.0, "{s:#}");
+}
+
+/// A POST with a JSON body on plain HTTP/1.1; the whole response as text.
+fn post(base: &str, path: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let host = base.strip_prefix("http://").unwrap();
+    let mut conn = std::net::TcpStream::connect(host).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        conn,
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).unwrap();
+    reply
+}
+
+#[test]
 fn a_bad_url_is_a_usage_error() {
     fails(
         &[
