@@ -5,7 +5,7 @@
 //! the endpoint's data-plane cores.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +24,9 @@ use crate::summary::{Baseline, Expected, Totals};
 
 /// Reports are read this many at a time: each carries a latency histogram (~140 KB).
 const REPORT_CHUNK: usize = 64;
+
+/// How far back [`Fleet::sent_history`] goes.
+const SENT_HISTORY: Duration = Duration::from_secs(5);
 
 /// One player: its signalling session and its measuring peer.
 pub struct Player {
@@ -209,7 +212,12 @@ pub struct Fleet {
     pub window_open: bool,
     /// Figures of players that left during the window.
     pub departed: Totals,
+    /// Players the server had dropped before they left, by reason.
+    pub departed_dropped: BTreeMap<String, usize>,
     pub join_ms: Vec<f64>,
+    /// What the publisher had sent, read every few hundred milliseconds (`soak`): a player
+    /// that leaves during the window is held to what was sent a moment before it left.
+    pub sent_history: VecDeque<(Instant, Expected)>,
 }
 
 pub type SharedFleet = Rc<RefCell<Fleet>>;
@@ -225,7 +233,32 @@ impl Fleet {
 
     /// Players that joined and were then dropped by the server, by reason.
     pub fn dropped(&self) -> BTreeMap<String, usize> {
-        dropped(&self.players)
+        let mut reasons = dropped(&self.players);
+        for (reason, n) in &self.departed_dropped {
+            *reasons.entry(reason.clone()).or_default() += n;
+        }
+        reasons
+    }
+
+    /// Records what the publisher has sent by `at`; keeps the last few seconds.
+    pub fn note_sent(&mut self, at: Instant, sent: Expected) {
+        self.sent_history.push_back((at, sent));
+        while self
+            .sent_history
+            .front()
+            .is_some_and(|(t, _)| at.saturating_duration_since(*t) > SENT_HISTORY)
+        {
+            self.sent_history.pop_front();
+        }
+    }
+
+    /// What the publisher had sent by `at`, from the newest reading no later than it.
+    pub fn sent_by(&self, at: Instant) -> Option<Expected> {
+        self.sent_history
+            .iter()
+            .rev()
+            .find(|(t, _)| *t <= at)
+            .map(|(_, e)| *e)
     }
 }
 
@@ -347,8 +380,9 @@ pub async fn close_window(players: &[Rc<Player>], reference: &Reference) -> (Tot
     (totals, joins)
 }
 
-/// Removes a random player: its figures so far go to `departed`, then it stops.
-pub async fn depart_one(fleet: &SharedFleet) -> bool {
+/// Removes a random player: its figures so far go to `departed`, then it stops. `in_flight`:
+/// how long before now the publisher's figure it is held to was read.
+pub async fn depart_one(fleet: &SharedFleet, in_flight: Duration) -> bool {
     let player = {
         let mut f = fleet.borrow_mut();
         if f.players.is_empty() {
@@ -361,17 +395,55 @@ pub async fn depart_one(fleet: &SharedFleet) -> bool {
     {
         let mut f = fleet.borrow_mut();
         f.left += 1;
+        if let Some(reason) = player.ended() {
+            *f.departed_dropped.entry(reason).or_default() += 1;
+        }
         if let Some(report) = &report {
             if let Some(ms) = player.join_ms(report) {
                 f.join_ms.push(ms);
             }
             if f.window_open {
                 let baseline = player.baseline.borrow().clone().unwrap_or_default();
-                f.departed.add(&baseline, report, None);
+                let expected = Instant::now()
+                    .checked_sub(in_flight)
+                    .and_then(|t| f.sent_by(t));
+                f.departed.add(&baseline, report, expected);
             }
         }
     }
     // Dropping the last reference closes the peer and the session.
     drop(player);
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn video(newest: u64) -> Expected {
+        Expected {
+            audio: None,
+            video: Some(newest),
+        }
+    }
+
+    #[test]
+    fn sent_history_answers_with_the_reading_before_a_time() {
+        let mut fleet = Fleet::default();
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        fleet.note_sent(ms(0), video(10));
+        fleet.note_sent(ms(250), video(20));
+        fleet.note_sent(ms(500), video(30));
+        assert_eq!(fleet.sent_by(ms(499)), Some(video(20)));
+        assert_eq!(fleet.sent_by(ms(500)), Some(video(30)));
+        assert_eq!(
+            fleet.sent_by(t0.checked_sub(Duration::from_millis(1)).unwrap()),
+            None
+        );
+        // Readings older than SENT_HISTORY are let go.
+        fleet.note_sent(ms(5_400), video(40));
+        assert_eq!(fleet.sent_history.len(), 2);
+        assert_eq!(fleet.sent_by(ms(5_000)), Some(video(30)));
+    }
 }

@@ -29,6 +29,9 @@ use crate::summary::{
 /// than this late). It is what lets a player that stops receiving count as losing packets.
 const IN_FLIGHT: Duration = Duration::from_secs(1);
 
+/// How often `soak` reads what its publisher has sent.
+const SENT_SAMPLE: Duration = Duration::from_millis(250);
+
 /// Why a run stopped before its summary. The exit code tells them apart.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -582,8 +585,16 @@ async fn soak(a: SoakArgs) -> Result<Summary, RunError> {
     let mut joins = tokio::task::JoinSet::new();
     let mut ticker = tokio::time::interval(period);
     ticker.tick().await;
+    // What the publisher has sent, for the players that leave (see `depart_one`).
+    let mut sampler = tokio::time::interval(SENT_SAMPLE);
     while Instant::now() < end {
         tokio::select! {
+            _ = sampler.tick() => {
+                if let Some(sent) = publishers[0].expected().await {
+                    run.fleet.borrow_mut().note_sent(Instant::now(), sent);
+                }
+                continue;
+            }
             _ = ticker.tick() => {}
             () = tokio::time::sleep_until(reference_at.into()), if reference.is_none() => {
                 reference = Some(run.reference(&publishers).await);
@@ -593,7 +604,7 @@ async fn soak(a: SoakArgs) -> Result<Summary, RunError> {
         }
         let left = end.saturating_duration_since(Instant::now()).as_secs_f64();
         run.phase(format!("soak, {left:.0} s left"));
-        fleet::depart_one(&run.fleet).await;
+        fleet::depart_one(&run.fleet, IN_FLIGHT).await;
         run.fleet.borrow_mut().attempted += 1;
         let (dialer, fleet, (server, stream)) = (
             run.dialer.clone(),
