@@ -276,11 +276,22 @@ pub fn reason(error: &ClientError) -> String {
     error.to_string()
 }
 
+/// Turns true when the run is asked to stop early (Ctrl-C).
+pub type Stop = tokio::sync::watch::Receiver<bool>;
+
+/// Waits until `stop` turns true (forever if its sender is gone).
+pub async fn stopped(stop: &mut Stop) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Which server and stream player `i` joins.
 pub type Target = Rc<dyn Fn(usize) -> (String, String)>;
 
 /// Starts `count` players at `rate` per second, at most `concurrency` joining at once, and
 /// returns once every join has finished (joined or failed). `first_index` numbers them.
+/// When `stop` turns true no more start.
 pub async fn ramp(
     fleet: &SharedFleet,
     dialer: &Dialer,
@@ -289,6 +300,7 @@ pub async fn ramp(
     count: usize,
     rate: f64,
     concurrency: usize,
+    mut stop: Stop,
 ) {
     let gate = Arc::new(Semaphore::new(concurrency.max(1)));
     let period = Duration::from_secs_f64(1.0 / rate.max(1e-3));
@@ -296,7 +308,10 @@ pub async fn ramp(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut joins = JoinSet::new();
     for i in first_index..first_index + count {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = stopped(&mut stop) => break,
+        }
         let Ok(permit) = Arc::clone(&gate).acquire_owned().await else {
             break;
         };

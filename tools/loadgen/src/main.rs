@@ -57,7 +57,9 @@ fn main() -> ExitCode {
         }
     };
     let local = tokio::task::LocalSet::new();
-    let result = local.block_on(&runtime, scenario::run(cli.command));
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    local.spawn_local(interrupt(stop_tx));
+    let result = local.block_on(&runtime, scenario::run(cli.command, stop));
     // Peers and sessions are gone with the scenario; do not wait for lingering tasks.
     runtime.shutdown_background();
     match result {
@@ -71,10 +73,39 @@ fn main() -> ExitCode {
             } else {
                 eprint!("{}", summary.human());
             }
-            ExitCode::SUCCESS
+            if summary.interrupted {
+                ExitCode::from(130)
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Err(e) => fail(&e),
     }
+}
+
+/// The first Ctrl-C (or SIGTERM) closes the measured window early, so a long run still ends
+/// in its summary; the second quits at once.
+async fn interrupt(stop: tokio::sync::watch::Sender<bool>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+    eprintln!(
+        "relaycast-loadgen: interrupted: closing the measured window now (again to quit at once)"
+    );
+    let _ = stop.send(true);
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+    std::process::exit(130);
 }
 
 fn fail(error: &RunError) -> ExitCode {

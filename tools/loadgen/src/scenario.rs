@@ -16,7 +16,9 @@ use serde_json::json;
 use crate::cli::{
     Common, FanoutArgs, PlayArgs, PublishArgs, RelayChainArgs, RelayMode, Scenario, SoakArgs,
 };
-use crate::fleet::{self, Dialer, Fleet, Player, Publisher, Reference, SharedFleet, Target};
+use crate::fleet::{
+    self, Dialer, Fleet, Player, Publisher, Reference, SharedFleet, Stop, Target, stopped,
+};
 use crate::procfs::{self, ProcSample};
 use crate::progress::Progress;
 use crate::rest::{CoreCounters, Rest};
@@ -45,6 +47,9 @@ pub enum RunError {
     /// Anything else (exit code 1).
     #[error("{0}")]
     Other(String),
+    /// Ctrl-C or SIGTERM before the measured window opened (exit code 130).
+    #[error("interrupted {0}")]
+    Interrupted(&'static str),
 }
 
 impl RunError {
@@ -53,19 +58,25 @@ impl RunError {
             RunError::Usage(_) => 2,
             RunError::Setup(_) => 3,
             RunError::Other(_) => 1,
+            RunError::Interrupted(_) => 130,
         }
     }
 }
 
 /// Runs a scenario to its summary. Must be called inside a `LocalSet` on a tokio runtime.
-pub async fn run(scenario: Scenario) -> Result<Summary, RunError> {
-    match scenario {
-        Scenario::Publish(a) => publish(a).await,
-        Scenario::Play(a) => play(a).await,
-        Scenario::Fanout(a) => fanout(a).await,
-        Scenario::RelayChain(a) => relay_chain(a).await,
-        Scenario::Soak(a) => soak(a).await,
-    }
+/// When `stop` turns true (Ctrl-C), joins stop; an open measured window closes early and the
+/// summary says `interrupted`, and before it opens the run ends with
+/// [`RunError::Interrupted`].
+pub async fn run(scenario: Scenario, stop: Stop) -> Result<Summary, RunError> {
+    let mut summary = match scenario {
+        Scenario::Publish(a) => publish(a, stop.clone()).await,
+        Scenario::Play(a) => play(a, stop.clone()).await,
+        Scenario::Fanout(a) => fanout(a, stop.clone()).await,
+        Scenario::RelayChain(a) => relay_chain(a, stop.clone()).await,
+        Scenario::Soak(a) => soak(a, stop.clone()).await,
+    }?;
+    summary.interrupted = *stop.borrow();
+    Ok(summary)
 }
 
 /// What every scenario shares: the endpoint, the dialer, the fleet, the progress line.
@@ -76,10 +87,11 @@ struct Run {
     progress: Option<Progress>,
     /// The server's REST, to read its packet counters at both ends of the window.
     counters: Option<Rest>,
+    stop: Stop,
 }
 
 impl Run {
-    fn new(common: &Common, target_players: usize) -> Result<Run, RunError> {
+    fn new(common: &Common, target_players: usize, stop: Stop) -> Result<Run, RunError> {
         check_ws_url(&common.server)?;
         if common.cores == 0 {
             return Err(RunError::Usage("--cores must be at least 1".into()));
@@ -120,7 +132,20 @@ impl Run {
             fleet,
             progress: Some(progress),
             counters,
+            stop,
         })
+    }
+
+    fn interrupted(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Ends the run if it was interrupted before its window opened.
+    fn check_not_interrupted(&self) -> Result<(), RunError> {
+        if self.interrupted() {
+            return Err(RunError::Interrupted("before the measured window opened"));
+        }
+        Ok(())
     }
 
     fn phase(&self, text: impl Into<String>) {
@@ -180,6 +205,7 @@ impl Run {
             count,
             rate,
             inflight,
+            self.stop.clone(),
         )
         .await;
     }
@@ -189,11 +215,12 @@ impl Run {
         self.sleep_until(label, start, length, start + length).await;
     }
 
-    /// Sleeps until `end`, showing `label` with the time since `start` out of `length`.
+    /// Sleeps until `end`, showing `label` with the time since `start` out of `length`; returns
+    /// early when the run is interrupted.
     async fn sleep_until(&self, label: &str, start: Instant, length: Duration, end: Instant) {
         loop {
             let now = Instant::now();
-            if now >= end {
+            if now >= end || self.interrupted() {
                 return;
             }
             self.phase(format!(
@@ -201,7 +228,11 @@ impl Run {
                 (now - start).as_secs_f64(),
                 length.as_secs_f64()
             ));
-            tokio::time::sleep((end - now).min(Duration::from_millis(500))).await;
+            let mut stop = self.stop.clone();
+            tokio::select! {
+                () = tokio::time::sleep((end - now).min(Duration::from_millis(500))) => {}
+                () = stopped(&mut stop) => {}
+            }
         }
     }
 
@@ -228,14 +259,26 @@ impl Run {
 
     /// The measured window's body: sleeps `length`, reading the [`Reference`] that closes it
     /// `IN_FLIGHT` before the end.
+    /// Interrupted, it reads the reference at once and closes `IN_FLIGHT` later.
     async fn measure(&self, label: &str, length: Duration, publishers: &[Publisher]) -> Reference {
         let start = Instant::now();
         let end = start + length;
         let grace = IN_FLIGHT.min(length / 2);
         self.sleep_until(label, start, length, end - grace).await;
         let reference = self.reference(publishers).await;
-        self.sleep_until(label, start, length, end).await;
+        self.in_flight(label, start, length, end).await;
         reference
+    }
+
+    /// The wait between reading the reference and closing the window: until `end`, or
+    /// `IN_FLIGHT` from now if the run was interrupted.
+    async fn in_flight(&self, label: &str, start: Instant, length: Duration, end: Instant) {
+        if self.interrupted() {
+            self.phase("interrupted: closing the window");
+            tokio::time::sleep(IN_FLIGHT).await;
+        } else {
+            self.sleep_until(label, start, length, end).await;
+        }
     }
 }
 
@@ -406,6 +449,7 @@ fn build_summary(
         loadgen: m.own,
         hops: Vec::new(),
         churn: None,
+        interrupted: false,
     }
 }
 
@@ -419,8 +463,8 @@ fn server_memory(before: Option<ProcSample>, m: &Measured, players: usize) -> Op
     })
 }
 
-async fn fanout(a: FanoutArgs) -> Result<Summary, RunError> {
-    let run = Run::new(&a.common, a.ramp.players)?;
+async fn fanout(a: FanoutArgs, stop: Stop) -> Result<Summary, RunError> {
+    let run = Run::new(&a.common, a.ramp.players, stop)?;
     let server = a.common.server.clone();
     let name = unique(&a.stream);
     let publisher = run.publisher(&server, &name, &a.media).await?;
@@ -442,6 +486,7 @@ async fn fanout(a: FanoutArgs) -> Result<Summary, RunError> {
     }
     run.sleep("warm-up", a.common.warmup).await;
     let publishers = [publisher];
+    run.check_not_interrupted()?;
     let start = open_window(&run, &publishers).await;
     let reference = run
         .measure("measuring", a.common.duration, &publishers)
@@ -453,11 +498,11 @@ async fn fanout(a: FanoutArgs) -> Result<Summary, RunError> {
     Ok(summary)
 }
 
-async fn play(a: PlayArgs) -> Result<Summary, RunError> {
+async fn play(a: PlayArgs, stop: Stop) -> Result<Summary, RunError> {
     if a.stream.is_empty() {
         return Err(RunError::Usage("--stream names no stream".into()));
     }
-    let run = Run::new(&a.common, a.ramp.players)?;
+    let run = Run::new(&a.common, a.ramp.players, stop)?;
     let server = a.common.server.clone();
     let memory_before = run.server_sample();
     if a.ramp.players > 0 {
@@ -487,6 +532,7 @@ async fn play(a: PlayArgs) -> Result<Summary, RunError> {
         .await;
     }
     run.sleep("warm-up", a.common.warmup).await;
+    run.check_not_interrupted()?;
     let start = open_window(&run, &[]).await;
     let reference = run.measure("measuring", a.common.duration, &[]).await;
     let m = close_window(&run, start, &[], reference).await;
@@ -504,8 +550,8 @@ async fn play(a: PlayArgs) -> Result<Summary, RunError> {
     Ok(summary)
 }
 
-async fn publish(a: PublishArgs) -> Result<Summary, RunError> {
-    let run = Run::new(&a.common, 0)?;
+async fn publish(a: PublishArgs, stop: Stop) -> Result<Summary, RunError> {
+    let run = Run::new(&a.common, 0, stop)?;
     let server = a.common.server.clone();
     let names: Vec<String> = match a.publishers {
         1 => vec![a.stream.clone()],
@@ -515,6 +561,9 @@ async fn publish(a: PublishArgs) -> Result<Summary, RunError> {
     let mut failures = std::collections::BTreeMap::<String, usize>::new();
     let period = Duration::from_secs_f64(1.0 / a.ramp.max(1e-3));
     for (i, name) in names.iter().enumerate() {
+        if run.interrupted() {
+            break;
+        }
         if i == 0 {
             publishers.push(run.publisher(&server, name, &a.media).await?);
             continue;
@@ -527,6 +576,7 @@ async fn publish(a: PublishArgs) -> Result<Summary, RunError> {
         }
     }
     run.sleep("warm-up", a.common.warmup).await;
+    run.check_not_interrupted()?;
     let start = open_window(&run, &publishers).await;
     run.sleep("publishing", a.common.duration).await;
     let m = close_window(&run, start, &publishers, Reference::Unknown).await;
@@ -548,8 +598,8 @@ async fn publish(a: PublishArgs) -> Result<Summary, RunError> {
     Ok(summary)
 }
 
-async fn soak(a: SoakArgs) -> Result<Summary, RunError> {
-    let run = Run::new(&a.common, a.ramp.players)?;
+async fn soak(a: SoakArgs, stop: Stop) -> Result<Summary, RunError> {
+    let run = Run::new(&a.common, a.ramp.players, stop)?;
     let server = a.common.server.clone();
     let name = unique(&a.stream);
     let publisher = run.publisher(&server, &name, &a.media).await?;
@@ -570,6 +620,7 @@ async fn soak(a: SoakArgs) -> Result<Summary, RunError> {
     .await;
     run.sleep("warm-up", a.common.warmup).await;
     let publishers = [publisher];
+    run.check_not_interrupted()?;
     let start = open_window(&run, &publishers).await;
     let (joined_before, left_before, failed_before) = {
         let f = run.fleet.borrow();
@@ -587,8 +638,10 @@ async fn soak(a: SoakArgs) -> Result<Summary, RunError> {
     ticker.tick().await;
     // What the publisher has sent, for the players that leave (see `depart_one`).
     let mut sampler = tokio::time::interval(SENT_SAMPLE);
+    let mut stop = run.stop.clone();
     while Instant::now() < end {
         tokio::select! {
+            () = stopped(&mut stop) => break,
             _ = sampler.tick() => {
                 if let Some(sent) = publishers[0].expected().await {
                     run.fleet.borrow_mut().note_sent(Instant::now(), sent);
@@ -622,7 +675,17 @@ async fn soak(a: SoakArgs) -> Result<Summary, RunError> {
     while joins.join_next().await.is_some() {}
     let reference = match reference {
         Some(r) => r,
-        None => run.reference(&publishers).await,
+        None => {
+            let r = run.reference(&publishers).await;
+            run.in_flight(
+                "soak",
+                start.at,
+                a.common.duration,
+                Instant::now() + IN_FLIGHT,
+            )
+            .await;
+            r
+        }
     };
     let m = close_window(&run, start, &publishers, reference).await;
     let fleet = run.fleet.borrow();
@@ -636,7 +699,7 @@ async fn soak(a: SoakArgs) -> Result<Summary, RunError> {
     Ok(summary)
 }
 
-async fn relay_chain(a: RelayChainArgs) -> Result<Summary, RunError> {
+async fn relay_chain(a: RelayChainArgs, stop: Stop) -> Result<Summary, RunError> {
     let Some(first_rest) = a.common.rest.clone() else {
         return Err(RunError::Usage(
             "relay-chain needs --rest (the first server's REST URL)".into(),
@@ -661,7 +724,7 @@ async fn relay_chain(a: RelayChainArgs) -> Result<Summary, RunError> {
         .collect::<Result<Vec<_>, _>>()?;
     let last = servers.len() - 1;
     let total_players = a.ramp.players + a.hop_players * last;
-    let mut run = Run::new(&a.common, total_players)?;
+    let mut run = Run::new(&a.common, total_players, stop)?;
     // --rest is the origin's; --server-pid may be any hop's: count players' packets instead.
     run.counters = None;
     let name = unique(&a.stream);
@@ -704,6 +767,7 @@ async fn relay_chain(a: RelayChainArgs) -> Result<Summary, RunError> {
     }
     run.sleep("warm-up", a.common.warmup).await;
     let publishers = [publisher];
+    run.check_not_interrupted()?;
     let start = open_window(&run, &publishers).await;
     let reference = run
         .measure("measuring", a.common.duration, &publishers)

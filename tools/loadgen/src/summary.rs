@@ -86,6 +86,10 @@ pub struct Summary {
     /// Joins and departures of `soak`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub churn: Option<Churn>,
+    /// The run was interrupted (Ctrl-C or SIGTERM) and its window closed early: `duration_s`
+    /// is how long it lasted. Absent otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -377,7 +381,11 @@ pub fn round3(v: f64) -> f64 {
 impl Summary {
     /// A few lines for a person (stderr when `--json` is not given).
     pub fn human(&self) -> String {
-        let mut s = format!(
+        let mut s = String::new();
+        if self.interrupted {
+            s += "interrupted: the window closed early\n";
+        }
+        s += &format!(
             "{} on {}: {}/{} connected, {} failed, {} publisher(s), window {:.1} s\n",
             self.command,
             self.server,

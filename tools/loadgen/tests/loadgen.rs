@@ -476,6 +476,52 @@ fn post(base: &str, path: &str, body: &str) -> String {
 }
 
 #[test]
+fn ctrl_c_closes_the_window_early_with_a_summary() {
+    let server = Server::start();
+    let run = Command::new(LOADGEN)
+        .args([
+            "fanout",
+            "--server",
+            &server.ws,
+            "--players",
+            "4",
+            "--ramp",
+            "20/s",
+            "--warmup",
+            "1s",
+            "--duration",
+            "60s",
+            "--bitrate",
+            "300k",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The window opens about 2.5 s in.
+    std::thread::sleep(Duration::from_secs(5));
+    let kill = Command::new("sh")
+        .args(["-c", &format!("kill -INT {}", run.id())])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = run.wait_with_output_timeout();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    let s: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no summary ({e}): {stderr}"));
+    assert_eq!(s["interrupted"], true, "{s:#}");
+    let window = f(&s, &["duration_s"]);
+    assert!(window > 1.0 && window < 10.0, "{s:#}");
+    assert_eq!(s["connected"], 4, "{s:#}");
+    assert!(f(&s, &["packets_received"]) > 100.0, "{s:#}");
+    // Closing early still leaves the packets in flight time to arrive: no false loss.
+    assert!(f(&s, &["loss_pct"]) < 1.0, "{s:#}");
+}
+
+#[test]
 fn a_bad_url_is_a_usage_error() {
     fails(
         &[
