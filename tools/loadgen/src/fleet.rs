@@ -289,15 +289,14 @@ pub async fn stopped(stop: &mut Stop) {
 /// Which server and stream player `i` joins.
 pub type Target = Rc<dyn Fn(usize) -> (String, String)>;
 
-/// Starts `count` players at `rate` per second, at most `concurrency` joining at once, and
-/// returns once every join has finished (joined or failed). `first_index` numbers them.
-/// When `stop` turns true no more start.
+/// Starts players `indices` at `rate` per second, at most `concurrency` joining at once, and
+/// returns once every join has finished (joined or failed). When `stop` turns true no more
+/// start.
 pub async fn ramp(
     fleet: &SharedFleet,
     dialer: &Dialer,
     target: Target,
-    first_index: usize,
-    count: usize,
+    indices: std::ops::Range<usize>,
     rate: f64,
     concurrency: usize,
     mut stop: Stop,
@@ -307,7 +306,7 @@ pub async fn ramp(
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut joins = JoinSet::new();
-    for i in first_index..first_index + count {
+    for i in indices {
         tokio::select! {
             _ = ticker.tick() => {}
             () = stopped(&mut stop) => break,
