@@ -70,9 +70,9 @@ impl Drop for Player {
     }
 }
 
-/// Follows a player's stream statuses until a final one or the end of its session, and records
-/// why it ended. The loadgen does not stop its players during a run, so either means the
-/// server dropped it.
+/// Follows a stream's statuses until a final one or the end of its session, and records why
+/// it ended. The loadgen does not stop its publishers or players during a run, so either
+/// means the server dropped it.
 fn watch(mut handle: StreamHandle, ended: Rc<RefCell<Option<String>>>) -> AbortHandle {
     tokio::task::spawn_local(async move {
         let reason = loop {
@@ -93,21 +93,35 @@ fn watch(mut handle: StreamHandle, ended: Rc<RefCell<Option<String>>>) -> AbortH
 /// One publisher of synthetic media.
 pub struct Publisher {
     pub name: String,
-    pub client: ClientStream,
+    peer: ClientPeer,
+    /// Why its stream or its signalling session ended, once one has: set by `watch`.
+    ended: Rc<RefCell<Option<String>>>,
+    watch: AbortHandle,
     _session: Session,
 }
 
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.watch.abort();
+    }
+}
+
 impl Publisher {
+    /// Why the server ended its stream or its session closed, if either happened.
+    pub fn ended(&self) -> Option<String> {
+        self.ended.borrow().clone()
+    }
+
     /// Media packets sent so far.
     pub async fn sent(&self) -> Option<u64> {
-        let report = self.client.report().await?;
+        let report = self.peer.report().await?;
         let g = report.generator?;
         Some(g.audio_packets + g.video_packets)
     }
 
     /// The newest sequence of each kind sent so far.
     pub async fn expected(&self) -> Option<Expected> {
-        let report = self.client.report().await?;
+        let report = self.peer.report().await?;
         Some(Expected::sent(&report.generator?))
     }
 }
@@ -167,10 +181,14 @@ impl Dialer {
         synth: SynthConfig,
     ) -> Result<Publisher, ClientError> {
         let session = Session::connect(server, &self.connection, self.timeouts).await?;
-        let client = session.publish(&self.endpoint, name, synth).await?;
+        let ClientStream { handle, peer } = session.publish(&self.endpoint, name, synth).await?;
+        let ended = Rc::new(RefCell::new(None));
+        let watch = watch(handle, Rc::clone(&ended));
         Ok(Publisher {
             name: name.to_owned(),
-            client,
+            peer,
+            ended,
+            watch,
             _session: session,
         })
     }

@@ -343,6 +343,11 @@ async fn close_window(
     reference: Reference,
 ) -> Measured {
     run.phase("closing the window");
+    for p in publishers {
+        if let Some(reason) = p.ended() {
+            tracing::warn!(stream = %p.name, %reason, "the server dropped the publisher");
+        }
+    }
     let server_end = run.server_sample();
     let counters_end = run.server_counters().await;
     let own_end = procfs::sample(None).ok();
@@ -589,10 +594,19 @@ async fn publish(a: PublishArgs, stop: Stop) -> Result<Summary, RunError> {
         &fleet,
         &m,
     );
-    summary.connected = publishers.len();
+    let mut dropped = std::collections::BTreeMap::<String, usize>::new();
+    for reason in publishers.iter().filter_map(Publisher::ended) {
+        *dropped.entry(reason).or_default() += 1;
+    }
+    let dropped_count = dropped.values().sum();
+    summary.connected = publishers.len() - dropped_count;
     summary.failed = Failed {
         count: failures.values().sum(),
         reasons: failures,
+    };
+    summary.dropped = Failed {
+        count: dropped_count,
+        reasons: dropped,
     };
     Ok(summary)
 }

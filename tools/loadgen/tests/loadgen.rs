@@ -390,6 +390,11 @@ fn a_server_that_dies_mid_run_shows_as_dropped_players_and_loss() {
     assert!(f(&s, &["packets_received"]) > 0.0, "{s:#}");
     let loss = f(&s, &["loss_pct"]);
     assert!(loss > 30.0, "{loss}% loss: {s:#}");
+    // The publisher's session ended too, which the summary's player figures do not say.
+    assert!(
+        stderr.contains("the server dropped the publisher"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
