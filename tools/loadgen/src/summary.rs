@@ -299,7 +299,7 @@ impl Totals {
         let received = received.saturating_sub(baseline.received);
         let lost =
             missed_so_far(report, expected, baseline.from_start).saturating_sub(baseline.missed);
-        if received == 0 {
+        if received == 0 && baseline.from_start {
             self.stalled += 1;
         }
         self.players += 1;
@@ -580,6 +580,14 @@ mod tests {
             video_sent(149),
         );
         assert_eq!(totals.lost, 20);
+    }
+
+    #[test]
+    fn a_late_joiner_without_packets_yet_is_not_stalled() {
+        let nothing = seen(report(0, 0, &[]), None);
+        let mut totals = Totals::default();
+        totals.add(&Baseline::zero(), &nothing, video_sent(100));
+        assert_eq!((totals.stalled, totals.lost), (0, 0));
     }
 
     #[test]
