@@ -439,6 +439,8 @@ fn build_summary(
         packets_received: m.totals.received,
         packets_lost: m.totals.lost,
         loss_pct: round3(m.totals.loss_pct()),
+        packets_reordered: m.totals.reordered,
+        packets_duplicated: m.totals.duplicates,
         packets_per_s: round3(m.totals.received as f64 / m.duration_s.max(1e-3)),
         latency_ms: m.totals.latency_ms(),
         join_ms: join_summary(&m.joins),

@@ -46,6 +46,13 @@ pub struct Summary {
     pub packets_lost: u64,
     /// `packets_lost / (packets_received + packets_lost)`, in percent.
     pub loss_pct: f64,
+    /// Media packets that reached a player after a later packet of the same kind (counted in
+    /// `packets_received`; a gap they fill is not lost).
+    #[serde(default)]
+    pub packets_reordered: u64,
+    /// Media packets a player received again (not counted in `packets_received`).
+    #[serde(default)]
+    pub packets_duplicated: u64,
     /// Media packets received per second over the window, all players together.
     pub packets_per_s: f64,
     /// One-way latency from the publisher's send to the player's receive, over the window.
@@ -227,6 +234,8 @@ pub struct Baseline {
     /// Taken when the window opened (not a late joiner's zero).
     pub from_start: bool,
     received: u64,
+    reordered: u64,
+    duplicates: u64,
     /// [`missed_so_far`] then.
     missed: u64,
     /// Non-empty latency buckets (value, count): a few hundred entries, not a whole histogram.
@@ -251,21 +260,32 @@ impl Baseline {
                     .collect()
             })
             .unwrap_or_default();
+        let (reordered, duplicates) = order_counts(report);
         Baseline {
             from_start: true,
             received,
+            reordered,
+            duplicates,
             missed: missed_so_far(report, expected, true),
             latency,
         }
     }
 }
 
-/// Media packets received and lost (gaps) by a player so far.
+/// Media packets received (duplicates left out) and lost (gaps) by a player so far.
 pub fn media_counts(report: &PeerReport) -> (u64, u64) {
+    report.probe.as_ref().map_or((0, 0), |p| {
+        let media = p.audio_packets + p.video_packets;
+        (media.saturating_sub(p.duplicates), p.lost)
+    })
+}
+
+/// Media packets that arrived after a later one, and duplicates, so far.
+fn order_counts(report: &PeerReport) -> (u64, u64) {
     report
         .probe
         .as_ref()
-        .map_or((0, 0), |p| (p.audio_packets + p.video_packets, p.lost))
+        .map_or((0, 0), |p| (p.reordered, p.duplicates))
 }
 
 /// Sums of many players' window figures.
@@ -274,6 +294,8 @@ pub struct Totals {
     pub players: usize,
     pub received: u64,
     pub lost: u64,
+    pub reordered: u64,
+    pub duplicates: u64,
     pub stalled: usize,
     pub latency: Histogram<u64>,
 }
@@ -284,6 +306,8 @@ impl Default for Totals {
             players: 0,
             received: 0,
             lost: 0,
+            reordered: 0,
+            duplicates: 0,
             stalled: 0,
             latency: new_histogram(),
         }
@@ -302,9 +326,12 @@ impl Totals {
         if received == 0 && baseline.from_start {
             self.stalled += 1;
         }
+        let (reordered, duplicates) = order_counts(report);
         self.players += 1;
         self.received += received;
         self.lost += lost;
+        self.reordered += reordered.saturating_sub(baseline.reordered);
+        self.duplicates += duplicates.saturating_sub(baseline.duplicates);
         if let Some(hist) = &report.latency {
             let mut window = hist.clone();
             if !baseline.latency.is_empty() {
@@ -324,6 +351,8 @@ impl Totals {
         self.players += other.players;
         self.received += other.received;
         self.lost += other.lost;
+        self.reordered += other.reordered;
+        self.duplicates += other.duplicates;
         self.stalled += other.stalled;
         let _ = self.latency.add(&other.latency);
     }
@@ -405,12 +434,15 @@ impl Summary {
             s += &format!("  dropped x{n}: {reason}\n");
         }
         s += &format!(
-            "packets: sent {} received {} lost {} ({:.3}% loss), {:.0} pkt/s received, {} stalled\n",
+            "packets: sent {} received {} lost {} ({:.3}% loss), {} reordered, {} duplicated, \
+             {:.0} pkt/s received, {} stalled\n",
             self.packets_sent
                 .map_or_else(|| "-".to_owned(), |n| n.to_string()),
             self.packets_received,
             self.packets_lost,
             self.loss_pct,
+            self.packets_reordered,
+            self.packets_duplicated,
             self.packets_per_s,
             self.stalled
         );
@@ -465,6 +497,24 @@ mod tests {
     use super::*;
     use relaycast_dataplane::synth::ProbeReport;
     use relaycast_dataplane::{CoreId, PeerId};
+
+    #[test]
+    fn reordered_and_duplicated_packets_over_the_window() {
+        let with = |received, reordered, duplicates| {
+            let mut r = report(received, 0, &[]);
+            let probe = r.probe.as_mut().unwrap();
+            probe.reordered = reordered;
+            probe.duplicates = duplicates;
+            r
+        };
+        let before = with(100, 2, 1);
+        let after = with(310, 5, 11);
+        let mut totals = Totals::default();
+        totals.add(&Baseline::of(&before, None), &after, None);
+        assert_eq!((totals.reordered, totals.duplicates), (3, 10));
+        // Duplicates are not received packets: (310 - 11) - (100 - 1).
+        assert_eq!(totals.received, 200);
+    }
 
     fn report(received: u64, lost: u64, latencies: &[u64]) -> PeerReport {
         let mut h = new_histogram();

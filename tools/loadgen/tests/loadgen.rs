@@ -182,6 +182,11 @@ fn fanout_prints_the_summary() {
     assert!(received > 5.0 * f(&s, &["packets_sent"]), "{s:#}");
     assert!(f(&s, &["loss_pct"]) < 1.0, "{s:#}");
     assert_eq!(f(&s, &["stalled"]), 0.0);
+    // Reordering and duplicates are counted (on loopback, through one core per stream, a
+    // handful at most).
+    for key in ["packets_reordered", "packets_duplicated"] {
+        assert!(f(&s, &[key]) < 0.01 * received, "{key}: {s:#}");
+    }
     for q in ["p50", "p95", "p99", "max"] {
         assert!(f(&s, &["latency_ms", q]) > 0.0, "latency {q} in {s:#}");
     }
