@@ -257,8 +257,8 @@ impl Run {
     }
 
     /// The measured window's body: sleeps `length`, reading the [`Reference`] that closes it
-    /// `IN_FLIGHT` before the end.
-    /// Interrupted, it reads the reference at once and closes `IN_FLIGHT` later.
+    /// `IN_FLIGHT` before the end. Interrupted, it reads the reference at once and closes the
+    /// window `IN_FLIGHT` later.
     async fn measure(&self, label: &str, length: Duration, publishers: &[Publisher]) -> Reference {
         let start = Instant::now();
         let end = start + length;
