@@ -539,9 +539,10 @@ mod tests {
         }
     }
 
-    /// A player's report with video sequences `first..=highest` seen (`None`: nothing yet).
-    fn seen(report: PeerReport, video: Option<(u64, u64)>) -> PeerReport {
-        let mut report = report;
+    /// A player that has received `received` video packets, sequences `first..=highest`
+    /// (`None`: nothing yet), with no gap.
+    fn player(received: u64, video: Option<(u64, u64)>) -> PeerReport {
+        let mut report = report(received, 0, &[]);
         let probe = report.probe.as_mut().unwrap();
         probe.video_seqs = video.map(|(first, highest)| SeqSpan { first, highest });
         report
@@ -552,6 +553,23 @@ mod tests {
             audio: None,
             video: Some(newest),
         })
+    }
+
+    /// One player's totals over a window it was in from the start, the publisher's newest
+    /// video sequence being `open` and `close` at its ends (`None`: not known).
+    fn window(
+        before: &PeerReport,
+        open: Option<u64>,
+        after: &PeerReport,
+        close: Option<u64>,
+    ) -> Totals {
+        let mut totals = Totals::default();
+        totals.add(
+            &Baseline::of(before, open.and_then(video_sent)),
+            after,
+            close.and_then(video_sent),
+        );
+        totals
     }
 
     #[test]
@@ -573,83 +591,58 @@ mod tests {
     fn a_player_that_stops_receiving_loses_what_was_sent_after() {
         // Sequences 0..=100 received when the window opens (the publisher at 100), 101..=150
         // by the end, while the publisher had sent up to 300: 150 lost, with no gap to show.
-        let before = seen(report(101, 0, &[]), Some((0, 100)));
-        let after = seen(report(151, 0, &[]), Some((0, 150)));
-        let mut totals = Totals::default();
-        totals.add(
-            &Baseline::of(&before, video_sent(100)),
-            &after,
-            video_sent(300),
-        );
-        assert_eq!(totals.received, 50);
-        assert_eq!(totals.lost, 150);
-        assert_eq!(totals.stalled, 0);
+        let (before, after) = (player(101, Some((0, 100))), player(151, Some((0, 150))));
+        let totals = window(&before, Some(100), &after, Some(300));
+        assert_eq!((totals.received, totals.lost, totals.stalled), (50, 150, 0));
         // Without the publisher's figure only gaps count.
-        let mut gaps_only = Totals::default();
-        gaps_only.add(&Baseline::of(&before, None), &after, None);
-        assert_eq!(gaps_only.lost, 0);
+        assert_eq!(window(&before, None, &after, None).lost, 0);
     }
 
     #[test]
     fn a_player_behind_at_the_start_that_catches_up_lost_nothing() {
         // At the start it had 90 of the publisher's 100 (ten in flight); all arrive later.
-        let before = seen(report(91, 0, &[]), Some((0, 90)));
-        let after = seen(report(301, 0, &[]), Some((0, 300)));
-        let mut totals = Totals::default();
-        totals.add(
-            &Baseline::of(&before, video_sent(100)),
-            &after,
-            video_sent(300),
-        );
-        assert_eq!(totals.lost, 0);
-        assert_eq!(totals.received, 210);
+        let (before, after) = (player(91, Some((0, 90))), player(301, Some((0, 300))));
+        let totals = window(&before, Some(100), &after, Some(300));
+        assert_eq!((totals.received, totals.lost), (210, 0));
     }
 
     #[test]
     fn a_player_that_received_nothing_lost_the_window() {
-        let before = seen(report(0, 0, &[]), None);
-        let mut totals = Totals::default();
-        totals.add(
-            &Baseline::of(&before, video_sent(99)),
-            &before,
-            video_sent(149),
-        );
-        assert_eq!(totals.stalled, 1);
-        assert_eq!(totals.lost, 50);
+        let nothing = player(0, None);
+        let totals = window(&nothing, Some(99), &nothing, Some(149));
+        assert_eq!((totals.stalled, totals.lost), (1, 50));
     }
 
     #[test]
     fn a_player_whose_first_packet_came_late_lost_those_before_it() {
         // Nothing when the window opened (publisher at 99); its first packet was 120.
-        let before = seen(report(0, 0, &[]), None);
-        let after = seen(report(30, 0, &[]), Some((120, 149)));
-        let mut totals = Totals::default();
-        totals.add(
-            &Baseline::of(&before, video_sent(99)),
-            &after,
-            video_sent(149),
+        let totals = window(
+            &player(0, None),
+            Some(99),
+            &player(30, Some((120, 149))),
+            Some(149),
         );
         assert_eq!(totals.lost, 20);
     }
 
     #[test]
     fn a_late_joiner_without_packets_yet_is_not_stalled() {
-        let nothing = seen(report(0, 0, &[]), None);
         let mut totals = Totals::default();
-        totals.add(&Baseline::zero(), &nothing, video_sent(100));
+        totals.add(&Baseline::zero(), &player(0, None), video_sent(100));
         assert_eq!((totals.stalled, totals.lost), (0, 0));
     }
 
     #[test]
     fn a_late_joiner_misses_nothing_before_its_first_packet() {
-        let after = seen(report(30, 0, &[]), Some((1_000, 1_029)));
-        let mut totals = Totals::default();
-        totals.add(&Baseline::zero(), &after, video_sent(1_029));
-        assert_eq!(totals.lost, 0);
+        let after = player(30, Some((1_000, 1_029)));
+        let late = |sent| {
+            let mut totals = Totals::default();
+            totals.add(&Baseline::zero(), &after, video_sent(sent));
+            totals.lost
+        };
+        assert_eq!(late(1_029), 0);
         // ... but what was sent after its last packet counts.
-        let mut totals = Totals::default();
-        totals.add(&Baseline::zero(), &after, video_sent(1_049));
-        assert_eq!(totals.lost, 20);
+        assert_eq!(late(1_049), 20);
     }
 
     #[test]

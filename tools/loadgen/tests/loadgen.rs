@@ -95,36 +95,59 @@ fn server_binary() -> PathBuf {
     bin
 }
 
-fn loadgen(args: &[&str]) -> Output {
-    let mut child = Command::new(LOADGEN)
+/// Starts the loadgen in the background, its output piped.
+fn spawn(args: &[&str]) -> Child {
+    Command::new(LOADGEN)
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start relaycast-loadgen");
-    // A hung run must not hang the suite.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("relaycast-loadgen {args:?} did not finish in 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
+        .expect("start relaycast-loadgen")
 }
 
-/// Runs the loadgen, expects success, and parses its JSON summary.
-fn summary(args: &[&str]) -> Value {
-    let out = loadgen(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "loadgen {args:?} failed: {stderr}");
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+/// A 4-player fan-out of a light stream for `duration`, in the background: the window opens
+/// about 2.5 s in (joins, 1 s warm-up, 1 s for packets in flight).
+fn spawn_fanout(server: &Server, duration: &str) -> Child {
+    spawn(&[
+        "fanout",
+        "--server",
+        &server.ws,
+        "--players",
+        "4",
+        "--ramp",
+        "20/s",
+        "--warmup",
+        "1s",
+        "--duration",
+        duration,
+        "--bitrate",
+        "300k",
+        "--json",
+    ])
+}
+
+/// Waits for a background run, expects exit `code`, and parses its JSON summary; also its
+/// stderr.
+fn finished(run: Child, code: i32) -> (Value, String) {
+    let out = run.wait_with_output_timeout();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(code), "{stderr}");
+    let summary = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "not JSON ({e}): {}\nstderr: {stderr}",
             String::from_utf8_lossy(&out.stdout)
         )
-    })
+    });
+    (summary, stderr)
+}
+
+fn loadgen(args: &[&str]) -> Output {
+    spawn(args).wait_with_output_timeout()
+}
+
+/// Runs the loadgen, expects success, and parses its JSON summary.
+fn summary(args: &[&str]) -> Value {
+    finished(spawn(args), 0).0
 }
 
 fn f(v: &Value, path: &[&str]) -> f64 {
@@ -207,25 +230,21 @@ fn fanout_prints_the_summary() {
 fn publish_and_play_in_two_processes() {
     let server = Server::start();
     let stream = format!("pp-{}", std::process::id());
-    let publisher = Command::new(LOADGEN)
-        .args([
-            "publish",
-            "--server",
-            &server.ws,
-            "--stream",
-            &stream,
-            "--bitrate",
-            "500k",
-            "--warmup",
-            "0s",
-            "--duration",
-            "8s",
-            "--json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let publisher = spawn(&[
+        "publish",
+        "--server",
+        &server.ws,
+        "--stream",
+        &stream,
+        "--bitrate",
+        "500k",
+        "--warmup",
+        "0s",
+        "--duration",
+        "8s",
+        "--json",
+    ]);
+
     // Wait for the stream to exist, then play it. These players wait on each socket
     // (`--read-sweep 0`); every other test here reads in the default 1 ms sweep.
     let mut played = None;
@@ -263,13 +282,7 @@ fn publish_and_play_in_two_processes() {
     assert!(f(&s, &["loss_pct"]) < 1.0, "{s:#}");
     assert!(f(&s, &["latency_ms", "p99"]) > 0.0);
 
-    let out = publisher.wait_with_output_timeout();
-    let p: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "publish summary ({e}): {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
+    let (p, _) = finished(publisher, 0);
     assert_eq!(p["command"], "publish");
     assert_eq!(p["connected"], 1);
     assert!(f(&p, &["packets_sent"]) > 100.0, "{p:#}");
@@ -352,37 +365,13 @@ fn relay_chain_measures_each_hop() {
 #[test]
 fn a_server_that_dies_mid_run_shows_as_dropped_players_and_loss() {
     let mut server = Server::start();
-    let run = Command::new(LOADGEN)
-        .args([
-            "fanout",
-            "--server",
-            &server.ws,
-            "--players",
-            "4",
-            "--ramp",
-            "20/s",
-            "--warmup",
-            "1s",
-            "--duration",
-            "8s",
-            "--bitrate",
-            "300k",
-            "--json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The window opens about 2.5 s in (joins, 1 s warm-up, 1 s for packets in flight) and
-    // the publisher's figure that closes it is read about 10 s in: the server is gone for
-    // more than half of the window.
+    let run = spawn_fanout(&server, "8s");
+    // The publisher's figure that closes the window is read about 10 s in: the server is
+    // gone for more than half of the window.
     std::thread::sleep(Duration::from_secs(5));
     server.child.kill().unwrap();
     let _ = server.child.wait();
-    let out = run.wait_with_output_timeout();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (s, stderr) = finished(run, 0);
     // Every player lost its session, and what the publisher sent after that counts as lost:
     // the players' sequences stop without a gap, so only the publisher's figure shows it.
     assert_eq!(f(&s, &["dropped", "count"]), 4.0, "{s:#}");
@@ -406,35 +395,30 @@ fn a_server_that_dies_mid_run_shows_as_dropped_players_and_loss() {
 #[test]
 fn a_relay_ended_mid_run_shows_on_its_hop() {
     let (a, b) = (Server::start(), Server::start());
-    let run = Command::new(LOADGEN)
-        .args([
-            "relay-chain",
-            "--server",
-            &a.ws,
-            "--rest",
-            &a.rest,
-            "--hop",
-            &b.ws,
-            "--hop-rest",
-            &b.rest,
-            "--mode",
-            "pull",
-            "--players",
-            "3",
-            "--hop-players",
-            "2",
-            "--bitrate",
-            "300k",
-            "--warmup",
-            "1s",
-            "--duration",
-            "8s",
-            "--json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let run = spawn(&[
+        "relay-chain",
+        "--server",
+        &a.ws,
+        "--rest",
+        &a.rest,
+        "--hop",
+        &b.ws,
+        "--hop-rest",
+        &b.rest,
+        "--mode",
+        "pull",
+        "--players",
+        "3",
+        "--hop-players",
+        "2",
+        "--bitrate",
+        "300k",
+        "--warmup",
+        "1s",
+        "--duration",
+        "8s",
+        "--json",
+    ]);
     // The relay is up within a second or two and the window opens about 3 s in; its
     // closing figure is read about 10 s in. End the relay (B pulls from A) at 6 s.
     std::thread::sleep(Duration::from_secs(6));
@@ -444,10 +428,7 @@ fn a_relay_ended_mid_run_shows_on_its_hop() {
         &format!(r#"{{"uri":"{}"}}"#, a.ws),
     );
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
-    let out = run.wait_with_output_timeout();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (s, _) = finished(run, 0);
     let hops = s["hops"].as_array().expect("hops");
     // The origin's players are untouched.
     assert_eq!(hops[0]["connected"], 2, "{s:#}");
@@ -488,40 +469,15 @@ fn post(base: &str, path: &str, body: &str) -> String {
 #[test]
 fn ctrl_c_closes_the_window_early_with_a_summary() {
     let server = Server::start();
-    let run = Command::new(LOADGEN)
-        .args([
-            "fanout",
-            "--server",
-            &server.ws,
-            "--players",
-            "4",
-            "--ramp",
-            "20/s",
-            "--warmup",
-            "1s",
-            "--duration",
-            "60s",
-            "--bitrate",
-            "300k",
-            "--json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The window opens about 2.5 s in.
+    let run = spawn_fanout(&server, "60s");
     std::thread::sleep(Duration::from_secs(5));
     let kill = Command::new("sh")
         .args(["-c", &format!("kill -INT {}", run.id())])
         .status()
         .unwrap();
     assert!(kill.success());
-    let out = run.wait_with_output_timeout();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    let (s, stderr) = finished(run, 130);
     assert!(stderr.contains("interrupted"), "{stderr}");
-    let s: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("no summary ({e}): {stderr}"));
     assert_eq!(s["interrupted"], true, "{s:#}");
     let window = f(&s, &["duration_s"]);
     assert!(window > 1.0 && window < 10.0, "{s:#}");
@@ -639,8 +595,9 @@ trait WaitTimeout {
 }
 
 impl WaitTimeout for Child {
+    /// A hung run must not hang the suite: after 60 s it is killed (and fails its checks).
     fn wait_with_output_timeout(mut self) -> Output {
-        let deadline = std::time::Instant::now() + Duration::from_secs(40);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while self.try_wait().unwrap().is_none() {
             if std::time::Instant::now() > deadline {
                 let _ = self.kill();
