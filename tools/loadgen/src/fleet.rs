@@ -11,8 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use relaycast_controlplane::client::{
-    ClientError, ClientPeer, ClientStream, ClientTimeouts, Endpoint, Session, StreamHandle,
-    StreamSignal,
+    ClientError, ClientPeer, ClientStream, ClientTimeouts, Endpoint, Session, StreamSignal,
 };
 use relaycast_controlplane::protocol::ConnectionRequest;
 use relaycast_dataplane::PeerReport;
@@ -37,11 +36,7 @@ pub struct Player {
     pub started: Instant,
     /// Its figures at the start of the measured window (`None` before the window opens).
     pub baseline: RefCell<Option<Baseline>>,
-    /// Its measuring peer.
-    peer: ClientPeer,
-    /// Why its stream or its signalling session ended, once one has: set by `watch`.
-    ended: Rc<RefCell<Option<String>>>,
-    watch: AbortHandle,
+    media: Watched,
     _session: Session,
 }
 
@@ -54,74 +49,82 @@ impl Player {
 
     /// Its peer's statistics; `None` once the peer is gone.
     pub async fn report(&self) -> Option<PeerReport> {
-        self.peer.report().await
+        self.media.peer.report().await
     }
 
     /// Why the server ended its stream (a final status) or its session closed, if either
     /// happened: a player that joined and was then dropped.
     pub fn ended(&self) -> Option<String> {
+        self.media.ended()
+    }
+}
+
+/// A published or played stream's peer, and why the server ended the stream, once it has.
+struct Watched {
+    peer: ClientPeer,
+    ended: Rc<RefCell<Option<String>>>,
+    watch: AbortHandle,
+}
+
+impl Watched {
+    /// Follows the stream's statuses until a final one or the end of its session, and records
+    /// why it ended. The loadgen does not stop its publishers or players during a run, so
+    /// either means the server dropped it.
+    fn new(stream: ClientStream) -> Watched {
+        let ClientStream { mut handle, peer } = stream;
+        let ended = Rc::new(RefCell::new(None));
+        let record = Rc::clone(&ended);
+        let watch = tokio::task::spawn_local(async move {
+            let reason = loop {
+                match handle.next_signal().await {
+                    Ok(StreamSignal::Status(e)) if e.status.is_final() => {
+                        let info = e.info.map(|i| format!(": {i}")).unwrap_or_default();
+                        break format!("stream {}{info}", e.status.as_str());
+                    }
+                    Ok(_) => {}
+                    Err(e) => break e.to_string(),
+                }
+            };
+            *record.borrow_mut() = Some(reason);
+        })
+        .abort_handle();
+        Watched { peer, ended, watch }
+    }
+
+    fn ended(&self) -> Option<String> {
         self.ended.borrow().clone()
     }
 }
 
-impl Drop for Player {
+impl Drop for Watched {
     fn drop(&mut self) {
         self.watch.abort();
     }
-}
-
-/// Follows a stream's statuses until a final one or the end of its session, and records why
-/// it ended. The loadgen does not stop its publishers or players during a run, so either
-/// means the server dropped it.
-fn watch(mut handle: StreamHandle, ended: Rc<RefCell<Option<String>>>) -> AbortHandle {
-    tokio::task::spawn_local(async move {
-        let reason = loop {
-            match handle.next_signal().await {
-                Ok(StreamSignal::Status(e)) if e.status.is_final() => {
-                    let info = e.info.map(|i| format!(": {i}")).unwrap_or_default();
-                    break format!("stream {}{info}", e.status.as_str());
-                }
-                Ok(_) => {}
-                Err(e) => break e.to_string(),
-            }
-        };
-        *ended.borrow_mut() = Some(reason);
-    })
-    .abort_handle()
 }
 
 /// One publisher of synthetic media.
 pub struct Publisher {
     pub name: String,
-    peer: ClientPeer,
-    /// Why its stream or its signalling session ended, once one has: set by `watch`.
-    ended: Rc<RefCell<Option<String>>>,
-    watch: AbortHandle,
+    media: Watched,
     _session: Session,
-}
-
-impl Drop for Publisher {
-    fn drop(&mut self) {
-        self.watch.abort();
-    }
 }
 
 impl Publisher {
     /// Why the server ended its stream or its session closed, if either happened.
     pub fn ended(&self) -> Option<String> {
-        self.ended.borrow().clone()
+        self.media.ended()
     }
 
     /// Media packets sent so far.
     pub async fn sent(&self) -> Option<u64> {
-        let report = self.peer.report().await?;
+        let report = self.media.peer.report().await?;
         let g = report.generator?;
         Some(g.audio_packets + g.video_packets)
     }
 
     /// The newest sequence of each kind sent so far.
     pub async fn expected(&self) -> Option<Expected> {
-        let report = self.peer.report().await?;
+        let report = self.media.peer.report().await?;
         Some(Expected::sent(&report.generator?))
     }
 }
@@ -181,14 +184,10 @@ impl Dialer {
         synth: SynthConfig,
     ) -> Result<Publisher, ClientError> {
         let session = Session::connect(server, &self.connection, self.timeouts).await?;
-        let ClientStream { handle, peer } = session.publish(&self.endpoint, name, synth).await?;
-        let ended = Rc::new(RefCell::new(None));
-        let watch = watch(handle, Rc::clone(&ended));
+        let stream = session.publish(&self.endpoint, name, synth).await?;
         Ok(Publisher {
             name: name.to_owned(),
-            peer,
-            ended,
-            watch,
+            media: Watched::new(stream),
             _session: session,
         })
     }
@@ -201,18 +200,14 @@ impl Dialer {
     ) -> Result<Player, ClientError> {
         let started = Instant::now();
         let session = Session::connect(server, &self.connection, self.timeouts).await?;
-        let ClientStream { handle, peer } = session.play(&self.endpoint, stream).await?;
-        let ended = Rc::new(RefCell::new(None));
-        let watch = watch(handle, Rc::clone(&ended));
+        let media = Watched::new(session.play(&self.endpoint, stream).await?);
         Ok(Player {
             index,
             server: server.to_owned(),
             stream: stream.to_owned(),
             started,
             baseline: RefCell::new(None),
-            peer,
-            ended,
-            watch,
+            media,
             _session: session,
         })
     }
@@ -282,11 +277,16 @@ impl Fleet {
 
 /// Those of `players` whose stream or session has ended, by reason.
 pub fn dropped(players: &[Rc<Player>]) -> BTreeMap<String, usize> {
-    let mut reasons = BTreeMap::new();
-    for reason in players.iter().filter_map(|p| p.ended()) {
-        *reasons.entry(reason).or_default() += 1;
+    tally(players.iter().filter_map(|p| p.ended()))
+}
+
+/// How many times each reason occurs.
+pub fn tally(reasons: impl IntoIterator<Item = String>) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for reason in reasons {
+        *counts.entry(reason).or_default() += 1;
     }
-    reasons
+    counts
 }
 
 /// A failure reason as it is grouped in the summary.

@@ -417,22 +417,16 @@ fn build_summary(
         .server_cpu_us
         .filter(|_| forwarded > 0)
         .map(|us| round3(us as f64 / forwarded as f64));
-    let dropped = fleet.dropped();
-    let dropped_count = dropped.values().sum::<usize>();
+    let dropped = Failed::of(fleet.dropped());
     Summary {
         command: command.to_owned(),
         server: server.to_owned(),
         streams,
         players,
-        connected: fleet.players.len().saturating_sub(dropped_count),
-        failed: Failed {
-            count: fleet.failed(),
-            reasons: fleet.failures.clone(),
-        },
-        dropped: Failed {
-            count: dropped_count,
-            reasons: dropped,
-        },
+        // Dropped players that left (soak) are in `dropped` but no longer in the fleet.
+        connected: fleet.players.iter().filter(|p| p.ended().is_none()).count(),
+        failed: Failed::of(fleet.failures.clone()),
+        dropped,
         publishers,
         duration_s: round3(m.duration_s),
         packets_sent: m.packets_sent,
@@ -596,20 +590,10 @@ async fn publish(a: PublishArgs, stop: Stop) -> Result<Summary, RunError> {
         &fleet,
         &m,
     );
-    let mut dropped = std::collections::BTreeMap::<String, usize>::new();
-    for reason in publishers.iter().filter_map(Publisher::ended) {
-        *dropped.entry(reason).or_default() += 1;
-    }
-    let dropped_count = dropped.values().sum();
-    summary.connected = publishers.len() - dropped_count;
-    summary.failed = Failed {
-        count: failures.values().sum(),
-        reasons: failures,
-    };
-    summary.dropped = Failed {
-        count: dropped_count,
-        reasons: dropped,
-    };
+    let dropped = Failed::of(fleet::tally(publishers.iter().filter_map(Publisher::ended)));
+    summary.connected = publishers.len() - dropped.count;
+    summary.failed = Failed::of(failures);
+    summary.dropped = dropped;
     Ok(summary)
 }
 
@@ -828,11 +812,7 @@ async fn relay_chain(a: RelayChainArgs, stop: Stop) -> Result<Summary, RunError>
         &last_measured,
     );
     summary.connected = hops.last().map_or(0, |h| h.connected);
-    let dropped = fleet::dropped(&groups[last]);
-    summary.dropped = Failed {
-        count: dropped.values().sum(),
-        reasons: dropped,
-    };
+    summary.dropped = Failed::of(fleet::dropped(&groups[last]));
     summary.hops = hops;
     Ok(summary)
 }

@@ -106,6 +106,16 @@ pub struct Failed {
     pub reasons: BTreeMap<String, usize>,
 }
 
+impl Failed {
+    /// From each reason's count.
+    pub fn of(reasons: BTreeMap<String, usize>) -> Failed {
+        Failed {
+            count: reasons.values().sum(),
+            reasons,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct Latency {
     pub p50: f64,
