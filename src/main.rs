@@ -64,6 +64,7 @@ fn main() -> std::process::ExitCode {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colours_on_stderr())
         .with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Text => builder.init(),
@@ -102,4 +103,11 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Log lines are coloured only for a person at a terminal: a file, a pipe or the journal gets
+/// plain text, and `NO_COLOR` (any value but empty) turns colours off everywhere.
+fn colours_on_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }

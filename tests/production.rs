@@ -1674,6 +1674,27 @@ async fn sigterm_ends_relays_on_the_remote_side_within_5_seconds() {
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]
+async fn text_logs_written_to_a_file_carry_no_terminal_colour_codes() {
+    let server = Server::start(&[]);
+    let _s = session(&server).await;
+    let text = eventually(Duration::from_secs(5), || async {
+        let text = server.log_text();
+        text.contains("session established").then_some(text)
+    })
+    .await
+    .expect("a session line in the log");
+    assert!(
+        !text.contains('\u{1b}'),
+        "escape codes in a log file: {text:?}"
+    );
+    let line = text
+        .lines()
+        .find(|l| l.contains("session established"))
+        .unwrap();
+    assert!(line.contains(" INFO "), "{line}");
+}
+
+#[tokio::test]
 async fn json_logs_carry_one_line_per_lifecycle_event_with_ids() {
     let server = Server::start(&["--log-format", "json"]);
     let ep = endpoint();
