@@ -43,9 +43,9 @@ async function startServer(name, { cores = 2, extraArgs = [], readyTimeoutMs = 3
     const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     running.add(child);
     child.once('exit', () => running.delete(child));
-    // The log is colored even on a pipe: strip the escapes so the file reads as text.
+    // The server colours its log only on a terminal: on this pipe it is plain text.
     readline.createInterface({ input: child.stderr })
-        .on('line', (line) => log.write(`${line.replace(/\x1b\[[0-9;]*m/g, '')}\n`));
+        .on('line', (line) => log.write(`${line}\n`));
     // 'close' comes after the exit and after stdout and stderr are drained.
     const exited = new Promise((resolve) => child.once('close', (code, signal) => resolve({ code, signal })));
 
