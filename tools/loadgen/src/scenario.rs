@@ -396,6 +396,28 @@ async fn close_window(
     }
 }
 
+/// Forwarded packets over which a server's process cannot have used no CPU at all (at 1 us a
+/// packet, a tenth of a second: ten of the kernel's clock ticks).
+const PACKETS_THAT_TAKE_CPU: u64 = 100_000;
+
+/// The server's CPU per forwarded packet, in microseconds. `None` without a process to read,
+/// without packets, or when the process used no CPU while the server sent
+/// [`PACKETS_THAT_TAKE_CPU`] or more: then `--server-pid` names another process (a shell or
+/// `cargo run` around the server), which is said on stderr rather than reported as 0 us.
+fn cpu_per_packet(server_cpu_us: Option<u64>, forwarded: u64) -> Option<f64> {
+    let us = server_cpu_us.filter(|_| forwarded > 0)?;
+    if us == 0 && forwarded >= PACKETS_THAT_TAKE_CPU {
+        tracing::warn!(
+            forwarded,
+            "the --server-pid process used no CPU while the server sent these packets: it is \
+             not the server's own process (a shell or `cargo run` around it?), so the summary \
+             has no CPU per packet"
+        );
+        return None;
+    }
+    Some(round3(us as f64 / forwarded as f64))
+}
+
 fn build_summary(
     command: &str,
     server: &str,
@@ -413,10 +435,7 @@ fn build_summary(
             "players: media packets received + lost",
         ),
     };
-    let cpu_per_packet = m
-        .server_cpu_us
-        .filter(|_| forwarded > 0)
-        .map(|us| round3(us as f64 / forwarded as f64));
+    let cpu_per_packet = cpu_per_packet(m.server_cpu_us, forwarded);
     let dropped = Failed::of(fleet.dropped());
     Summary {
         command: command.to_owned(),
@@ -943,6 +962,16 @@ mod tests {
         assert!(check_ws_url("ws://127.0.0.1:8080/").is_ok());
         assert!(matches!(check_ws_url("http://x/"), Err(RunError::Usage(_))));
         assert!(matches!(check_ws_url("not a url"), Err(RunError::Usage(_))));
+    }
+
+    #[test]
+    fn a_server_pid_that_used_no_cpu_gives_no_cpu_per_packet() {
+        assert_eq!(cpu_per_packet(Some(2_000_000), 1_000_000), Some(2.0));
+        // Few packets can take less than a clock tick.
+        assert_eq!(cpu_per_packet(Some(0), 1_000), Some(0.0));
+        assert_eq!(cpu_per_packet(Some(0), 900_000), None);
+        assert_eq!(cpu_per_packet(Some(5), 0), None);
+        assert_eq!(cpu_per_packet(None, 900_000), None);
     }
 
     #[test]
