@@ -73,6 +73,7 @@ fn main() -> std::process::ExitCode {
     if let Err(e) = thp {
         tracing::warn!(error = %e, "could not turn transparent huge pages off; memory per player will be higher");
     }
+    open_files();
     let server_config = match config.server_config() {
         Ok(server_config) => server_config,
         Err(e) => {
@@ -111,3 +112,33 @@ fn colours_on_stderr() -> bool {
     use std::io::IsTerminal;
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
+
+/// Each signalling connection holds a file descriptor: the soft open-file limit goes up to
+/// the hard one (Linux's usual soft limit, 1,024, would stop the server at about a thousand
+/// players), and a hard limit that is still low is said at start.
+fn open_files() {
+    match relaycast_dataplane::process::raise_open_files(None) {
+        Ok(limit) => {
+            if limit.soft > limit.before {
+                tracing::info!(
+                    from = limit.before,
+                    to = limit.soft,
+                    "open-file limit raised to the hard limit"
+                );
+            }
+            if limit.soft < FEW_OPEN_FILES {
+                tracing::warn!(
+                    limit = limit.soft,
+                    "the open-file limit allows fewer signalling connections than this many \
+                     descriptors; raise the hard limit (ulimit -Hn, or LimitNOFILE= in a \
+                     systemd unit)"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not read or raise the open-file limit"),
+    }
+}
+
+/// An open-file limit below this is said at start: a few thousand players need as many
+/// descriptors.
+const FEW_OPEN_FILES: u64 = 4096;

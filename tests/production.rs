@@ -1673,6 +1673,87 @@ async fn sigterm_ends_relays_on_the_remote_side_within_5_seconds() {
 // Logs
 // ---------------------------------------------------------------------------------------------
 
+// ---------------------------------------------------------------------------------------------
+// Open files
+// ---------------------------------------------------------------------------------------------
+
+/// The soft and hard "Max open files" of a process, from /proc/PID/limits.
+fn open_file_limits(pid: u32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("read limits");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("an open files line");
+    let numbers: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (numbers[0], numbers[1])
+}
+
+#[tokio::test]
+async fn a_low_soft_open_file_limit_is_raised_to_the_hard_one() {
+    // Linux's usual soft limit of 1,024 would stop a server at about a thousand players.
+    let server = Server::start_with_open_files(&[], 256, 8192);
+    assert_eq!(open_file_limits(server.pid()), (8192, 8192));
+    let _s = session(&server).await;
+    let log = server.log_text();
+    assert!(
+        log.contains("open-file limit raised to the hard limit") && log.contains("to=8192"),
+        "{log}"
+    );
+    assert!(!log.contains("the open-file limit allows fewer"), "{log}");
+}
+
+#[tokio::test]
+async fn out_of_descriptors_the_server_says_so_once_and_serves_again_once_some_close() {
+    const LIMIT: u64 = 128;
+    let server = Server::start_with_open_files(&[], LIMIT, LIMIT);
+    assert!(
+        server
+            .log_text()
+            .contains("the open-file limit allows fewer"),
+        "a limit this low is said at start: {}",
+        server.log_text()
+    );
+    // More connections than the process has descriptors left: the kernel completes them
+    // in the listen backlog, the server accepts until it runs out.
+    let hogs: Vec<std::net::TcpStream> = (0..LIMIT)
+        .map(|_| std::net::TcpStream::connect(server.ws).expect("connect"))
+        .collect();
+    let failing = eventually(Duration::from_secs(5), || async {
+        server
+            .log_text()
+            .contains("accept failed: new connections wait")
+            .then_some(())
+    })
+    .await;
+    assert!(
+        failing.is_some(),
+        "no accept failure: {}",
+        server.log_text()
+    );
+    // A second of failed tries, one every 50 ms: still one line.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let log = server.log_text();
+    assert_eq!(log.matches("accept failed").count(), 1, "{log}");
+    assert!(!log.contains("accepts still failing"), "{log}");
+
+    drop(hogs);
+    let s = tokio::time::timeout(Duration::from_secs(10), session(&server))
+        .await
+        .expect("a session once the idle connections closed");
+    drop(s);
+    let again = eventually(Duration::from_secs(5), || async {
+        server
+            .log_text()
+            .contains("accepting connections again")
+            .then_some(())
+    })
+    .await;
+    assert!(again.is_some(), "{}", server.log_text());
+}
+
 #[tokio::test]
 async fn text_logs_written_to_a_file_carry_no_terminal_colour_codes() {
     let server = Server::start(&[]);

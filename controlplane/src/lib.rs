@@ -13,6 +13,7 @@ pub mod auth;
 pub mod client;
 pub mod hooks;
 pub mod hub;
+pub mod listen;
 pub mod metrics;
 pub mod protocol;
 pub mod registry;

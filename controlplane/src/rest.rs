@@ -25,6 +25,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::auth::{AuthError, RestAuth};
 use crate::hub::Hub;
+use crate::listen::Listener;
 use crate::protocol::{MediaSessionId, SessionId, StreamName, StreamStatus};
 use crate::registry::{RestReply, RestRequest, error_reply};
 
@@ -71,15 +72,9 @@ async fn accept_loop(
     tls: Option<TlsAcceptor>,
     config: RestConfig,
 ) {
+    let mut listener = Listener::new(listener, "REST");
     loop {
-        let (stream, remote) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(error = %e, "REST accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (stream, remote) = listener.accept().await;
         let hub = Rc::clone(&hub);
         let config = config.clone();
         let tls = tls.clone();

@@ -28,6 +28,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 
 use crate::hub::{Hub, Outgoing};
+use crate::listen::Listener;
 use crate::protocol;
 
 /// Initial read buffer of one signalling WebSocket, and the most it reads in one call
@@ -114,16 +115,9 @@ async fn accept_loop(
     config: SignallingConfig,
     per_ip: Rc<PerIp>,
 ) {
+    let mut listener = Listener::new(listener, "signalling");
     loop {
-        let (stream, remote) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // EMFILE and friends: wait a little instead of spinning.
-                tracing::warn!(error = %e, "signalling accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (stream, remote) = listener.accept().await;
         if hub.is_stopping() {
             continue;
         }

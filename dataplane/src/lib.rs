@@ -26,6 +26,7 @@ pub mod media;
 pub mod memory;
 pub mod mesh;
 pub mod peer;
+pub mod process;
 pub mod router;
 pub mod srtp;
 pub mod synth;

@@ -29,6 +29,34 @@ pub struct Server {
 impl Server {
     /// Starts `relaycast` on 127.0.0.1 with ephemeral ports, 2 cores, and `extra` flags.
     pub fn start(extra: &[&str]) -> Server {
+        Server::spawn(Server::args(extra))
+    }
+
+    /// [`Server::start`] in a process whose open-file limit starts at `soft` (hard: `hard`).
+    pub fn start_with_open_files(extra: &[&str], soft: u64, hard: u64) -> Server {
+        Server::spawn_with(Server::args(extra), |command| {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: runs in the child between fork and exec, and only calls setrlimit
+            // (async-signal-safe) on a struct it owns.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: soft,
+                        rlim_max: hard,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        })
+    }
+
+    /// The flags of a test server: ephemeral ports on loopback, two cores, then `extra` (a
+    /// flag given there replaces the default one).
+    fn args(extra: &[&str]) -> Vec<String> {
         let mut args: Vec<String> = [
             "--ws-port",
             "0",
@@ -44,14 +72,13 @@ impl Server {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        // A flag given in `extra` replaces the default one.
         for flag in extra.iter().filter(|f| f.starts_with("--")) {
             if let Some(i) = args.iter().position(|a| a == flag) {
                 args.drain(i..i + 2);
             }
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        Server::spawn(args)
+        args
     }
 
     /// Starts a server with a config file holding `toml`, plus the flags of [`Server::start`].
@@ -69,18 +96,23 @@ impl Server {
 
     /// Starts a server with exactly these arguments.
     pub fn spawn(args: Vec<String>) -> Server {
+        Server::spawn_with(args, |_| {})
+    }
+
+    fn spawn_with(args: Vec<String>, configure: impl FnOnce(&mut Command)) -> Server {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("relaycast-{}-{n}.log", std::process::id()));
         let log_file = std::fs::File::create(&log).expect("create server log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_relaycast"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_relaycast"));
+        command
             .args(&args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
-            .stderr(log_file)
-            .spawn()
-            .expect("start relaycast");
+            .stderr(log_file);
+        configure(&mut command);
+        let mut child = command.spawn().expect("start relaycast");
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
         BufReader::new(stdout)

@@ -42,7 +42,7 @@ fn main() -> ExitCode {
         Ok((soft, false)) => eprintln!(
             "relaycast-loadgen: warning: the open-file limit ({soft}) is below what {players} \
              peers need ({}); raise the hard limit (ulimit -Hn)",
-            limits::FDS_BASE + limits::FDS_PER_PLAYER * players as u64
+            limits::needed(players)
         ),
         Err(e) => eprintln!("relaycast-loadgen: warning: cannot read the open-file limit: {e}"),
     }

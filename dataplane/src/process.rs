@@ -1,0 +1,69 @@
+//! Process-wide limits shared by the server and the load generator.
+
+use std::io;
+
+/// The open-file limit (`RLIMIT_NOFILE`) before and after [`raise_open_files`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenFiles {
+    /// The soft limit the process started with.
+    pub before: u64,
+    /// The soft limit now in force.
+    pub soft: u64,
+    /// The hard limit, the most the soft one can be raised to without privilege.
+    pub hard: u64,
+}
+
+/// Raises the soft open-file limit to `want`, or to the hard limit with `None`; never above
+/// the hard limit, never lower than it was. Every signalling connection, and every peer of
+/// the load generator, holds a descriptor, and the usual soft limit of 1,024 would stop a
+/// server at about a thousand players (connections then wait unaccepted). Raising the soft
+/// limit to the hard one needs no privilege; the hard one is the operator's (`ulimit -Hn`,
+/// `LimitNOFILE=` in a systemd unit).
+pub fn raise_open_files(want: Option<u64>) -> io::Result<OpenFiles> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let before = limit.rlim_cur;
+    let target = want.unwrap_or(limit.rlim_max).min(limit.rlim_max);
+    if target > before {
+        let raised = libc::rlimit {
+            rlim_cur: target,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we own; raising the soft limit up to the hard
+        // one needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        limit = raised;
+    }
+    Ok(OpenFiles {
+        before,
+        soft: limit.rlim_cur,
+        hard: limit.rlim_max,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_soft_limit_goes_up_to_what_is_asked_and_no_further_than_the_hard_one() {
+        // Each test runs in its own process under nextest; the limit only ever goes up.
+        let now = raise_open_files(Some(0)).unwrap();
+        assert_eq!(now.soft, now.before, "a lower want changes nothing");
+        let asked = (now.soft + 1).min(now.hard);
+        let raised = raise_open_files(Some(asked)).unwrap();
+        assert_eq!(raised.soft, asked);
+        let all = raise_open_files(None).unwrap();
+        assert_eq!(all.soft, all.hard);
+        let beyond = raise_open_files(Some(u64::MAX)).unwrap();
+        assert_eq!(beyond.soft, beyond.hard);
+    }
+}
