@@ -73,7 +73,7 @@ fn main() -> std::process::ExitCode {
     if let Err(e) = thp {
         tracing::warn!(error = %e, "could not turn transparent huge pages off; memory per player will be higher");
     }
-    open_files();
+    raise_limits();
     let server_config = match config.server_config() {
         Ok(server_config) => server_config,
         Err(e) => {
@@ -115,8 +115,9 @@ fn colours_on_stderr() -> bool {
 
 /// Each signalling connection holds a file descriptor: the soft open-file limit goes up to
 /// the hard one (Linux's usual soft limit, 1,024, would stop the server at about a thousand
-/// players), and a hard limit that is still low is said at start.
-fn open_files() {
+/// players), and a hard limit that is still low is said at start. The locked-memory limit,
+/// which each core's io_uring buffers count against, goes up to its hard one too.
+fn raise_limits() {
     match relaycast_dataplane::process::raise_open_files(None) {
         Ok(limit) => {
             if limit.soft > limit.before {
@@ -136,6 +137,15 @@ fn open_files() {
             }
         }
         Err(e) => tracing::warn!(error = %e, "could not read or raise the open-file limit"),
+    }
+    match relaycast_dataplane::process::raise_locked_memory() {
+        Ok(limit) if limit.soft > limit.before => tracing::info!(
+            from = limit.before,
+            to = limit.soft,
+            "locked-memory limit raised to the hard limit (io_uring's buffers)"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not read or raise the locked-memory limit"),
     }
 }
 

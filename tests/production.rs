@@ -1694,7 +1694,7 @@ fn open_file_limits(pid: u32) -> (u64, u64) {
 #[tokio::test]
 async fn a_low_soft_open_file_limit_is_raised_to_the_hard_one() {
     // Linux's usual soft limit of 1,024 would stop a server at about a thousand players.
-    let server = Server::start_with_open_files(&[], 256, 8192);
+    let server = Server::start_with_limit(&[], libc::RLIMIT_NOFILE, 256, 8192);
     assert_eq!(open_file_limits(server.pid()), (8192, 8192));
     let _s = session(&server).await;
     let log = server.log_text();
@@ -1708,7 +1708,7 @@ async fn a_low_soft_open_file_limit_is_raised_to_the_hard_one() {
 #[tokio::test]
 async fn out_of_descriptors_the_server_says_so_once_and_serves_again_once_some_close() {
     const LIMIT: u64 = 128;
-    let server = Server::start_with_open_files(&[], LIMIT, LIMIT);
+    let server = Server::start_with_limit(&[], libc::RLIMIT_NOFILE, LIMIT, LIMIT);
     assert!(
         server
             .log_text()
@@ -1752,6 +1752,53 @@ async fn out_of_descriptors_the_server_says_so_once_and_serves_again_once_some_c
     })
     .await;
     assert!(again.is_some(), "{}", server.log_text());
+}
+
+#[tokio::test]
+async fn a_low_soft_locked_memory_limit_is_raised_for_io_uring() {
+    // 64 KiB, the old default, is below what a core's io_uring registers; the hard limit
+    // stays this process's (raising it needs privilege).
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) },
+        0
+    );
+    assert!(
+        limit.rlim_max >= 2 << 20,
+        "this test needs a hard limit of 2 MiB or more"
+    );
+    let server = Server::start_with_limit(&[], libc::RLIMIT_MEMLOCK, 64 << 10, limit.rlim_max);
+    let _s = session(&server).await;
+    assert!(
+        server
+            .log_text()
+            .contains("locked-memory limit raised to the hard limit"),
+        "{}",
+        server.log_text()
+    );
+}
+
+#[test]
+fn too_little_locked_memory_stops_the_server_with_what_to_raise() {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_relaycast"));
+    command.args(Server::args(&["--cores", "1"]));
+    common::set_limit(&mut command, libc::RLIMIT_MEMLOCK, 64 << 10, 64 << 10);
+    let out = command.output().expect("run relaycast");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("io_uring needs 512 KiB of locked memory per core")
+            && stderr.contains("ulimit -l"),
+        "{stderr}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).is_empty(),
+        "never ready"
+    );
 }
 
 #[tokio::test]

@@ -13,6 +13,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
@@ -180,7 +181,7 @@ impl DataPlane {
             };
             let join = LocalExecutorBuilder::new(placement)
                 .name(&format!("rc-core{n}"))
-                .io_memory(512 << 10)
+                .io_memory(CORE_IO_MEMORY)
                 .ring_depth(256)
                 .spawn(move || core_main(start))
                 .map_err(|e| StartError::Core {
@@ -193,13 +194,27 @@ impl DataPlane {
         // Every core must be spawned before any is waited for: each connects its rings to
         // all the others before it reports ready.
         for (n, id, ready_rx, cmd_tx, flag, local, counters) in pending {
-            let wake_addr = ready_rx
-                .recv_timeout(Duration::from_secs(10))
-                .map_err(|_| StartError::Core {
-                    core: n,
-                    message: "core did not start".into(),
-                })?
-                .map_err(|message| StartError::Core { core: n, message })?;
+            let wake_addr = match ready_rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(ready) => ready.map_err(|message| StartError::Core { core: n, message })?,
+                Err(RecvTimeoutError::Disconnected) => {
+                    // The thread ended before its executor ran (the joins are in core
+                    // order): glommio says why.
+                    let why = match (n < plane.joins.len()).then(|| plane.joins.remove(n).join()) {
+                        Some(Err(e)) => executor_failure(&e.to_string()),
+                        _ => "core did not start".into(),
+                    };
+                    return Err(StartError::Core {
+                        core: n,
+                        message: why,
+                    });
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(StartError::Core {
+                        core: n,
+                        message: "core did not start within 10 s".into(),
+                    });
+                }
+            };
             let wake = StdUdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
                 .and_then(|s| s.connect(wake_addr).map(|()| s))
                 .and_then(|s| s.set_nonblocking(true).map(|()| s))
@@ -1280,6 +1295,24 @@ impl Core {
         });
     }
 }
+
+/// Why a core's executor could not start, with what to do about the usual cause: io_uring's
+/// buffers count against the locked-memory limit, whose old default (64 KiB) is below what
+/// a core registers.
+fn executor_failure(error: &str) -> String {
+    if error.contains("MemLockLimit") {
+        format!(
+            "{error}: io_uring needs {} KiB of locked memory per core; raise the limit \
+             (ulimit -l, or LimitMEMLOCK= in a systemd unit)",
+            CORE_IO_MEMORY >> 10
+        )
+    } else {
+        error.to_owned()
+    }
+}
+
+/// Bytes of io_uring buffers each core registers (locked memory).
+const CORE_IO_MEMORY: usize = 512 << 10;
 
 /// A batch's sends start once this many datagrams are sealed for the shared socket, so the
 /// first subscribers' packets leave while the rest are still being sealed (a keyframe to

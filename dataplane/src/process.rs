@@ -1,10 +1,10 @@
-//! Process-wide limits shared by the server and the load generator.
+//! Process-wide resource limits shared by the server and the load generator.
 
 use std::io;
 
-/// The open-file limit (`RLIMIT_NOFILE`) before and after [`raise_open_files`].
+/// A resource limit before and after [`raise_open_files`] or [`raise_locked_memory`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct OpenFiles {
+pub struct Limit {
     /// The soft limit the process started with.
     pub before: u64,
     /// The soft limit now in force.
@@ -19,13 +19,23 @@ pub struct OpenFiles {
 /// server at about a thousand players (connections then wait unaccepted). Raising the soft
 /// limit to the hard one needs no privilege; the hard one is the operator's (`ulimit -Hn`,
 /// `LimitNOFILE=` in a systemd unit).
-pub fn raise_open_files(want: Option<u64>) -> io::Result<OpenFiles> {
+pub fn raise_open_files(want: Option<u64>) -> io::Result<Limit> {
+    raise(libc::RLIMIT_NOFILE, want)
+}
+
+/// Raises the soft locked-memory limit to the hard one: each core's io_uring registers
+/// buffers that count against it (`ulimit -l`, `LimitMEMLOCK=` in a systemd unit).
+pub fn raise_locked_memory() -> io::Result<Limit> {
+    raise(libc::RLIMIT_MEMLOCK, None)
+}
+
+fn raise(resource: libc::__rlimit_resource_t, want: Option<u64>) -> io::Result<Limit> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit writes into the struct we own.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+    if unsafe { libc::getrlimit(resource, &mut limit) } != 0 {
         return Err(io::Error::last_os_error());
     }
     let before = limit.rlim_cur;
@@ -35,14 +45,14 @@ pub fn raise_open_files(want: Option<u64>) -> io::Result<OpenFiles> {
             rlim_cur: target,
             rlim_max: limit.rlim_max,
         };
-        // SAFETY: setrlimit reads the struct we own; raising the soft limit up to the hard
-        // one needs no privilege.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        // SAFETY: setrlimit reads the struct we own; raising a soft limit up to the hard one
+        // needs no privilege.
+        if unsafe { libc::setrlimit(resource, &raised) } != 0 {
             return Err(io::Error::last_os_error());
         }
         limit = raised;
     }
-    Ok(OpenFiles {
+    Ok(Limit {
         before,
         soft: limit.rlim_cur,
         hard: limit.rlim_max,
@@ -65,5 +75,12 @@ mod tests {
         assert_eq!(all.soft, all.hard);
         let beyond = raise_open_files(Some(u64::MAX)).unwrap();
         assert_eq!(beyond.soft, beyond.hard);
+    }
+
+    #[test]
+    fn locked_memory_goes_up_to_the_hard_limit() {
+        let limit = raise_locked_memory().unwrap();
+        assert_eq!(limit.soft, limit.hard);
+        assert!(limit.soft >= limit.before);
     }
 }

@@ -32,31 +32,22 @@ impl Server {
         Server::spawn(Server::args(extra))
     }
 
-    /// [`Server::start`] in a process whose open-file limit starts at `soft` (hard: `hard`).
-    pub fn start_with_open_files(extra: &[&str], soft: u64, hard: u64) -> Server {
+    /// [`Server::start`] in a process whose `resource` limit (`libc::RLIMIT_*`) starts at
+    /// `soft` (hard: `hard`).
+    pub fn start_with_limit(
+        extra: &[&str],
+        resource: libc::__rlimit_resource_t,
+        soft: u64,
+        hard: u64,
+    ) -> Server {
         Server::spawn_with(Server::args(extra), |command| {
-            use std::os::unix::process::CommandExt;
-            // SAFETY: runs in the child between fork and exec, and only calls setrlimit
-            // (async-signal-safe) on a struct it owns.
-            unsafe {
-                command.pre_exec(move || {
-                    let limit = libc::rlimit {
-                        rlim_cur: soft,
-                        rlim_max: hard,
-                    };
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
-                        Ok(())
-                    } else {
-                        Err(std::io::Error::last_os_error())
-                    }
-                });
-            }
+            set_limit(command, resource, soft, hard)
         })
     }
 
     /// The flags of a test server: ephemeral ports on loopback, two cores, then `extra` (a
     /// flag given there replaces the default one).
-    fn args(extra: &[&str]) -> Vec<String> {
+    pub fn args(extra: &[&str]) -> Vec<String> {
         let mut args: Vec<String> = [
             "--ws-port",
             "0",
@@ -651,5 +642,25 @@ impl Posts {
             }
             self.aside.push(post);
         }
+    }
+}
+
+/// Makes `command`'s process start with its `resource` limit at `soft` (hard: `hard`).
+pub fn set_limit(command: &mut Command, resource: libc::__rlimit_resource_t, soft: u64, hard: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: runs in the child between fork and exec, and only calls setrlimit
+    // (async-signal-safe) on a struct it owns.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            if libc::setrlimit(resource, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
     }
 }
