@@ -46,6 +46,10 @@ fn main() -> ExitCode {
         ),
         Err(e) => eprintln!("relaycast-loadgen: warning: cannot read the open-file limit: {e}"),
     }
+    // Each media core's io_uring registers buffers that count against locked memory.
+    if let Err(e) = relaycast_dataplane::process::raise_locked_memory() {
+        eprintln!("relaycast-loadgen: warning: cannot read the locked-memory limit: {e}");
+    }
 
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
