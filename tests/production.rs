@@ -1783,6 +1783,29 @@ async fn a_low_soft_locked_memory_limit_is_raised_for_io_uring() {
 }
 
 #[test]
+fn a_media_port_in_use_stops_the_server_with_one_clear_line() {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a UDP port");
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_relaycast"))
+        .args(Server::args(&["--cores", "1", "--media-port-base", &port]))
+        .output()
+        .expect("run relaycast");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("relaycast: "))
+        .unwrap_or_else(|| panic!("no error line: {stderr}"));
+    assert_eq!(
+        line,
+        format!(
+            "relaycast: could not start the data plane: cannot bind UDP socket to \
+             127.0.0.1:{port}: Address already in use (os error 98)"
+        )
+    );
+}
+
+#[test]
 fn too_little_locked_memory_stops_the_server_with_what_to_raise() {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_relaycast"));
     command.args(Server::args(&["--cores", "1"]));

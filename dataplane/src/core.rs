@@ -89,11 +89,9 @@ pub struct CoreCounters {
 pub enum StartError {
     #[error("media port {base}+{cores} is out of range")]
     PortRange { base: u16, cores: usize },
-    #[error("binding media socket {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: udp::UdpError,
-    },
+    /// A media socket could not be set up (its message names the address).
+    #[error(transparent)]
+    Socket(udp::UdpError),
     #[error("starting core {core}: {message}")]
     Core { core: usize, message: String },
 }
@@ -127,7 +125,7 @@ impl DataPlane {
             };
             let addr = SocketAddr::new(config.bind, port);
             let socket = udp::bind_media_socket(addr, config.socket_buffer, config.socket_buffer)
-                .map_err(|source| StartError::Bind { addr, source })?;
+                .map_err(StartError::Socket)?;
             if config.arrival_timestamps {
                 stamp_arrivals(&socket, addr);
             }

@@ -64,16 +64,18 @@ const _: () = assert!(
 /// Errors from setting up a media socket; each carries the address it was for.
 #[derive(thiserror::Error, Debug)]
 pub enum UdpError {
-    #[error("cannot create UDP socket for {addr}: {source}")]
-    Create { addr: SocketAddr, source: io::Error },
-    #[error("cannot set {option} on UDP socket for {addr}: {source}")]
+    // The OS error is part of each message, not a separate source: printed as a chain, it
+    // would otherwise come twice.
+    #[error("cannot create UDP socket for {addr}: {error}")]
+    Create { addr: SocketAddr, error: io::Error },
+    #[error("cannot set {option} on UDP socket for {addr}: {error}")]
     SetOption {
         addr: SocketAddr,
         option: &'static str,
-        source: io::Error,
+        error: io::Error,
     },
-    #[error("cannot bind UDP socket to {addr}: {source}")]
-    Bind { addr: SocketAddr, source: io::Error },
+    #[error("cannot bind UDP socket to {addr}: {error}")]
+    Bind { addr: SocketAddr, error: io::Error },
 }
 
 /// Binds a UDP socket for media: nonblocking, `SO_RCVBUF`/`SO_SNDBUF` set to the
@@ -92,12 +94,12 @@ pub fn bind_media_socket(
     sndbuf: usize,
 ) -> Result<Socket, UdpError> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
-        .map_err(|source| UdpError::Create { addr, source })?;
+        .map_err(|error| UdpError::Create { addr, error })?;
     let option_error = |option: &'static str| {
-        move |source| UdpError::SetOption {
+        move |error| UdpError::SetOption {
             addr,
             option,
-            source,
+            error,
         }
     };
     socket
@@ -136,7 +138,7 @@ pub fn bind_media_socket(
 
     socket
         .bind(&addr.into())
-        .map_err(|source| UdpError::Bind { addr, source })?;
+        .map_err(|error| UdpError::Bind { addr, error })?;
     tracing::debug!(
         %addr,
         rcvbuf = effective_rcvbuf,
