@@ -1782,6 +1782,42 @@ async fn a_low_soft_locked_memory_limit_is_raised_for_io_uring() {
     );
 }
 
+#[tokio::test]
+async fn cores_are_pinned_within_the_cpus_the_server_was_started_on() {
+    // As `taskset -c LAST relaycast`: the core must not go to CPU 0.
+    let last = relaycast_dataplane::process::allowed_cpus()
+        .unwrap()
+        .into_iter()
+        .max()
+        .unwrap();
+    let server = Server::start_on_cpu(&["--cores", "2"], last);
+    let _s = session(&server).await;
+    let mut cores = 0;
+    for task in std::fs::read_dir(format!("/proc/{}/task", server.pid())).unwrap() {
+        let task = task.unwrap().path();
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        if !comm.starts_with("rc-core") {
+            continue;
+        }
+        cores += 1;
+        let status = std::fs::read_to_string(task.join("status")).unwrap();
+        let allowed = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap()
+            .trim();
+        assert_eq!(allowed, last.to_string(), "{} on {allowed}", comm.trim());
+    }
+    assert!(cores >= 2, "{cores} core threads");
+    assert!(
+        server
+            .log_text()
+            .contains(&format!("cpus=[{last}, {last}]")),
+        "{}",
+        server.log_text()
+    );
+}
+
 #[test]
 fn a_media_port_in_use_stops_the_server_with_one_clear_line() {
     let taken = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a UDP port");

@@ -112,7 +112,15 @@ impl DataPlane {
             });
         }
         let config = Arc::new(config);
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // Cores are pinned to the CPUs this process may use, in turn.
+        let cpus = if config.pin {
+            crate::process::allowed_cpus()
+                .ok()
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| vec![0])
+        } else {
+            Vec::new()
+        };
         let (event_tx, events) = crossbeam_channel::unbounded();
         let notify = Arc::new(Notify::new());
         let cert = generate_cert();
@@ -173,7 +181,7 @@ impl DataPlane {
                 ready: ready_tx,
             };
             let placement = if config.pin {
-                Placement::Fixed(n % cpus)
+                Placement::Fixed(cpus[n % cpus.len()])
             } else {
                 Placement::Unbound
             };
@@ -229,7 +237,12 @@ impl DataPlane {
             plane.media_addrs.push(local);
             plane.counters.push(counters);
         }
-        tracing::info!(cores, media = ?plane.media_addrs, "data plane started");
+        let pinned: Vec<usize> = if cpus.is_empty() {
+            Vec::new()
+        } else {
+            (0..cores).map(|n| cpus[n % cpus.len()]).collect()
+        };
+        tracing::info!(cores, media = ?plane.media_addrs, cpus = ?pinned, "data plane started");
         Ok(plane)
     }
 

@@ -59,6 +59,24 @@ fn raise(resource: libc::__rlimit_resource_t, want: Option<u64>) -> io::Result<L
     })
 }
 
+/// The CPUs this process may run on (its affinity mask, as `taskset` or a container's cpuset
+/// left it), in order. The data plane pins its cores to these: CPU numbers counted from 0
+/// would put a server started with `taskset -c 2,3` on CPUs 0 and 1.
+pub fn allowed_cpus() -> io::Result<Vec<usize>> {
+    // SAFETY: an all-zero cpu_set_t is an empty set; sched_getaffinity writes into the set
+    // we own, of the size we pass.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    let max = usize::try_from(libc::CPU_SETSIZE).unwrap_or(1024);
+    // SAFETY: CPU_ISSET reads a bit of the set we own, below CPU_SETSIZE.
+    Ok((0..max)
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,6 +93,18 @@ mod tests {
         assert_eq!(all.soft, all.hard);
         let beyond = raise_open_files(Some(u64::MAX)).unwrap();
         assert_eq!(beyond.soft, beyond.hard);
+    }
+
+    #[test]
+    fn the_allowed_cpus_include_the_one_running_this() {
+        let cpus = allowed_cpus().unwrap();
+        // SAFETY: sched_getcpu takes no arguments.
+        let here = unsafe { libc::sched_getcpu() };
+        assert!(
+            cpus.contains(&usize::try_from(here).unwrap()),
+            "{cpus:?} {here}"
+        );
+        assert!(cpus.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]

@@ -45,6 +45,11 @@ impl Server {
         })
     }
 
+    /// [`Server::start`] in a process allowed only on `cpu`.
+    pub fn start_on_cpu(extra: &[&str], cpu: usize) -> Server {
+        Server::spawn_with(Server::args(extra), |command| set_cpu(command, cpu))
+    }
+
     /// The flags of a test server: ephemeral ports on loopback, two cores, then `extra` (a
     /// flag given there replaces the default one).
     pub fn args(extra: &[&str]) -> Vec<String> {
@@ -657,6 +662,24 @@ pub fn set_limit(command: &mut Command, resource: libc::__rlimit_resource_t, sof
                 rlim_max: hard,
             };
             if libc::setrlimit(resource, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+}
+
+/// Makes `command`'s process start allowed only on `cpu` (as `taskset -c CPU` does).
+pub fn set_cpu(command: &mut Command, cpu: usize) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: runs in the child between fork and exec, and only builds a CPU set it owns and
+    // calls sched_setaffinity (async-signal-safe) with it.
+    unsafe {
+        command.pre_exec(move || {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0 {
                 Ok(())
             } else {
                 Err(std::io::Error::last_os_error())
