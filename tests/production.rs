@@ -1850,7 +1850,7 @@ fn too_little_locked_memory_stops_the_server_with_what_to_raise() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(
-        stderr.contains("io_uring needs 512 KiB of locked memory per core")
+        stderr.contains("io_uring needs a locked-memory limit of at least 512 KiB")
             && stderr.contains("ulimit -l"),
         "{stderr}"
     );

@@ -1307,22 +1307,22 @@ impl Core {
     }
 }
 
-/// Why a core's executor could not start, with what to do about the usual cause: io_uring's
-/// buffers count against the locked-memory limit, whose old default (64 KiB) is below what
-/// a core registers.
+/// Why a core's executor could not start, with what to do about the usual cause: glommio
+/// refuses to start under a locked-memory limit of 512 KiB (io_uring's rings and buffers
+/// count against it), above the old default of 64 KiB.
 fn executor_failure(error: &str) -> String {
     if error.contains("MemLockLimit") {
         format!(
-            "{error}: io_uring needs {} KiB of locked memory per core; raise the limit \
-             (ulimit -l, or LimitMEMLOCK= in a systemd unit)",
-            CORE_IO_MEMORY >> 10
+            "{error}: io_uring needs a locked-memory limit of at least 512 KiB; raise it \
+             (ulimit -l, or LimitMEMLOCK= in a systemd unit)"
         )
     } else {
         error.to_owned()
     }
 }
 
-/// Bytes of io_uring buffers each core registers (locked memory).
+/// Bytes of io_uring buffers each core registers (locked memory; past the limit glommio
+/// goes on without registering them).
 const CORE_IO_MEMORY: usize = 512 << 10;
 
 /// A batch's sends start once this many datagrams are sealed for the shared socket, so the
