@@ -121,6 +121,13 @@ impl DataPlane {
         } else {
             Vec::new()
         };
+        if config.pin && cores > cpus.len() {
+            tracing::warn!(
+                cores,
+                cpus = ?cpus,
+                "more data-plane cores than CPUs this process may run on: cores share CPUs"
+            );
+        }
         let (event_tx, events) = crossbeam_channel::unbounded();
         let notify = Arc::new(Notify::new());
         let cert = generate_cert();
