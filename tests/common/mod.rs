@@ -169,6 +169,15 @@ impl Server {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The log, once it holds `text` (waits up to 5 s); `None` if it never does.
+    pub async fn log_once_it_shows(&self, text: &str) -> Option<String> {
+        eventually(Duration::from_secs(5), || async {
+            let log = self.log_text();
+            log.contains(text).then_some(log)
+        })
+        .await
+    }
+
     /// POSTs `body` to `path` on the REST port; returns the status and the JSON body.
     pub async fn rest(&self, path: &str, body: &str) -> (u16, Value) {
         rest(self.rest, path, body).await

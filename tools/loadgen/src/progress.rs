@@ -165,8 +165,8 @@ fn rx_packets(endpoint: &Endpoint) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use relaycast_dataplane::synth::{ProbeReport, SeqSpan};
-    use relaycast_dataplane::{CoreId, PeerId};
+    use crate::summary::tests::report;
+    use relaycast_dataplane::synth::SeqSpan;
 
     /// A player of `stream` that received video sequences `first..=highest` with `gaps` of
     /// them missing, its last packet `ago` before now.
@@ -178,23 +178,10 @@ mod tests {
         ago: Duration,
         now: Instant,
     ) -> (String, PeerReport) {
-        let report = PeerReport {
-            peer: PeerId(1),
-            core: CoreId(0),
-            connected: true,
-            connected_at: None,
-            local: None,
-            probe: Some(ProbeReport {
-                video_packets: highest - first + 1 - gaps,
-                lost: gaps,
-                video_seqs: Some(SeqSpan { first, highest }),
-                last_packet_at: Some(now - ago),
-                ..ProbeReport::default()
-            }),
-            latency: None,
-            generator: None,
-            link: Default::default(),
-        };
+        let mut report = report(highest - first + 1 - gaps, gaps, &[]);
+        let probe = report.probe.as_mut().unwrap();
+        probe.video_seqs = Some(SeqSpan { first, highest });
+        probe.last_packet_at = Some(now - ago);
         (stream.to_owned(), report)
     }
 

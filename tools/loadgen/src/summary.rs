@@ -503,7 +503,7 @@ impl Summary {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use relaycast_dataplane::synth::ProbeReport;
     use relaycast_dataplane::{CoreId, PeerId};
@@ -526,7 +526,8 @@ mod tests {
         assert_eq!(totals.received, 200);
     }
 
-    fn report(received: u64, lost: u64, latencies: &[u64]) -> PeerReport {
+    /// A player's report: `received` media packets, half audio, `lost` in gaps.
+    pub(crate) fn report(received: u64, lost: u64, latencies: &[u64]) -> PeerReport {
         let mut h = new_histogram();
         for &l in latencies {
             h.record(l).unwrap();

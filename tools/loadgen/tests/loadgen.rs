@@ -146,6 +146,34 @@ fn loadgen(args: &[&str]) -> Output {
 }
 
 /// Runs the loadgen, expects success, and parses its JSON summary.
+/// `relay-chain` from `a` through `b` (`mode`: pull or push): 3 players on `a`, 2 on `b`.
+fn spawn_relay_chain(a: &Server, b: &Server, mode: &str, bitrate: &str, duration: &str) -> Child {
+    spawn(&[
+        "relay-chain",
+        "--server",
+        &a.ws,
+        "--rest",
+        &a.rest,
+        "--hop",
+        &b.ws,
+        "--hop-rest",
+        &b.rest,
+        "--mode",
+        mode,
+        "--players",
+        "3",
+        "--hop-players",
+        "2",
+        "--bitrate",
+        bitrate,
+        "--warmup",
+        "1s",
+        "--duration",
+        duration,
+        "--json",
+    ])
+}
+
 fn summary(args: &[&str]) -> Value {
     finished(spawn(args), 0).0
 }
@@ -319,30 +347,7 @@ fn soak_replaces_players() {
 fn relay_chain_measures_each_hop() {
     let (a, b) = (Server::start(), Server::start());
     for mode in ["pull", "push"] {
-        let s = summary(&[
-            "relay-chain",
-            "--server",
-            &a.ws,
-            "--rest",
-            &a.rest,
-            "--hop",
-            &b.ws,
-            "--hop-rest",
-            &b.rest,
-            "--mode",
-            mode,
-            "--players",
-            "3",
-            "--hop-players",
-            "2",
-            "--bitrate",
-            "500k",
-            "--warmup",
-            "1s",
-            "--duration",
-            "3s",
-            "--json",
-        ]);
+        let s = finished(spawn_relay_chain(&a, &b, mode, "500k", "3s"), 0).0;
         assert_eq!(s["command"], "relay-chain");
         assert_eq!(s["connected"], 3, "{mode}: {s:#}");
         let hops = s["hops"].as_array().expect("hops");
@@ -395,30 +400,7 @@ fn a_server_that_dies_mid_run_shows_as_dropped_players_and_loss() {
 #[test]
 fn a_relay_ended_mid_run_shows_on_its_hop() {
     let (a, b) = (Server::start(), Server::start());
-    let run = spawn(&[
-        "relay-chain",
-        "--server",
-        &a.ws,
-        "--rest",
-        &a.rest,
-        "--hop",
-        &b.ws,
-        "--hop-rest",
-        &b.rest,
-        "--mode",
-        "pull",
-        "--players",
-        "3",
-        "--hop-players",
-        "2",
-        "--bitrate",
-        "300k",
-        "--warmup",
-        "1s",
-        "--duration",
-        "8s",
-        "--json",
-    ]);
+    let run = spawn_relay_chain(&a, &b, "pull", "300k", "8s");
     // The relay is up within a second or two and the window opens about 3 s in; its
     // closing figure is read about 10 s in. End the relay (B pulls from A) at 6 s.
     std::thread::sleep(Duration::from_secs(6));
