@@ -64,7 +64,7 @@ fn main() -> std::process::ExitCode {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(colours_on_stderr())
+        .with_ansi(relaycast_dataplane::process::colour_logs())
         .with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Text => builder.init(),
@@ -106,13 +106,6 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Log lines are coloured only for a person at a terminal: a file, a pipe or the journal gets
-/// plain text, and `NO_COLOR` (any value but empty) turns colours off everywhere.
-fn colours_on_stderr() -> bool {
-    use std::io::IsTerminal;
-    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-}
-
 /// Each signalling connection holds a file descriptor: the soft open-file limit goes up to
 /// the hard one (Linux's usual soft limit, 1,024, would stop the server at about a thousand
 /// players), and a hard limit that is still low is said at start. The locked-memory limit,
@@ -130,9 +123,9 @@ fn raise_limits() {
             if limit.soft < FEW_OPEN_FILES {
                 tracing::warn!(
                     limit = limit.soft,
-                    "the open-file limit allows fewer signalling connections than this many \
-                     descriptors; raise the hard limit (ulimit -Hn, or LimitNOFILE= in a \
-                     systemd unit)"
+                    "low open-file limit: at most about this many signalling connections; \
+                     raise the hard limit for more (ulimit -Hn, or LimitNOFILE= in a systemd \
+                     unit)"
                 );
             }
         }

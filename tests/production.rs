@@ -415,13 +415,9 @@ async fn message_rate_limit() {
     tokio::time::timeout(Duration::from_secs(5), s.wait_closed())
         .await
         .expect("a flooding session is closed");
-    let closed = eventually(Duration::from_secs(5), || async {
-        server
-            .log_text()
-            .contains("closing a session that keeps exceeding the message rate")
-            .then_some(())
-    })
-    .await;
+    let closed = server
+        .log_once_it_shows("closing a session that keeps exceeding the message rate")
+        .await;
     assert!(closed.is_some(), "{}", server.log_text());
     assert!(server.log_text().contains("messages per second limit"));
 }
@@ -1702,7 +1698,7 @@ async fn a_low_soft_open_file_limit_is_raised_to_the_hard_one() {
         log.contains("open-file limit raised to the hard limit") && log.contains("to=8192"),
         "{log}"
     );
-    assert!(!log.contains("the open-file limit allows fewer"), "{log}");
+    assert!(!log.contains("low open-file limit: at most about"), "{log}");
 }
 
 #[tokio::test]
@@ -1712,7 +1708,7 @@ async fn out_of_descriptors_the_server_says_so_once_and_serves_again_once_some_c
     assert!(
         server
             .log_text()
-            .contains("the open-file limit allows fewer"),
+            .contains("low open-file limit: at most about"),
         "a limit this low is said at start: {}",
         server.log_text()
     );
@@ -1721,13 +1717,9 @@ async fn out_of_descriptors_the_server_says_so_once_and_serves_again_once_some_c
     let hogs: Vec<std::net::TcpStream> = (0..LIMIT)
         .map(|_| std::net::TcpStream::connect(server.ws).expect("connect"))
         .collect();
-    let failing = eventually(Duration::from_secs(5), || async {
-        server
-            .log_text()
-            .contains("accept failed: new connections wait")
-            .then_some(())
-    })
-    .await;
+    let failing = server
+        .log_once_it_shows("accept failed: new connections wait")
+        .await;
     assert!(
         failing.is_some(),
         "no accept failure: {}",
@@ -1744,13 +1736,9 @@ async fn out_of_descriptors_the_server_says_so_once_and_serves_again_once_some_c
         .await
         .expect("a session once the idle connections closed");
     drop(s);
-    let again = eventually(Duration::from_secs(5), || async {
-        server
-            .log_text()
-            .contains("accepting connections again")
-            .then_some(())
-    })
-    .await;
+    let again = server
+        .log_once_it_shows("accepting connections again")
+        .await;
     assert!(again.is_some(), "{}", server.log_text());
 }
 
@@ -1863,12 +1851,10 @@ fn too_little_locked_memory_stops_the_server_with_what_to_raise() {
 async fn text_logs_written_to_a_file_carry_no_terminal_colour_codes() {
     let server = Server::start(&[]);
     let _s = session(&server).await;
-    let text = eventually(Duration::from_secs(5), || async {
-        let text = server.log_text();
-        text.contains("session established").then_some(text)
-    })
-    .await
-    .expect("a session line in the log");
+    let text = server
+        .log_once_it_shows("session established")
+        .await
+        .expect("a session line in the log");
     assert!(
         !text.contains('\u{1b}'),
         "escape codes in a log file: {text:?}"

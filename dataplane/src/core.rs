@@ -117,7 +117,10 @@ impl DataPlane {
             crate::process::allowed_cpus()
                 .ok()
                 .filter(|c| !c.is_empty())
-                .unwrap_or_else(|| vec![0])
+                // Without the mask (never seen on Linux), the CPUs counted from 0.
+                .unwrap_or_else(|| {
+                    (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
+                })
         } else {
             Vec::new()
         };

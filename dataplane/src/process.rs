@@ -1,6 +1,14 @@
-//! Process-wide resource limits shared by the server and the load generator.
+//! Process-wide settings shared by the server and the load generator: resource limits, the
+//! CPUs to pin to, whether to colour the log.
 
 use std::io;
+use std::io::IsTerminal;
+
+/// Log lines are coloured only for a person at a terminal: a file, a pipe or the journal gets
+/// plain text, and `NO_COLOR` (any value but empty) turns colours off everywhere.
+pub fn colour_logs() -> bool {
+    io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
 
 /// A resource limit before and after [`raise_open_files`] or [`raise_locked_memory`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

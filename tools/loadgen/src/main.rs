@@ -20,7 +20,7 @@ fn main() -> ExitCode {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(colours_on_stderr())
+        .with_ansi(relaycast_dataplane::process::colour_logs())
         .with_writer(std::io::stderr)
         .init();
     if let Err(e) = thp {
@@ -116,10 +116,4 @@ async fn interrupt(stop: tokio::sync::watch::Sender<bool>) {
 fn fail(error: &RunError) -> ExitCode {
     eprintln!("relaycast-loadgen: {error}");
     ExitCode::from(error.exit_code())
-}
-
-/// Warnings are coloured only on a terminal (not in a file or a pipe), and not with `NO_COLOR`.
-fn colours_on_stderr() -> bool {
-    use std::io::IsTerminal;
-    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
