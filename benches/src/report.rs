@@ -25,6 +25,10 @@ pub struct Run {
     /// The same fan-out with a publisher that paces its video (absent in older runs).
     #[serde(default)]
     pub paced: Option<Paced>,
+    /// The same fan-out with a stream that has no audio: only the limit's 1200-byte
+    /// datagrams, a frame at a time (absent in runs before 28 November, 05:00 UTC).
+    #[serde(default)]
+    pub video_only: Option<Step>,
     pub relay: Vec<Relay>,
     pub micro: Vec<Micro>,
 }
@@ -136,6 +140,14 @@ impl Run {
             .filter_map(|s| s.summary.as_ref().map(|m| (s.players, m)))
     }
 
+    /// The summary of the ramp's step of `players`, if it completed.
+    fn step_summary(&self, players: usize) -> Option<&Summary> {
+        self.steps
+            .iter()
+            .find(|s| s.players == players)
+            .and_then(|s| s.summary.as_ref())
+    }
+
     /// The cheapest forward measured just before the step of `players`, if it was.
     fn own_limit(&self, players: usize) -> Option<f64> {
         self.steps
@@ -160,6 +172,7 @@ impl Run {
     pub fn lowest_limit(&self) -> f64 {
         self.steps
             .iter()
+            .chain(&self.video_only)
             .filter_map(|s| s.limit_ns)
             .fold(self.limits.cheapest_forward_ns(), f64::min)
     }
@@ -470,6 +483,9 @@ pub fn markdown(run: &Run, plots: &[String]) -> String {
     if let Some(paced) = &run.paced {
         md += &paced_section(run, paced);
     }
+    if let Some(step) = &run.video_only {
+        md += &video_only_section(run, step);
+    }
 
     if let Some(idle) = &run.idle {
         let _ = writeln!(
@@ -592,53 +608,97 @@ pub fn markdown(run: &Run, plots: &[String]) -> String {
 /// The paced step beside the burst step of as many players.
 fn paced_section(run: &Run, paced: &Paced) -> String {
     let players = paced.step.players;
+    let limit_ns = run.limits.cheapest_forward_plain_ns();
     let mut md = format!(
         "### A pacing publisher ({players} players)\n\n\
          The steps above send each video frame's packets together, as Chrome does. Here the \
          publisher spaces them at {}x the bitrate, one packet at a time (`--pacing {}`): \
          the server forwards each packet to every player as it comes, so a frame's packets \
          no longer leave in one GSO message per player, and the limit to compare with is the \
-         cheapest forward without GSO ({:.2} us).\n\n\
-         | publisher | loss % | server CPU us/packet | x limit without GSO | datagrams per \
-         sendmmsg message | latency p50 ms | p99 ms |\n|---|---:|---:|---:|---:|---:|---:|\n",
+         cheapest forward without GSO ({:.2} us).\n\n",
         paced.factor,
         paced.factor,
-        run.limits.cheapest_forward_plain_ns() / 1000.0
+        limit_ns / 1000.0
     );
-    let burst = run
-        .steps
-        .iter()
-        .find(|s| s.players == players)
-        .and_then(|s| s.summary.as_ref());
     let rows = [
-        ("frame at once", burst),
+        ("frame at once", run.step_summary(players)),
         ("paced", paced.step.summary.as_ref()),
     ];
+    md += &comparison_table("publisher", "x limit without GSO", &rows, limit_ns);
+    if let Some(e) = &paced.step.error {
+        let _ = writeln!(md, "\nThe paced step failed: {e}");
+    }
+    let _ = writeln!(md, "\n`{}`\n", paced.step.command);
+    md
+}
+
+/// The video-only step beside the step of as many players with audio.
+fn video_only_section(run: &Run, step: &Step) -> String {
+    let players = step.players;
+    let limit_ns = run.lowest_limit();
+    let mut md = format!(
+        "### A video-only stream ({players} players)\n\n\
+         The limit sends 1200-byte datagrams, six to a GSO message. The steps' stream also \
+         carries audio: for each player, 50 packets of {} bytes a second, each a message of \
+         its own (GSO lets only a message's last datagram be shorter, and audio seldom waits \
+         beside a frame for the same player). Here the publisher sends the same video and no \
+         audio (`--no-audio`), so every datagram the server sends is of the kind the limit \
+         sends; compared with the lowest limit of the run ({:.2} us).\n\n",
+        crate::limit::AUDIO_DATAGRAM,
+        limit_ns / 1000.0
+    );
+    let rows = [
+        (
+            "video and audio (the step above)",
+            run.step_summary(players),
+        ),
+        ("video only", step.summary.as_ref()),
+    ];
+    md += &comparison_table("stream", "x limit", &rows, limit_ns);
+    if let Some(e) = &step.error {
+        let _ = writeln!(md, "\nThe video-only step failed: {e}");
+    }
+    let _ = writeln!(md, "\n`{}`\n", step.command);
+    md
+}
+
+/// A table of steps side by side: loss, CPU per packet and its ratio to `limit_ns`, the
+/// datagrams per `sendmmsg` message, latency.
+fn comparison_table(
+    what: &str,
+    ratio: &str,
+    rows: &[(&str, Option<&Summary>)],
+    limit_ns: f64,
+) -> String {
+    let mut md = format!(
+        "| {what} | loss % | server CPU us/packet | {ratio} | datagrams per sendmmsg message | \
+         latency p50 ms | p99 ms |\n|---|---:|---:|---:|---:|---:|---:|\n"
+    );
     for (label, summary) in rows {
         let Some(s) = summary else {
             let _ = writeln!(md, "| {label} | not measured ||||||");
             continue;
         };
         let cpu = s.cpu_us_per_forwarded_packet.unwrap_or(f64::NAN);
-        let per_message = s
-            .server_counters
-            .as_ref()
-            .filter(|c| c.messages_out > 0)
-            .map_or(f64::NAN, |c| c.packets_out as f64 / c.messages_out as f64);
         let _ = writeln!(
             md,
-            "| {label} | {:.3} | {cpu:.2} | {:.1} | {per_message:.2} | {:.2} | {:.2} |",
+            "| {label} | {:.3} | {cpu:.2} | {:.1} | {:.2} | {:.2} | {:.2} |",
             s.loss_pct,
-            cpu * 1000.0 / run.limits.cheapest_forward_plain_ns(),
+            cpu * 1000.0 / limit_ns,
+            datagrams_per_message(s),
             s.latency_ms.p50,
             s.latency_ms.p99
         );
     }
-    if let Some(e) = &paced.step.error {
-        let _ = writeln!(md, "\nThe paced step failed: {e}");
-    }
-    let _ = writeln!(md, "\n`{}`\n", paced.step.command);
     md
+}
+
+/// Datagrams the server sent per `sendmmsg` message in a step's window (NaN if not counted).
+fn datagrams_per_message(s: &Summary) -> f64 {
+    s.server_counters
+        .as_ref()
+        .filter(|c| c.messages_out > 0)
+        .map_or(f64::NAN, |c| c.packets_out as f64 / c.messages_out as f64)
 }
 
 /// The issue's targets against this run's figures.
@@ -679,6 +739,25 @@ fn targets(run: &Run) -> String {
                 )),
             verdict(ratio <= 2.0, format!("missed by {:.1}x", ratio / 2.0))
         );
+        if let Some(v) = &run.video_only
+            && let Some(vs) = &v.summary
+        {
+            let cpu = vs.cpu_us_per_forwarded_packet.unwrap_or(f64::NAN);
+            let ratio = cpu * 1000.0 / lowest_ns;
+            // Without audio the publisher sends fewer packets than the steps' publisher:
+            // its rate is not compared with theirs.
+            let carried = step_failure(vs, v.players, run.settings.max_loss_pct, None);
+            let _ = writeln!(
+                md,
+                "| the same for a video-only stream (the limit's datagrams) | {cpu:.2} us at {} \
+                 players = {ratio:.1}x the lowest limit{} | {} |",
+                v.players,
+                carried.map_or(String::new(), |why| format!(
+                    "; the step does not count as carried: {why}"
+                )),
+                verdict(ratio <= 2.0, format!("missed by {:.1}x", ratio / 2.0))
+            );
+        }
         let per_core = *n as f64 / run.settings.server_cores.max(1) as f64;
         let _ = writeln!(
             md,
@@ -975,6 +1054,7 @@ mod tests {
             idle: None,
             steps,
             paced: None,
+            video_only: None,
             relay: Vec::new(),
             micro: Vec::new(),
         }
@@ -1050,6 +1130,64 @@ mod tests {
             new.contains("2.0x a forward in the stream's shape (2.40 us)"),
             "{new}"
         );
+    }
+
+    #[test]
+    fn a_video_only_step_is_set_beside_the_step_with_audio_and_judged_on_its_own() {
+        let counted = |sent: u64, packets_out: u64, messages_out: u64, cpu: f64| Summary {
+            connected: 1000,
+            duration_s: 20.0,
+            packets_sent: Some(sent),
+            cpu_us_per_forwarded_packet: Some(cpu),
+            server_counters: Some(relaycast_loadgen::rest::CoreCounters {
+                packets_out,
+                messages_out,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let with_audio = counted(4_600, 4_600_000, 1_600_000, 4.8);
+        let mut run = run_with(vec![step(1000, Some(1_600.0), Some(with_audio))]);
+        let before = markdown(&run, &[]);
+        assert!(!before.contains("video-only"), "{before}");
+
+        // Fewer packets from the publisher (no audio) is not a saturated loadgen; the limit
+        // measured before the step is the run's lowest, so both rows compare with it.
+        let mut video = step(
+            1000,
+            Some(1_200.0),
+            Some(counted(3_600, 3_600_000, 600_000, 3.0)),
+        );
+        video.command = "loadgen --no-audio".to_owned();
+        run.video_only = Some(video);
+        assert_eq!(run.lowest_limit(), 1_200.0);
+        let md = markdown(&run, &[]);
+        assert!(
+            md.contains("### A video-only stream (1000 players)"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| video and audio (the step above) | 0.000 | 4.80 | 4.0 | 2.88 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| video only | 0.000 | 3.00 | 2.5 | 6.00 |"),
+            "{md}"
+        );
+        assert!(md.contains("`loadgen --no-audio`"), "{md}");
+        assert!(
+            md.contains(
+                "| the same for a video-only stream (the limit's datagrams) | 3.00 us at 1000 \
+                 players = 2.5x the lowest limit | missed by 1.2x |"
+            ),
+            "{md}"
+        );
+
+        // Runs saved before the step read back without it.
+        let mut old = serde_json::to_value(&run).unwrap();
+        old.as_object_mut().unwrap().remove("video_only");
+        let old: Run = serde_json::from_value(old).unwrap();
+        assert!(old.video_only.is_none());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The fan-out benchmark driver. Builds the release binaries, measures the machine's
 //! physical limit, checks the idle server, then ramps `relaycast-loadgen fanout` players
 //! (50, 100, 200, ... on a fresh server each step) until loss exceeds the threshold, runs a
-//! relay chain, and writes BENCHMARKS.md tables and PNG plots.
+//! step with a pacing publisher and one with a video-only stream, runs a relay chain, and
+//! writes BENCHMARKS.md tables and PNG plots.
 //!
 //! `cargo run --release -p relaycast-benches --bin fanout -- --help`
 
@@ -70,6 +71,10 @@ struct Args {
     /// Pacing factor of that step (`relaycast-loadgen --pacing`).
     #[arg(long, default_value_t = 2.5)]
     pacing: f64,
+    /// Players of the extra step whose stream has no audio (0 skips it): its datagrams are
+    /// the limit's, 1200-byte video packets a frame at a time.
+    #[arg(long, default_value_t = 1000)]
+    video_only_players: usize,
     /// Players on each server (origin and relayed) in the relay-chain runs.
     #[arg(long, default_value_t = 100)]
     relay_players: usize,
@@ -222,6 +227,22 @@ fn main() -> Result<()> {
         None
     };
 
+    let video_only = if args.video_only_players > 0 {
+        let limit_ns = limit_now(&args)?;
+        let mut step = fanout_step(
+            &bins,
+            &args,
+            args.video_only_players,
+            &["--no-audio"],
+            "video-only",
+            &mut commands,
+        )?;
+        step.limit_ns = Some(limit_ns);
+        Some(step)
+    } else {
+        None
+    };
+
     let mut relay = Vec::new();
     if !args.skip_relay {
         for mode in ["pull", "push"] {
@@ -240,6 +261,7 @@ fn main() -> Result<()> {
         idle,
         steps,
         paced,
+        video_only,
         relay,
         micro,
     };
