@@ -72,7 +72,8 @@ struct Args {
     #[arg(long, default_value_t = 2.5)]
     pacing: f64,
     /// Players of the extra step whose stream has no audio (0 skips it): its datagrams are
-    /// the limit's, 1200-byte video packets a frame at a time.
+    /// the limit's, 1200-byte video packets a frame at a time. It takes the largest step
+    /// carried up to this many players.
     #[arg(long, default_value_t = 1000)]
     video_only_players: usize,
     /// Players on each server (origin and relayed) in the relay-chain runs.
@@ -191,6 +192,8 @@ fn main() -> Result<()> {
     };
 
     let mut steps = Vec::new();
+    // Player counts of the steps carried, for the video-only step.
+    let mut carried = Vec::new();
     for &players in &args.steps {
         let limit_ns = limit_now(&args)?;
         let mut step = fanout_step(&bins, &args, players, &[], "step", &mut commands)?;
@@ -207,6 +210,7 @@ fn main() -> Result<()> {
         if stop {
             break;
         }
+        carried.push(players);
     }
 
     let paced = if args.paced_players > 0 {
@@ -227,12 +231,19 @@ fn main() -> Result<()> {
         None
     };
 
-    let video_only = if args.video_only_players > 0 {
+    // Beside the largest step carried up to --video-only-players, so that a short ramp
+    // (`--steps 50,100`) is not followed by a 1,000-player step.
+    let video_only_players = carried
+        .iter()
+        .copied()
+        .filter(|&n| n <= args.video_only_players)
+        .max();
+    let video_only = if let Some(players) = video_only_players {
         let limit_ns = limit_now(&args)?;
         let mut step = fanout_step(
             &bins,
             &args,
-            args.video_only_players,
+            players,
             &["--no-audio"],
             "video-only",
             &mut commands,
