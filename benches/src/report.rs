@@ -94,9 +94,55 @@ pub struct Idle {
     pub more: Option<Summary>,
     #[serde(default)]
     pub more_error: Option<String>,
+    /// Server CPU (percent of a core) of the same 100-player step run again, each on a fresh
+    /// server: one 10 s window reads 0.7-1.2% on this VM, so the figure is the median of
+    /// them all (absent in runs before 28 November, 05:30 UTC).
+    #[serde(default)]
+    pub cpu_again: Vec<f64>,
 }
 
 impl Idle {
+    /// Server CPU with the near-silent players, in percent of a core: the median of the
+    /// step's runs (the first alone in runs that ran it once).
+    pub fn cpu_pct(&self) -> Option<f64> {
+        let mut all: Vec<f64> = self
+            .summary
+            .as_ref()
+            .and_then(|s| s.server_cpu_pct)
+            .into_iter()
+            .chain(self.cpu_again.iter().copied())
+            .filter(|c| c.is_finite())
+            .collect();
+        if all.is_empty() {
+            return None;
+        }
+        all.sort_by(f64::total_cmp);
+        let mid = all.len() / 2;
+        Some(if all.len() % 2 == 1 {
+            all[mid]
+        } else {
+            (all[mid - 1] + all[mid]) / 2.0
+        })
+    }
+
+    /// How [`Idle::cpu_pct`] came about, for the report: "" for a single run.
+    fn cpu_runs(&self) -> String {
+        if self.cpu_again.is_empty() {
+            return String::new();
+        }
+        let first = self.summary.as_ref().and_then(|s| s.server_cpu_pct);
+        let all: Vec<String> = first
+            .into_iter()
+            .chain(self.cpu_again.iter().copied())
+            .map(|c| format!("{c:.2}%"))
+            .collect();
+        format!(
+            ", the median of {} runs of the step, each on a fresh server ({})",
+            all.len(),
+            all.join(", ")
+        )
+    }
+
     /// Server RSS per player added between the 100-player step and the larger one, in KiB,
     /// from the RSS at the end of each (both with every player connected).
     pub fn kib_per_added_player(&self) -> Option<f64> {
@@ -499,11 +545,12 @@ pub fn markdown(run: &Run, plots: &[String]) -> String {
                 let _ = writeln!(
                     md,
                     "{} players of a near-silent stream (1 video frame/s at 8 kbps, no audio): \
-                     server CPU {:.2}% of a core over {:.0} s; server RSS {:.1} -> {:.1} MB, \
+                     server CPU {:.2}% of a core over {:.0} s{}; server RSS {:.1} -> {:.1} MB, \
                      {:.1} KiB per player (peer connection + signalling session).\n\n`{}`\n",
                     s.connected,
-                    s.server_cpu_pct.unwrap_or(f64::NAN),
+                    idle.cpu_pct().unwrap_or(f64::NAN),
                     s.duration_s,
+                    idle.cpu_runs(),
                     mem.rss_before_mb,
                     mem.rss_after_mb,
                     mem.kib_per_player,
@@ -857,10 +904,15 @@ fn targets(run: &Run) -> String {
                     verdict(added < 64.0, format!("missed by {:.1} KiB", added - 64.0))
                 );
             }
-            let cpu = s.server_cpu_pct.unwrap_or(f64::NAN);
+            let cpu = idle.cpu_pct().unwrap_or(f64::NAN);
             let _ = writeln!(
                 md,
-                "| idle server CPU < 1% (100 near-silent players) | {cpu:.2}% | {} |",
+                "| idle server CPU < 1% (100 near-silent players) | {cpu:.2}%{} | {} |",
+                if idle.cpu_again.is_empty() {
+                    ""
+                } else {
+                    " (median)"
+                },
                 verdict(
                     cpu < 1.0,
                     if cpu - 1.0 < 0.005 {
@@ -1215,6 +1267,7 @@ mod tests {
             // 30.72 MB more for 300 more players: 100 KiB each.
             more: Some(idle_step(400, 24.0, 66.72)),
             more_error: None,
+            cpu_again: Vec::new(),
         });
         let idle = run.idle.as_ref().unwrap();
         assert!((idle.kib_per_added_player().unwrap() - 100.0).abs() < 1e-9);
@@ -1233,9 +1286,37 @@ mod tests {
         // The step's own figure stays: 6 MB over 100 players.
         assert!(md.contains("| < 64 KiB server memory per idle player | 58.6 KiB | met |"));
 
+        // One run of the step: its own figure, 0.5%.
+        assert!(
+            md.contains("| idle server CPU < 1% (100 near-silent players) | 0.50% | met |"),
+            "{md}"
+        );
+        // Run again on fresh servers: the median of the three is the figure.
+        let mut again = run.clone();
+        if let Some(idle) = again.idle.as_mut() {
+            idle.summary.as_mut().unwrap().server_cpu_pct = Some(1.2);
+            idle.cpu_again = vec![0.9, 0.8];
+        }
+        assert_eq!(again.idle.as_ref().unwrap().cpu_pct(), Some(0.9));
+        let md = markdown(&again, &[]);
+        assert!(
+            md.contains(
+                "server CPU 0.90% of a core over 10 s, the median of 3 runs of the step, each \
+                 on a fresh server (1.20%, 0.90%, 0.80%);"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| idle server CPU < 1% (100 near-silent players) | 0.90% (median) | met |"
+            ),
+            "{md}"
+        );
+        let idle = run.idle.as_ref().unwrap();
+
         // A run saved before the larger step reads back without it, and says nothing of it.
         let mut old = serde_json::to_value(idle).unwrap();
-        for key in ["more_command", "more", "more_error"] {
+        for key in ["more_command", "more", "more_error", "cpu_again"] {
             old.as_object_mut().unwrap().remove(key);
         }
         let old: Idle = serde_json::from_value(old).unwrap();

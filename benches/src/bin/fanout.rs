@@ -494,8 +494,9 @@ fn idle_players(
     (command, summary)
 }
 
-/// Idle: the server's CPU with no peers over 10 s, then with 100 near-silent players, then
-/// (a fresh server) with [`IDLE_MORE_PLAYERS`], for the memory one more player costs.
+/// Idle: the server's CPU with no peers over 10 s, then with 100 near-silent players (three
+/// times, each on a fresh server: [`IDLE_CPU_RUNS`]), then (a fresh server) with
+/// [`IDLE_MORE_PLAYERS`], for the memory one more player costs.
 fn idle_check(bins: &Bins, commands: &mut Vec<String>) -> Result<Idle> {
     eprintln!("fanout: idle check");
     let server = bins.start_server("idle")?;
@@ -507,6 +508,22 @@ fn idle_check(bins: &Bins, commands: &mut Vec<String>) -> Result<Idle> {
     let (_, empty_cpu_pct) = relaycast_loadgen::procfs::cpu_between(&a, &b);
     let (command, result) = idle_players(bins, &server, 100, "idle", commands);
     drop(server);
+
+    // One 10 s window of so little work is noisy: the same step again on fresh servers.
+    let mut cpu_again = Vec::new();
+    for run in 2..=IDLE_CPU_RUNS {
+        eprintln!("fanout: idle check, run {run} of {IDLE_CPU_RUNS}");
+        let label = format!("idle-{run}");
+        let again = bins.start_server(&label).and_then(|server| {
+            commands.push(bins.describe_server());
+            idle_players(bins, &server, 100, &label, commands).1
+        });
+        match again.map(|s| s.server_cpu_pct) {
+            Ok(Some(cpu)) => cpu_again.push(cpu),
+            Ok(None) => eprintln!("fanout: idle run {run}: no server CPU in the summary"),
+            Err(e) => eprintln!("fanout: idle run {run} failed: {e:#}"),
+        }
+    }
 
     eprintln!("fanout: idle check with {IDLE_MORE_PLAYERS} players");
     let (more_command, more) = match bins.start_server("idle-more") {
@@ -528,8 +545,12 @@ fn idle_check(bins: &Bins, commands: &mut Vec<String>) -> Result<Idle> {
         more_command,
         more_error: more.as_ref().err().map(|e| format!("{e:#}")),
         more: more.ok(),
+        cpu_again,
     })
 }
+
+/// Runs of the 100-player idle step whose server CPU is reported as their median.
+const IDLE_CPU_RUNS: usize = 3;
 
 /// Players of the second idle step: the RSS between it and the 100-player step, divided by
 /// the players between them, is what one more idle player costs, without the server's
