@@ -145,7 +145,6 @@ fn loadgen(args: &[&str]) -> Output {
     spawn(args).wait_with_output_timeout()
 }
 
-/// Runs the loadgen, expects success, and parses its JSON summary.
 /// `relay-chain` from `a` through `b` (`mode`: pull or push): 3 players on `a`, 2 on `b`.
 fn spawn_relay_chain(a: &Server, b: &Server, mode: &str, bitrate: &str, duration: &str) -> Child {
     spawn(&[
@@ -174,6 +173,7 @@ fn spawn_relay_chain(a: &Server, b: &Server, mode: &str, bitrate: &str, duration
     ])
 }
 
+/// Runs the loadgen, expects success, and parses its JSON summary.
 fn summary(args: &[&str]) -> Value {
     finished(spawn(args), 0).0
 }
