@@ -105,14 +105,7 @@ impl Idle {
     /// Server CPU with the near-silent players, in percent of a core: the median of the
     /// step's runs (the first alone in runs that ran it once).
     pub fn cpu_pct(&self) -> Option<f64> {
-        let mut all: Vec<f64> = self
-            .summary
-            .as_ref()
-            .and_then(|s| s.server_cpu_pct)
-            .into_iter()
-            .chain(self.cpu_again.iter().copied())
-            .filter(|c| c.is_finite())
-            .collect();
+        let mut all: Vec<f64> = self.cpu_runs().filter(|c| c.is_finite()).collect();
         if all.is_empty() {
             return None;
         }
@@ -125,17 +118,21 @@ impl Idle {
         })
     }
 
+    /// The server CPU of each run of the step, the first one's first.
+    fn cpu_runs(&self) -> impl Iterator<Item = f64> + '_ {
+        self.summary
+            .as_ref()
+            .and_then(|s| s.server_cpu_pct)
+            .into_iter()
+            .chain(self.cpu_again.iter().copied())
+    }
+
     /// How [`Idle::cpu_pct`] came about, for the report: "" for a single run.
-    fn cpu_runs(&self) -> String {
+    fn cpu_median_of(&self) -> String {
         if self.cpu_again.is_empty() {
             return String::new();
         }
-        let first = self.summary.as_ref().and_then(|s| s.server_cpu_pct);
-        let all: Vec<String> = first
-            .into_iter()
-            .chain(self.cpu_again.iter().copied())
-            .map(|c| format!("{c:.2}%"))
-            .collect();
+        let all: Vec<String> = self.cpu_runs().map(|c| format!("{c:.2}%")).collect();
         format!(
             ", the median of {} runs of the step, each on a fresh server ({})",
             all.len(),
@@ -186,20 +183,19 @@ impl Run {
             .filter_map(|s| s.summary.as_ref().map(|m| (s.players, m)))
     }
 
+    /// The ramp's step of `players`.
+    fn step(&self, players: usize) -> Option<&Step> {
+        self.steps.iter().find(|s| s.players == players)
+    }
+
     /// The summary of the ramp's step of `players`, if it completed.
     fn step_summary(&self, players: usize) -> Option<&Summary> {
-        self.steps
-            .iter()
-            .find(|s| s.players == players)
-            .and_then(|s| s.summary.as_ref())
+        self.step(players).and_then(|s| s.summary.as_ref())
     }
 
     /// The cheapest forward measured just before the step of `players`, if it was.
     fn own_limit(&self, players: usize) -> Option<f64> {
-        self.steps
-            .iter()
-            .find(|s| s.players == players)
-            .and_then(|s| s.limit_ns)
+        self.step(players).and_then(|s| s.limit_ns)
     }
 
     /// The cheapest forward a step is compared with: the one measured just before it, or
@@ -550,7 +546,7 @@ pub fn markdown(run: &Run, plots: &[String]) -> String {
                     s.connected,
                     idle.cpu_pct().unwrap_or(f64::NAN),
                     s.duration_s,
-                    idle.cpu_runs(),
+                    idle.cpu_median_of(),
                     mem.rss_before_mb,
                     mem.rss_after_mb,
                     mem.kib_per_player,
@@ -672,10 +668,7 @@ fn paced_section(run: &Run, paced: &Paced) -> String {
         ("paced", paced.step.summary.as_ref()),
     ];
     md += &comparison_table("publisher", "x limit without GSO", &rows, limit_ns);
-    if let Some(e) = &paced.step.error {
-        let _ = writeln!(md, "\nThe paced step failed: {e}");
-    }
-    let _ = writeln!(md, "\n`{}`\n", paced.step.command);
+    md += &step_footer("paced", &paced.step);
     md
 }
 
@@ -702,10 +695,7 @@ fn video_only_section(run: &Run, step: &Step) -> String {
         ("video only", step.summary.as_ref()),
     ];
     md += &comparison_table("stream", "x limit", &rows, limit_ns);
-    if let Some(e) = &step.error {
-        let _ = writeln!(md, "\nThe video-only step failed: {e}");
-    }
-    let _ = writeln!(md, "\n`{}`\n", step.command);
+    md += &step_footer("video-only", step);
     md
 }
 
@@ -737,6 +727,16 @@ fn comparison_table(
             s.latency_ms.p99
         );
     }
+    md
+}
+
+/// Below a side-by-side table: the `label` step's error, if it failed, and its command.
+fn step_footer(label: &str, step: &Step) -> String {
+    let mut md = String::new();
+    if let Some(e) = &step.error {
+        let _ = writeln!(md, "\nThe {label} step failed: {e}");
+    }
+    let _ = writeln!(md, "\n`{}`\n", step.command);
     md
 }
 
