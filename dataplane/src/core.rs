@@ -650,6 +650,7 @@ impl Core {
         now: Instant,
         f: impl FnOnce(&mut Peer, &mut SendBatch, &mut Vec<PeerEvent>) -> Result<R, PeerFailure>,
     ) -> Option<R> {
+        let rounding = self.timer_rounding();
         let peer = self.peers.get_mut(&id)?;
         let io = if peer.dedicated {
             let io = self.dedicated.get_mut(&id)?;
@@ -673,8 +674,8 @@ impl Core {
                     self.due_now.push(id);
                 }
                 let floor = now + Duration::from_micros(500);
-                let at = coalesce(deadline.max(floor), now, self.epoch, self.timer_rounding());
-                self.arm(TimerKey::Peer(id), at);
+                let at = coalesce(deadline.max(floor), now, self.epoch, rounding);
+                arm_peer(&mut self.timers, &self.timer_signal, peer, at);
                 Some(r)
             }
             Ok(Err(failure)) => {
@@ -715,7 +716,7 @@ impl Core {
         for id in std::mem::take(&mut self.due_now) {
             if let Some(peer) = self.peers.get_mut(&id) {
                 peer.listed = false;
-                self.arm(TimerKey::Peer(id), floor);
+                arm_peer(&mut self.timers, &self.timer_signal, peer, floor);
             }
         }
         due.clear();
@@ -1227,12 +1228,15 @@ impl Core {
         while let Some(key) = self.timers.pop_due(now) {
             match key {
                 TimerKey::Peer(id) => {
-                    let Some(peer) = self.peers.get(&id) else {
+                    let rounding = self.timer_rounding();
+                    let Some(peer) = self.peers.get_mut(&id) else {
                         continue;
                     };
+                    peer.armed = None;
                     let due = peer.deadline();
                     if due > now {
-                        self.arm(key, coalesce(due, now, self.epoch, self.timer_rounding()));
+                        let at = coalesce(due, now, self.epoch, rounding);
+                        arm_peer(&mut self.timers, &self.timer_signal, peer, at);
                         continue;
                     }
                     self.with_peer(id, now, |p, tx, events| p.on_timeout(now, tx, events));
@@ -1364,6 +1368,14 @@ struct Rounding {
     slack_from: Duration,
     /// The steps the others are rounded up to, counted from the core's epoch.
     grid: Duration,
+}
+
+/// Ensures a peer is driven at or before `at`, and wakes the core's sleeping timer if that
+/// is now the earliest deadline of all.
+fn arm_peer(timers: &mut Timers<TimerKey>, signal: &LocalSender<()>, peer: &mut Peer, at: Instant) {
+    if timers.schedule_mirrored(TimerKey::Peer(peer.id), at, &mut peer.armed) {
+        let _ = signal.try_send(());
+    }
 }
 
 /// Rounds a far deadline up to the core's timer grid; near ones stay exact. Never earlier

@@ -119,6 +119,10 @@ pub struct Peer {
     /// Listed by its core to be driven at the end of the current batch (so a peer written
     /// to several times in one batch is listed once).
     pub listed: bool,
+    /// The instant the core's timer heap holds for this peer, if any: kept by the core
+    /// beside the heap, so that re-arming a peer for a later instant, as every drive does,
+    /// costs no lookup in the heap's map.
+    pub armed: Option<Instant>,
     core: CoreId,
     created: Instant,
     connected_at: Option<Instant>,
@@ -1057,6 +1061,7 @@ impl Peer {
             rtc_deadline: setup.now,
             rx_arrival_unix_micros: None,
             listed: false,
+            armed: None,
             pending: None,
             mids: Vec::new(),
             limits: Limits {

@@ -38,6 +38,17 @@ impl<K: Copy + Eq + Hash + Ord> Timers<K> {
         earliest
     }
 
+    /// [`Timers::schedule`] for an owner that keeps, in `armed`, the instant its key is
+    /// armed for, and sets it to `None` when the key pops: a later instant, what most
+    /// re-arms ask for, is then turned away without a lookup in the map.
+    pub fn schedule_mirrored(&mut self, key: K, at: Instant, armed: &mut Option<Instant>) -> bool {
+        if armed.is_some_and(|a| a <= at) {
+            return false;
+        }
+        *armed = Some(at);
+        self.schedule(key, at)
+    }
+
     /// Forgets a key (its heap entry is dropped lazily when it surfaces).
     pub fn cancel(&mut self, key: K) {
         self.armed.remove(&key);
@@ -114,6 +125,33 @@ mod tests {
         }
         assert_eq!(timers.heap.len(), 1);
         assert_eq!(timers.pop_due(t0 + Duration::from_millis(5)), Some(7));
+        assert!(timers.is_empty());
+    }
+
+    #[test]
+    fn a_mirrored_key_pops_at_the_earliest_instant_asked_for() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut timers = Timers::new();
+        let mut armed = None;
+        assert!(timers.schedule_mirrored(1u32, ms(40), &mut armed));
+        assert!(!timers.schedule_mirrored(1u32, ms(60), &mut armed));
+        assert_eq!(armed, Some(ms(40)));
+        // An earlier instant replaces the armed one, and is the heap's earliest.
+        assert!(timers.schedule_mirrored(1u32, ms(20), &mut armed));
+        assert_eq!(armed, Some(ms(20)));
+        assert_eq!(timers.next_deadline(), Some(ms(20)));
+        assert_eq!(timers.pop_due(ms(19)), None);
+        assert_eq!(timers.pop_due(ms(20)), Some(1));
+        armed = None;
+        assert_eq!(
+            timers.pop_due(ms(100)),
+            None,
+            "the superseded entries are dropped"
+        );
+        // Once popped (and the mirror cleared), a later instant arms it again.
+        assert!(timers.schedule_mirrored(1u32, ms(70), &mut armed));
+        assert_eq!(timers.pop_due(ms(70)), Some(1));
         assert!(timers.is_empty());
     }
 
