@@ -1225,10 +1225,10 @@ impl Core {
 
     fn fire_timers(&mut self, now: Instant) {
         let mut budget = 8192;
+        let rounding = self.timer_rounding();
         while let Some(key) = self.timers.pop_due(now) {
             match key {
                 TimerKey::Peer(id) => {
-                    let rounding = self.timer_rounding();
                     let Some(peer) = self.peers.get_mut(&id) else {
                         continue;
                     };
