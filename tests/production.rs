@@ -378,6 +378,48 @@ async fn frame_and_body_limits() {
     );
 }
 
+/// A session keeps the memory of a large frame it sent only until a few more frames have
+/// come (here the size of a few keep-alive answers): sessions that each send one 512 KiB
+/// frame and then eight small ones, in turn, leave the server about one such buffer larger,
+/// not one per session.
+#[tokio::test]
+async fn an_idle_session_does_not_keep_its_largest_frame() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    const SESSIONS: u64 = 24;
+    const LARGE: usize = 512 * 1024;
+    let server = Server::start(&[]);
+    let rss = || {
+        relaycast_loadgen::procfs::sample(Some(server.pid()))
+            .unwrap()
+            .rss_bytes
+    };
+    let ping = |fill: usize| {
+        Message::text(json!({"message": "ping", "data": ["x".repeat(fill)]}).to_string())
+    };
+    let mut sessions = Vec::new();
+    let mut before = 0;
+    // The first session's round is outside the measure: the allocator's first growth.
+    for n in 0..=SESSIONS {
+        if n == 1 {
+            before = rss();
+        }
+        let mut ws = raw_connect(&server, json!({})).await;
+        for fill in std::iter::once(LARGE).chain([10; 8]) {
+            ws.send(ping(fill)).await.unwrap();
+            next_message(&mut ws, "pong").await;
+        }
+        sessions.push(ws);
+    }
+    let grown = rss().saturating_sub(before);
+    assert!(
+        grown < SESSIONS * LARGE as u64 / 4,
+        "{SESSIONS} idle sessions that each sent one {LARGE}-byte frame grew the server's RSS \
+         by {grown} bytes"
+    );
+}
+
 #[tokio::test]
 async fn message_rate_limit() {
     let server = Server::with_config("[limits]\nmax_messages_per_sec = 5\n", &[]);

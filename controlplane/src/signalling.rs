@@ -32,11 +32,12 @@ use crate::listen::Listener;
 use crate::protocol;
 
 /// Initial read buffer of one signalling WebSocket, and the most it reads in one call
-/// (tungstenite's default is 128 KiB). Most frames fit. A larger one (an SDP, a few KiB)
-/// grows the buffer to about that frame's size, and tungstenite never shrinks it, so a
-/// smaller start leaves a smaller buffer: after the loadgen's SDP, 6.6 KiB with 1 KiB against
-/// 9.6 KiB with 4 KiB (dhat, 100 players, BENCHMARKS.md "Memory per player").
-const SESSION_READ_BUFFER: usize = 1024;
+/// (tungstenite's default is 128 KiB). A frame that does not fit (an SDP, a few KiB) gets a
+/// buffer of its own size plus what was read with its header, up to this much more; once the
+/// session's next frames have filled that spare room, reading starts again in a buffer of
+/// this size and the large one goes with its message (`connection`). The smaller this is,
+/// the sooner: a few keep-alive answers after an SDP, at 256 bytes.
+const SESSION_READ_BUFFER: usize = 256;
 
 /// Writes one frame within `timeout`; false when the socket failed or the client stopped
 /// reading.
@@ -367,6 +368,14 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     );
     let mut missed = 0u32;
     let mut rate = RateLimit::new(config.max_messages_per_sec, Instant::now());
+    // tungstenite hands each frame out as a shared slice of its read buffer. When a frame
+    // does not fit the buffer's spare room, a buffer that nobody else holds is grown and kept
+    // for good, so a session that once sent a large frame (an SDP: several KiB, up to
+    // `max_frame`) would hold that much as long as it lives. Holding the last message until
+    // the next one is read means the buffer is never the reader's alone at that moment:
+    // tungstenite then starts a new buffer of `SESSION_READ_BUFFER` bytes, and the large
+    // one is freed with the message.
+    let mut _last_read: Option<Message> = None;
     loop {
         tokio::select! {
             incoming = source.next() => {
@@ -400,7 +409,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                         }
                     }
                 }
-                match incoming {
+                match &incoming {
                 Some(Ok(Message::Text(text))) => {
                     missed = 0;
                     hub.frame(conn, text.as_str());
@@ -435,6 +444,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                     break;
                 }
                 }
+                _last_read = incoming.and_then(Result::ok);
             }
             message = outgoing.recv() => match message {
                 Some(Outgoing::Text(text)) => {
