@@ -131,6 +131,12 @@ impl DataPlane {
                 "more data-plane cores than CPUs this process may run on: cores share CPUs"
             );
         }
+        // The CPU of each core, in turn over the allowed ones (none when unpinned).
+        let pinned: Vec<usize> = if cpus.is_empty() {
+            Vec::new()
+        } else {
+            (0..cores).map(|n| cpus[n % cpus.len()]).collect()
+        };
         let (event_tx, events) = crossbeam_channel::unbounded();
         let notify = Arc::new(Notify::new());
         let cert = generate_cert();
@@ -190,10 +196,9 @@ impl DataPlane {
                 counters: Arc::clone(&counters),
                 ready: ready_tx,
             };
-            let placement = if config.pin {
-                Placement::Fixed(cpus[n % cpus.len()])
-            } else {
-                Placement::Unbound
+            let placement = match pinned.get(n) {
+                Some(&cpu) => Placement::Fixed(cpu),
+                None => Placement::Unbound,
             };
             let join = LocalExecutorBuilder::new(placement)
                 .name(&format!("rc-core{n}"))
@@ -247,11 +252,6 @@ impl DataPlane {
             plane.media_addrs.push(local);
             plane.counters.push(counters);
         }
-        let pinned: Vec<usize> = if cpus.is_empty() {
-            Vec::new()
-        } else {
-            (0..cores).map(|n| cpus[n % cpus.len()]).collect()
-        };
         tracing::info!(cores, media = ?plane.media_addrs, cpus = ?pinned, "data plane started");
         Ok(plane)
     }

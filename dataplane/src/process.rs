@@ -91,7 +91,8 @@ mod tests {
 
     #[test]
     fn the_soft_limit_goes_up_to_what_is_asked_and_no_further_than_the_hard_one() {
-        // Each test runs in its own process under nextest; the limit only ever goes up.
+        // No other test of this crate changes the open-file limit (under `cargo test` they
+        // share a process), and it only ever goes up.
         let now = raise_open_files(Some(0)).unwrap();
         assert_eq!(now.soft, now.before, "a lower want changes nothing");
         let asked = (now.soft + 1).min(now.hard);
